@@ -1,0 +1,510 @@
+"""The job store: every SQL statement of queuectl lives in this module.
+
+One SQLite file in WAL mode. Connections run with implicit transactions off and
+every write goes through `Store._write()`, which issues BEGIN IMMEDIATE, so
+writers queue on SQLite's lock (with a busy timeout) instead of failing.
+
+Times are epoch seconds (REAL); `now` is a parameter of every function that
+needs one, so tests can move time without sleeping.
+
+A job row carries its latest run (started_at, finished_at, worker, exit_code);
+the `runs` table holds one row per run that has something to say: every failed
+run, and every run that printed output. A successful run with no output writes
+no row; `job_runs` rebuilds it from the job. That keeps the hot path at one
+row written per job.
+"""
+
+import json
+import os
+import sqlite3
+import threading
+from contextlib import contextmanager
+
+from . import jobs
+from .errors import DuplicateJob, InvalidJob, InvalidState, JobNotFound, StoreError
+from .jobs import COMPLETED, DEAD, FAILED, PENDING, PROCESSING, STATES
+
+BUSY_TIMEOUT_S = 30.0
+HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+
+# ---------------------------------------------------------------- schema
+
+SCHEMA_V1 = (
+    """CREATE TABLE jobs (
+        seq          INTEGER PRIMARY KEY,   -- enqueue order (FIFO tie-break)
+        id           TEXT NOT NULL UNIQUE,
+        command      TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,  -- runs since enqueue or dlq retry
+        runs         INTEGER NOT NULL DEFAULT 0,  -- runs over the job's whole life: the fence
+        max_retries  INTEGER NOT NULL,
+        priority     INTEGER NOT NULL DEFAULT 0,
+        run_at       REAL NOT NULL,
+        next_run_at  REAL NOT NULL,           -- when it may be claimed: run_at, then retry time
+        timeout      REAL,
+        cwd          TEXT,
+        env          TEXT,
+        created_at   REAL NOT NULL,
+        updated_at   REAL NOT NULL,
+        started_at   REAL,
+        finished_at  REAL,
+        worker       TEXT,
+        lease_until  REAL,
+        exit_code    INTEGER,
+        last_error   TEXT
+    )""",
+    # The claim reads this index in claim order and stops at the first due row:
+    # no sort, and finished jobs are not in it at all.
+    """CREATE INDEX jobs_ready ON jobs (priority DESC, next_run_at, seq)
+        WHERE state IN ('pending', 'failed')""",
+    # Counting per state, list --state, the running jobs of a worker. seq (the
+    # rowid) is implicitly last, so list --state reads it in enqueue order.
+    "CREATE INDEX jobs_state ON jobs (state)",
+    """CREATE TABLE runs (
+        job_seq      INTEGER NOT NULL,
+        run          INTEGER NOT NULL,
+        attempt      INTEGER NOT NULL,
+        worker       TEXT,
+        started_at   REAL,
+        finished_at  REAL,
+        exit_code    INTEGER,
+        error        TEXT,
+        stdout       BLOB,
+        stderr       BLOB,
+        PRIMARY KEY (job_seq, run)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX runs_finished ON runs (finished_at)",
+    "CREATE TABLE config (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE workers (
+        id           TEXT PRIMARY KEY,
+        pid          INTEGER NOT NULL,
+        host         TEXT NOT NULL,
+        threads      INTEGER NOT NULL,
+        started_at   REAL NOT NULL,
+        heartbeat_at REAL NOT NULL,
+        lease_until  REAL NOT NULL
+    ) WITHOUT ROWID""",
+)
+
+MIGRATIONS = (SCHEMA_V1,)  # MIGRATIONS[n] takes user_version n to n + 1
+SCHEMA_VERSION = len(MIGRATIONS)
+
+JOB_COLUMNS = ("seq, id, command, state, attempts, runs, max_retries, priority, run_at, next_run_at, "
+               "timeout, cwd, env, created_at, updated_at, started_at, finished_at, worker, "
+               "lease_until, exit_code, last_error")
+CLAIM_COLUMNS = "seq, id, command, attempts, runs, max_retries, timeout, cwd, env"
+
+# Threads of one process queue on this lock before SQLite's: SQLite's busy
+# handler sleeps in growing steps, a Python lock hands over at once. Safety
+# between processes still rests on BEGIN IMMEDIATE alone.
+_WRITE_LOCK = threading.Lock()
+
+
+def _sqlite_message(exc, path):
+    text = str(exc)
+    low = text.lower()
+    if "locked" in low or "busy" in low:
+        return "the database %s stayed locked by another process for over %ds; try again" % (path, BUSY_TIMEOUT_S)
+    if "not a database" in low or "malformed" in low or "encrypted" in low:
+        return "%s is not a usable queuectl database (%s)" % (path, text)
+    if "readonly" in low or "read-only" in low:
+        return "the database %s is read-only (%s)" % (path, text)
+    if "full" in low:
+        return "no space left to write the database %s (%s)" % (path, text)
+    if "unable to open" in low or "disk i/o" in low:
+        return "cannot open the database %s (%s)" % (path, text)
+    return "database error on %s: %s" % (path, text)
+
+
+class Store:
+    """One connection to the queue database. Not shared between threads: each opens its own.
+
+    `durable=True` (the CLI) commits with synchronous=FULL, so an acknowledged
+    enqueue survives a power cut. Workers pass `durable=False` (NORMAL in WAL:
+    a transition lost in a power cut re-runs a job, which at-least-once allows)
+    and `autocheckpoint=False` (they checkpoint from their heartbeat thread, off
+    the job path).
+    """
+
+    def __init__(self, path, *, durable=True, autocheckpoint=True):
+        self.path = path
+        try:
+            self.con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                       check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(_sqlite_message(exc, path)) from None
+        try:
+            self.con.execute("PRAGMA busy_timeout = %d" % int(BUSY_TIMEOUT_S * 1000))
+            self.con.execute("PRAGMA synchronous = %s" % ("FULL" if durable else "NORMAL"))
+            if not autocheckpoint:
+                self.con.execute("PRAGMA wal_autocheckpoint = 0")
+            self._migrate()
+        except sqlite3.Error as exc:
+            self.con.close()
+            raise StoreError(_sqlite_message(exc, path)) from None
+        except BaseException:
+            self.con.close()
+            raise
+
+    def close(self):
+        self.con.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------ plumbing
+
+    def _migrate(self):
+        version = self.con.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise StoreError("the database %s has schema version %d; this queuectl knows up to %d: upgrade queuectl"
+                             % (self.path, version, SCHEMA_VERSION))
+        if self.con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            mode = self.con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreError("cannot put %s in WAL mode (got %s): is it on a network filesystem?"
+                                 % (self.path, mode))
+        with self._write() as con:
+            # Another process may have migrated between our check and our lock.
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+            for step in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[step]:
+                    con.execute(statement)
+            con.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
+
+    @contextmanager
+    def _write(self):
+        """One BEGIN IMMEDIATE transaction: commit on success, roll back and re-raise on error."""
+        with _WRITE_LOCK:
+            try:
+                self.con.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(_sqlite_message(exc, self.path)) from None
+            try:
+                yield self.con
+                self.con.execute("COMMIT")
+            except BaseException as exc:
+                if self.con.in_transaction:
+                    self.con.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.IntegrityError) or not isinstance(exc, sqlite3.Error):
+                    raise
+                raise StoreError(_sqlite_message(exc, self.path)) from None
+
+    def _read(self, sql, params=()):
+        try:
+            return self.con.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(_sqlite_message(exc, self.path)) from None
+
+    def data_version(self):
+        """A number that changes whenever another connection commits (cheap: no disk read)."""
+        return self._read("PRAGMA data_version")[0][0]
+
+    def checkpoint(self):
+        """Copy the WAL back into the database without waiting for readers (PASSIVE)."""
+        self._read("PRAGMA wal_checkpoint(PASSIVE)")
+
+    # ------------------------------------------------------------ enqueue
+
+    def enqueue(self, new_jobs, now):
+        """Store validated jobs (from `jobs.validate_job`) as `pending`, all or none.
+
+        Returns their ids in order. A duplicate id (stored or within the batch)
+        raises DuplicateJob and stores nothing.
+        """
+        rows = []
+        for job in new_jobs:
+            job_id = job["id"] or os.urandom(8).hex()
+            rows.append((job_id, job["command"], PENDING, job["max_retries"], job["priority"],
+                         job["run_at"], job["run_at"], job["timeout"], job["cwd"], job["env"], now, now))
+        try:
+            with self._write() as con:
+                con.executemany(
+                    "INSERT INTO jobs (id, command, state, max_retries, priority, run_at, next_run_at, "
+                    "timeout, cwd, env, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows)
+        except sqlite3.IntegrityError:
+            raise DuplicateJob(self._first_duplicate([row[0] for row in rows])) from None
+        return [row[0] for row in rows]
+
+    def _first_duplicate(self, ids):
+        seen = set()
+        for job_id in ids:
+            if job_id in seen or self._read("SELECT 1 FROM jobs WHERE id = ?", (job_id,)):
+                return job_id
+            seen.add(job_id)
+        return ids[0]
+
+    # ------------------------------------------------------------ the worker's transitions
+
+    def claim(self, worker, now, lease_s, *, finish=None):
+        """pending/due failed -> processing for the next job in claim order, atomically.
+
+        Order: priority (high first), then due time, then enqueue order. Sets a
+        lease until now + lease_s and counts the run. Returns a dict of the
+        job's CLAIM_COLUMNS, or None when nothing is due.
+
+        `finish`, an outcome for `record`, records the previous job's result in
+        the same transaction: one commit per job instead of two.
+        """
+        with self._write() as con:
+            if finish is not None:
+                self._record(con, finish)
+            params = (worker, now + lease_s, now, now)
+            if HAS_RETURNING:
+                row = con.execute(_CLAIM_SQL + "(" + _CLAIM_SELECT + ") RETURNING " + CLAIM_COLUMNS,
+                                  params + (now,)).fetchone()
+            else:
+                # SQLite < 3.35 has no RETURNING. Still atomic: we hold the write lock.
+                found = con.execute(_CLAIM_SELECT, (now,)).fetchone()
+                row = None
+                if found is not None:
+                    con.execute(_CLAIM_SQL + "?", params + found)
+                    row = con.execute("SELECT " + CLAIM_COLUMNS + " FROM jobs WHERE seq = ?", found).fetchone()
+        return None if row is None else dict(zip(CLAIM_COLUMNS.split(", "), row))
+
+    def record(self, outcome):
+        """Record a run's outcome: ("complete", kwargs of `complete`) or ("fail", kwargs of `fail`).
+
+        Returns False if the claim was lost (another worker recovered the job):
+        then nothing changes.
+        """
+        with self._write() as con:
+            return self._record(con, outcome)
+
+    def complete(self, job, worker, now, *, stdout=b"", stderr=b""):
+        """processing -> completed (exit 0), fenced by the claim (worker and run number)."""
+        return self.record(("complete", dict(job=job, worker=worker, now=now, stdout=stdout, stderr=stderr)))
+
+    def fail(self, job, worker, now, *, error, exit_code=None, retry_delay_s, stdout=b"", stderr=b""):
+        """processing -> failed (due again after retry_delay_s) or dead (no retries left), fenced."""
+        return self.record(("fail", dict(job=job, worker=worker, now=now, error=error, exit_code=exit_code,
+                                         retry_delay_s=retry_delay_s, stdout=stdout, stderr=stderr)))
+
+    def _record(self, con, outcome):
+        kind, kwargs = outcome
+        return (self._complete if kind == "complete" else self._fail)(con, **kwargs)
+
+    def release(self, job, worker, now):
+        """processing -> pending without using an attempt (the worker was told to stop at once)."""
+        with self._write() as con:
+            cur = con.execute(
+                "UPDATE jobs SET state = ?, attempts = attempts - 1, runs = runs - 1, next_run_at = ?, "
+                "updated_at = ?, lease_until = NULL, started_at = NULL, worker = NULL "
+                "WHERE seq = ? AND state = ? AND worker = ? AND runs = ?",
+                (PENDING, now, now, job["seq"], PROCESSING, worker, job["runs"]))
+            return cur.rowcount == 1
+
+    def _complete(self, con, *, job, worker, now, stdout=b"", stderr=b""):
+        cur = con.execute(
+            "UPDATE jobs SET state = ?, exit_code = 0, last_error = NULL, finished_at = ?, updated_at = ?, "
+            "lease_until = NULL WHERE seq = ? AND state = ? AND worker = ? AND runs = ?",
+            (COMPLETED, now, now, job["seq"], PROCESSING, worker, job["runs"]))
+        if cur.rowcount != 1:
+            return False
+        if stdout or stderr:
+            self._insert_run(con, job["seq"], job["runs"], 0, None, now, stdout, stderr)
+        return True
+
+    def _fail(self, con, *, job, worker, now, error, exit_code, retry_delay_s, stdout=b"", stderr=b""):
+        retry = job["attempts"] <= job["max_retries"]
+        cur = con.execute(
+            "UPDATE jobs SET state = ?, exit_code = ?, last_error = ?, finished_at = ?, updated_at = ?, "
+            "next_run_at = ?, lease_until = NULL WHERE seq = ? AND state = ? AND worker = ? AND runs = ?",
+            (FAILED if retry else DEAD, exit_code, error, now, now, now + retry_delay_s if retry else now,
+             job["seq"], PROCESSING, worker, job["runs"]))
+        if cur.rowcount != 1:
+            return False
+        self._insert_run(con, job["seq"], job["runs"], exit_code, error, now, stdout, stderr)
+        return True
+
+    @staticmethod
+    def _insert_run(con, job_seq, run, exit_code, error, now, stdout, stderr):
+        # The run's start and worker are still on the job row: copy them across.
+        con.execute(
+            "INSERT OR REPLACE INTO runs (job_seq, run, attempt, worker, started_at, finished_at, exit_code, "
+            "error, stdout, stderr) SELECT seq, ?, attempts, worker, started_at, ?, ?, ?, ?, ? FROM jobs WHERE seq = ?",
+            (run, now, exit_code, error, stdout or None, stderr or None, job_seq))
+
+    def heartbeat(self, worker, now, lease_s, *, pid, host, threads, started_at):
+        """Renew this worker's row and the leases of every job it is running."""
+        with self._write() as con:
+            con.execute(
+                "INSERT INTO workers (id, pid, host, threads, started_at, heartbeat_at, lease_until) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, "
+                "lease_until = excluded.lease_until",
+                (worker, pid, host, threads, started_at, now, now + lease_s))
+            con.execute("UPDATE jobs SET lease_until = ? WHERE state = ? AND worker = ?",
+                        (now + lease_s, PROCESSING, worker))
+
+    def deregister(self, worker):
+        with self._write() as con:
+            con.execute("DELETE FROM workers WHERE id = ?", (worker,))
+
+    def recover(self, now, backoff, *, dead_workers=()):
+        """processing -> failed/dead ("worker lost") for every job whose lease expired
+        or whose worker is in `dead_workers`; forget workers whose lease expired.
+
+        `backoff(failures)` gives the retry delay. Returns the recovered jobs as
+        (id, new state) pairs. Fenced by the run number, like every transition.
+        """
+        recovered = []
+        with self._write() as con:
+            rows = con.execute("SELECT seq, id, attempts, max_retries, runs, worker FROM jobs "
+                               "WHERE state = ? AND lease_until < ?", (PROCESSING, now)).fetchall()
+            for worker in dead_workers:
+                rows += con.execute("SELECT seq, id, attempts, max_retries, runs, worker FROM jobs "
+                                    "WHERE state = ? AND worker = ? AND lease_until >= ?",
+                                    (PROCESSING, worker, now)).fetchall()
+                con.execute("DELETE FROM workers WHERE id = ?", (worker,))
+            for seq, job_id, attempts, max_retries, runs, worker in rows:
+                job = {"seq": seq, "attempts": attempts, "max_retries": max_retries, "runs": runs}
+                self._fail(con, job=job, worker=worker, now=now, error="worker lost", exit_code=None,
+                           retry_delay_s=backoff(attempts))
+                recovered.append((job_id, FAILED if attempts <= max_retries else DEAD))
+            con.execute("DELETE FROM workers WHERE lease_until < ?", (now,))
+        return recovered
+
+    def workers(self, now):
+        """Live worker processes (lease not expired), each with the ids of the jobs it runs."""
+        rows = self._read("SELECT id, pid, host, threads, started_at, heartbeat_at FROM workers "
+                          "WHERE lease_until >= ? ORDER BY started_at", (now,))
+        running = {}
+        for worker, job_id in self._read("SELECT worker, id FROM jobs WHERE state = ? ORDER BY started_at",
+                                         (PROCESSING,)):
+            running.setdefault(worker, []).append(job_id)
+        return [{"id": r[0], "pid": r[1], "host": r[2], "threads": r[3], "started_at": r[4],
+                 "heartbeat_at": r[5], "running": running.get(r[0], [])} for r in rows]
+
+    def next_due(self):
+        """The earliest time any waiting job becomes claimable, or None."""
+        return self._read("SELECT min(next_run_at) FROM jobs WHERE state IN ('pending', 'failed')")[0][0]
+
+    # ------------------------------------------------------------ queries
+
+    def counts(self):
+        """Jobs per state, all five states present."""
+        counts = dict.fromkeys(STATES, 0)
+        for state, n in self._read("SELECT state, count(*) FROM jobs GROUP BY state"):
+            counts[state] = n
+        return counts
+
+    def status(self, now):
+        live = self.workers(now)
+        return {"jobs": self.counts(),
+                "workers": {"processes": len(live), "threads": sum(w["threads"] for w in live)}}
+
+    def list_jobs(self, *, state=None, limit=100):
+        """Jobs in enqueue order (oldest first), at most `limit` (0 = all)."""
+        sql = "SELECT " + JOB_COLUMNS + " FROM jobs"
+        params = []
+        if state is not None:
+            sql += " WHERE state = ?"
+            params.append(state)
+        sql += " ORDER BY seq"
+        if limit:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [_job_dict(row) for row in self._read(sql, params)]
+
+    def get(self, job_id):
+        rows = self._read("SELECT " + JOB_COLUMNS + " FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise JobNotFound(job_id)
+        return _job_dict(rows[0])
+
+    def job_runs(self, job, *, with_output=False):
+        """Every run of `job` (a dict from `get`), numbered over its whole life."""
+        cols = "run, attempt, worker, started_at, finished_at, exit_code, error" + (", stdout, stderr" if with_output else "")
+        runs = [dict(zip(cols.split(", "), row))
+                for row in self._read("SELECT " + cols + " FROM runs WHERE job_seq = ? ORDER BY run",
+                                      (job["seq"],))]
+        # The latest run has no row while it runs, or if it succeeded silently.
+        if job["runs"] and (not runs or runs[-1]["run"] < job["runs"]):
+            latest = {"run": job["runs"], "attempt": job["attempts"], "worker": job["worker"], "started_at": job["started_at"],
+                      "finished_at": None, "exit_code": None, "error": None}
+            if job["state"] == COMPLETED:
+                latest.update(finished_at=job["finished_at"], exit_code=0)
+            if with_output:
+                latest.update(stdout=None, stderr=None)
+            runs.append(latest)
+        return runs
+
+    # ------------------------------------------------------------ user actions
+
+    def retry_dead(self, job_id, now):
+        """dead -> pending with attempts reset. Raises if the job is not dead."""
+        with self._write() as con:
+            cur = con.execute("UPDATE jobs SET state = ?, attempts = 0, next_run_at = ?, updated_at = ? "
+                              "WHERE id = ? AND state = ?", (PENDING, now, now, job_id, DEAD))
+            if cur.rowcount == 1:
+                return
+            row = con.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        raise InvalidState("job %r is %s, not dead: only dead jobs can be retried" % (job_id, row[0]))
+
+    def retry_all_dead(self, now):
+        """Every dead job -> pending with attempts reset. Returns how many."""
+        with self._write() as con:
+            return con.execute("UPDATE jobs SET state = ?, attempts = 0, next_run_at = ?, updated_at = ? "
+                               "WHERE state = ?", (PENDING, now, now, DEAD)).rowcount
+
+    def delete(self, job_id):
+        """Remove a job that is not processing, with its runs."""
+        with self._write() as con:
+            row = con.execute("SELECT seq, state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFound(job_id)
+            if row[1] == PROCESSING:
+                raise InvalidState("job %r is processing: wait for it to finish (or stop its worker) first"
+                                   % (job_id,))
+            con.execute("DELETE FROM runs WHERE job_seq = ?", (row[0],))
+            con.execute("DELETE FROM jobs WHERE seq = ?", (row[0],))
+
+    def purge(self, state, *, older_than_s=0.0, now):
+        """Remove `completed` or `dead` jobs last updated at least `older_than_s` ago. Returns how many."""
+        if state not in jobs.FINISHED_STATES:
+            raise InvalidJob("purge removes completed or dead jobs, not %s" % state)
+        with self._write() as con:
+            cutoff = now - older_than_s
+            con.execute("DELETE FROM runs WHERE job_seq IN (SELECT seq FROM jobs WHERE state = ? "
+                        "AND updated_at <= ?)", (state, cutoff))
+            return con.execute("DELETE FROM jobs WHERE state = ? AND updated_at <= ?", (state, cutoff)).rowcount
+
+    # ------------------------------------------------------------ config
+
+    def config(self):
+        """Every key with its value: stored, else the default."""
+        values = jobs.config_defaults()
+        for key, text in self._read("SELECT key, value FROM config"):
+            if key in values:
+                values[key] = json.loads(text)
+        return values
+
+    def set_config(self, key, value):
+        """Store a value already checked by `jobs.config_value`."""
+        with self._write() as con:
+            con.execute("INSERT INTO config (key, value) VALUES (?, ?) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, json.dumps(value)))
+
+    # ------------------------------------------------------------ explain (tests and bench)
+
+    def claim_plan(self):
+        """EXPLAIN QUERY PLAN of the claim's row lookup, one detail string per step."""
+        return [row[3] for row in self._read("EXPLAIN QUERY PLAN " + _CLAIM_SELECT, (0.0,))]
+
+
+_CLAIM_SELECT = ("SELECT seq FROM jobs INDEXED BY jobs_ready WHERE state IN ('pending', 'failed') AND next_run_at <= ? "
+                 "ORDER BY priority DESC, next_run_at, seq LIMIT 1")
+_CLAIM_SQL = ("UPDATE jobs SET state = 'processing', attempts = attempts + 1, runs = runs + 1, worker = ?, "
+              "lease_until = ?, started_at = ?, finished_at = NULL, updated_at = ? WHERE seq = ")
+
+
+def _job_dict(row):
+    return dict(zip(JOB_COLUMNS.split(", "), row))

@@ -1,0 +1,36 @@
+"""Expected failures. `queuectl.main()` turns each into one line on stderr and exit 1.
+
+Anything that is not a QueueError is a bug and is reported as one.
+"""
+
+
+class QueueError(Exception):
+    """Base class of every error a user can cause or meet."""
+
+
+class InvalidJob(QueueError):
+    """A job (or a command-line value) failed validation; nothing was stored."""
+
+
+class JobNotFound(QueueError):
+    def __init__(self, job_id):
+        super().__init__("no job with id %r" % (job_id,))
+        self.job_id = job_id
+
+
+class DuplicateJob(QueueError):
+    def __init__(self, job_id):
+        super().__init__("a job with id %r already exists" % (job_id,))
+        self.job_id = job_id
+
+
+class InvalidState(QueueError):
+    """A transition asked of a job in the wrong state (retry a live job, delete a running one)."""
+
+
+class ConfigError(QueueError):
+    """An unknown config key or a bad value."""
+
+
+class StoreError(QueueError):
+    """The database could not be used: locked too long, not a database, read-only, disk full."""

@@ -1,0 +1,100 @@
+"""The data directory ("home"): where it is, how it is protected, and the stopfile.
+
+The stop protocol lives here in three small functions (request, read, and the
+generation a worker compares against), like rq's suspension module.
+"""
+
+import os
+import stat
+
+from .errors import QueueError, StoreError
+
+DB_NAME = "queue.db"
+STOPFILE_NAME = "stop"
+LOG_NAME = "worker.log"
+POSIX = os.name == "posix"
+
+
+def resolve(home=None):
+    """`--home` > $QUEUECTL_HOME > ~/.queuectl, as an absolute path."""
+    chosen = home or os.environ.get("QUEUECTL_HOME") or os.path.join(os.path.expanduser("~"), ".queuectl")
+    return os.path.abspath(chosen)
+
+
+def ensure(home):
+    """Create the home (0700 on POSIX) if needed; return the database path."""
+    try:
+        os.makedirs(home, mode=0o700, exist_ok=True)
+    except FileExistsError:
+        raise StoreError("cannot use %s as the queuectl home: it is not a directory" % home) from None
+    except OSError as exc:
+        raise StoreError("cannot create the queuectl home %s: %s" % (home, exc.strerror or exc)) from None
+    if not os.path.isdir(home):
+        raise StoreError("cannot use %s as the queuectl home: it is not a directory" % home)
+    path = os.path.join(home, DB_NAME)
+    if not os.path.exists(path):
+        # Create it 0600 before SQLite does (with the umask's 0644): its -wal and
+        # -shm files take the database file's mode.
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StoreError("cannot create the database %s: %s" % (path, exc.strerror or exc)) from None
+    return path
+
+
+def check_private(home):
+    """Refuse a home or database that group or others can write (they could run commands as us).
+
+    Returns nothing; raises QueueError with what to fix. POSIX only: Windows
+    homes live in the user's profile, protected by its ACL.
+    """
+    if not POSIX:
+        return
+    for path in (home, os.path.join(home, DB_NAME)):
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o022:
+            raise QueueError(
+                "%s is writable by %s (mode %03o): anyone who can write the queue can run commands "
+                "as you. Fix it with: chmod go-w %s (or pass --allow-shared-home)"
+                % (path, "group and others" if mode & 0o022 == 0o022 else ("group" if mode & 0o020 else "others"),
+                   mode, path))
+
+
+# ---------------------------------------------------------------- stop protocol
+
+def stop_generation(home):
+    """The generation the stopfile holds (0 when there is none)."""
+    try:
+        with open(os.path.join(home, STOPFILE_NAME), encoding="ascii") as fh:
+            return int(fh.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def request_stop(home):
+    """Ask every worker running now to stop: bump the stopfile's generation.
+
+    A worker remembers the generation it started under and stops once the file
+    holds a larger one, so a worker started after this call is not affected.
+    Written to a temporary file and renamed, so a reader never sees half of it.
+    """
+    generation = stop_generation(home) + 1
+    path = os.path.join(home, STOPFILE_NAME)
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    try:
+        with open(tmp, "w", encoding="ascii") as fh:
+            fh.write("%d\n" % generation)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise StoreError("cannot write the stopfile %s: %s" % (path, exc.strerror or exc)) from None
+    return generation
+
+
+def log_path(home):
+    return os.path.join(home, LOG_NAME)
+

@@ -1,0 +1,460 @@
+"""The worker process: N threads that claim, run and record jobs.
+
+Shape (after huey's consumer): `Worker.step()` claims one job and runs it; each
+pool thread repeats it until the stop flag is set. The main thread is the
+supervisor: every `poll-interval` it reads the stopfile and the signal flags and
+looks (`PRAGMA data_version`, no disk read) whether anything changed that could
+give an idle thread work. A heartbeat thread renews leases, reloads config,
+recovers jobs of dead workers and checkpoints the WAL, off the job path.
+
+Running a command lives here too: `run_command` starts it through the platform
+shell in its own session / process group, keeps only the tail of its output,
+and kills the whole tree on timeout.
+"""
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+
+from . import home as qhome
+from . import jobs
+from .db import Store
+from .errors import QueueError
+
+log = logging.getLogger("qctl.worker")
+
+POSIX = os.name == "posix"
+KILL_GRACE_S = 2.0         # between TERM and KILL of a timed-out job's process tree
+ORPHAN_PIPE_GRACE_S = 1.0  # read this long after the shell exits if a grandchild holds its pipes
+TICK_S = 0.5               # heartbeat thread's period for config reload, recovery, checkpoint
+SAFETY_WAKE_S = 5.0        # idle threads retry a claim at least this often, whatever the signals say
+READ_CHUNK = 65536
+NOT_FOUND_EXIT = 9009 if not POSIX else 127
+
+
+# ---------------------------------------------------------------- running one command
+
+class Tail:
+    """The last `limit` bytes written to it, in bounded memory."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.buf = bytearray()
+        self.total = 0
+
+    def add(self, data):
+        self.total += len(data)
+        self.buf += data
+        if len(self.buf) > 2 * self.limit + READ_CHUNK:
+            del self.buf[:-self.limit or len(self.buf)]
+
+    def value(self):
+        return bytes(self.buf[-self.limit:]) if self.limit else b""
+
+
+class Result:
+    __slots__ = ("exit_code", "error", "stdout", "stderr")
+
+    def __init__(self, exit_code, error, stdout=b"", stderr=b""):
+        self.exit_code, self.error, self.stdout, self.stderr = exit_code, error, stdout, stderr
+
+
+def popen_options():
+    """Popen arguments that put the command in a process tree we can kill as a whole."""
+    if POSIX:
+        return {"start_new_session": True}
+    return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+
+
+def kill_tree_argv(pid):
+    """The Windows command that kills `pid` and every process it started."""
+    return ["taskkill", "/T", "/F", "/PID", str(pid)]
+
+
+def kill_tree(proc, *, grace_s=KILL_GRACE_S):
+    """TERM the command's process group, then KILL it after `grace_s` (POSIX); taskkill /T /F (Windows)."""
+    if not POSIX:
+        subprocess.run(kill_tree_argv(proc.pid), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            pass
+        # Even when the shell is gone, its children may linger in the group: KILL reaches them.
+
+
+def describe_exit(code):
+    if code == 0:
+        return None
+    if code == NOT_FOUND_EXIT:
+        return "command not found"
+    if code < 0:
+        try:
+            return "killed by signal %d (%s)" % (-code, signal.Signals(-code).name)
+        except ValueError:
+            return "killed by signal %d" % -code
+    return "exit code %d" % code
+
+
+def run_command(command, *, cwd=None, env=None, timeout=None, output_limit=65536, on_start=None):
+    """Run `command` through the platform shell; return a Result.
+
+    Output beyond `output_limit` bytes per stream is dropped from the front.
+    `on_start(proc)` is called once the process exists (the worker keeps it to
+    kill on a hard stop).
+    """
+    full_env = None
+    if env:
+        full_env = dict(os.environ)
+        full_env.update(env)
+    try:
+        proc = subprocess.Popen(command, shell=True, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen_options())
+    except OSError as exc:
+        if cwd and not os.path.isdir(cwd):
+            return Result(None, "cannot start: working directory %s does not exist" % cwd)
+        return Result(None, "cannot start: %s" % (exc.strerror or exc))
+    if on_start is not None:
+        on_start(proc)
+    out, err = Tail(output_limit), Tail(output_limit)
+    deadline = None if not timeout else time.monotonic() + timeout
+    reader = _read_posix if POSIX else _read_threads
+    timed_out = reader(proc, out, err, deadline)
+    if timed_out:
+        kill_tree(proc)
+        return Result(proc.wait(), "timed out after %ss" % jobs.format_seconds(timeout), out.value(), err.value())
+    code = proc.wait()
+    return Result(code, describe_exit(code), out.value(), err.value())
+
+
+def _read_posix(proc, out, err, deadline):
+    """Read both pipes until EOF; True if `deadline` passed first."""
+    import selectors
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ, out)
+        sel.register(proc.stderr, selectors.EVENT_READ, err)
+        orphan_deadline = None
+        while sel.get_map():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                _close_pipes(sel)
+                return True
+            if orphan_deadline is not None and now >= orphan_deadline:
+                _close_pipes(sel)  # a background grandchild keeps them open: stop listening
+                break
+            wait = 0.5 if deadline is None else min(0.5, deadline - now)
+            ready = sel.select(wait)
+            for key, _ in ready:
+                data = os.read(key.fd, READ_CHUNK)
+                if data:
+                    key.data.add(data)
+                else:
+                    sel.unregister(key.fileobj)
+                    key.fileobj.close()
+            if not ready and orphan_deadline is None and proc.poll() is not None:
+                orphan_deadline = time.monotonic() + ORPHAN_PIPE_GRACE_S
+    return False
+
+
+def _close_pipes(sel):
+    for key in list(sel.get_map().values()):
+        sel.unregister(key.fileobj)
+        key.fileobj.close()
+
+
+def _read_threads(proc, out, err, deadline):
+    """Windows pipes cannot be selected: one reader thread per stream."""
+    def pump(pipe, tail):
+        with pipe:
+            for chunk in iter(lambda: pipe.read1(READ_CHUNK) if hasattr(pipe, "read1") else pipe.read(READ_CHUNK),
+                              b""):
+                tail.add(chunk)
+    readers = [threading.Thread(target=pump, args=(pipe, tail), daemon=True)
+               for pipe, tail in ((proc.stdout, out), (proc.stderr, err))]
+    for reader in readers:
+        reader.start()
+    try:
+        proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        return True
+    for reader in readers:
+        reader.join(ORPHAN_PIPE_GRACE_S)
+    return False
+
+
+# ---------------------------------------------------------------- the worker process
+
+def pid_alive(pid):
+    """Whether a process with this pid exists on this host (POSIX; elsewhere assume it does)."""
+    if not POSIX:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Worker:
+    """One worker process serving `home` with `threads` threads.
+
+    `run()` blocks until the worker is stopped (stopfile, signal, `stop()`)
+    or, with `burst`, until nothing is runnable and nothing runs.
+    """
+
+    def __init__(self, home, *, threads=None, burst=False):
+        self.home = home
+        self.db_path = qhome.ensure(home)
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.id = "%s:%d:%s" % (self.host, self.pid, os.urandom(3).hex())
+        self.burst = burst
+        with Store(self.db_path) as store:
+            self.settings = store.config()
+        self.threads = threads or self.settings["worker-count"]
+        self.started_at = time.time()
+        self.stop_generation = qhome.stop_generation(home)
+        self._stopping = threading.Event()   # claim nothing more
+        self._done = threading.Event()       # every pool thread has returned
+        self._killing = False                # kill running commands and release their jobs
+        self._signals = 0                    # set only by signal handlers: counted by the supervisor
+        self._cond = threading.Condition()
+        self._wake_gen = 0
+        self._idle = 0
+        self._procs = {}                     # job seq -> Popen, for a hard stop
+        self._procs_lock = threading.Lock()
+
+    # ------------------------------------------------------------ control
+
+    def stop(self):
+        """Finish running jobs, claim no more."""
+        self._stopping.set()
+        self._wake()
+
+    def kill(self):
+        """Kill running commands now; their jobs go back to pending without using an attempt."""
+        self._killing = True
+        self.stop()
+        with self._procs_lock:
+            procs = list(self._procs.values())
+        for proc in procs:
+            threading.Thread(target=kill_tree, args=(proc,), kwargs={"grace_s": 0.2}, daemon=True).start()
+
+    def install_signal_handlers(self):
+        """SIGINT/SIGTERM: graceful stop; a second SIGINT: hard stop. Handlers only count."""
+        def handler(signum, frame):
+            self._signals = self._signals + 1 if signum == signal.SIGINT else max(self._signals, 1)
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+    def _wake(self):
+        with self._cond:
+            self._wake_gen += 1
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------ the pool
+
+    def run(self):
+        """Serve until stopped; returns 0."""
+        self._heartbeat_store = Store(self.db_path, durable=False, autocheckpoint=False)
+        try:
+            self._beat()
+            self._recover()
+            log.info("worker %s started: %d thread%s, pid %d", self.id, self.threads,
+                     "" if self.threads == 1 else "s", self.pid)
+            heart = threading.Thread(target=self._heartbeat_loop, name="qctl-heartbeat", daemon=True)
+            heart.start()
+            with ThreadPoolExecutor(self.threads, thread_name_prefix="qctl-worker") as pool:
+                futures = [pool.submit(self._thread_main) for _ in range(self.threads)]
+                self._supervise(futures)
+            self._done.set()
+            heart.join()
+            for future in futures:
+                future.result()  # _thread_main catches everything; this only surfaces a bug
+            self._heartbeat_store.deregister(self.id)
+            log.info("worker %s stopped", self.id)
+        finally:
+            self._heartbeat_store.close()
+        return 0
+
+    def _supervise(self, futures):
+        watch = Store(self.db_path, durable=False, autocheckpoint=False)
+        try:
+            version = watch.data_version()
+            next_due = None
+            last_wake = time.monotonic()
+            while not all(f.done() for f in futures):
+                poll = self.settings["poll-interval"]
+                if self._signals == 1 and not self._stopping.is_set():
+                    log.info("worker %s stopping: finishing running jobs (Ctrl-C again to kill them)", self.id)
+                    self.stop()
+                elif self._signals > 1 and not self._killing:
+                    log.info("worker %s killing running jobs; they go back to the queue", self.id)
+                    self.kill()
+                if not self._stopping.is_set() and qhome.stop_generation(self.home) > self.stop_generation:
+                    log.info("worker %s stopping: stop requested", self.id)
+                    self.stop()
+                with self._cond:
+                    idle = self._idle
+                if idle and not self._stopping.is_set():
+                    if self.burst and idle == self.threads:
+                        self.stop()
+                        break
+                    now = time.monotonic()
+                    changed = watch.data_version()
+                    if changed != version:
+                        version = changed
+                        next_due = watch.next_due()
+                        self._wake()
+                        last_wake = now
+                    elif (next_due is not None and time.time() >= next_due) or now - last_wake >= SAFETY_WAKE_S:
+                        next_due = None
+                        self._wake()
+                        last_wake = now
+                wait_futures(futures, timeout=poll)
+        finally:
+            watch.close()
+
+    def _thread_main(self):
+        store = Store(self.db_path, durable=False, autocheckpoint=False)
+        finish = None
+        try:
+            while not self._stopping.is_set():
+                with self._cond:
+                    generation = self._wake_gen
+                try:
+                    job = store.claim(self.id, time.time(), self.settings["lease-seconds"], finish=finish)
+                    finish = None
+                except QueueError as exc:
+                    log.error("worker %s: %s (will retry)", self.id, exc)
+                    self._stopping.wait(1.0)
+                    continue
+                if job is None:
+                    self._wait_for_work(generation)
+                    continue
+                finish = self.step(job)
+        except Exception:
+            log.exception("worker %s: thread crashed; its job will be recovered", self.id)
+        finally:
+            try:
+                if finish is not None:
+                    store.record(finish)
+            except Exception as exc:
+                log.error("worker %s: could not record a result: %s; the job will be recovered", self.id, exc)
+            store.close()
+
+    def _wait_for_work(self, generation):
+        with self._cond:
+            self._idle += 1
+            try:
+                while self._wake_gen == generation and not self._stopping.is_set():
+                    self._cond.wait()
+            finally:
+                self._idle -= 1
+
+    # ------------------------------------------------------------ one job
+
+    def step(self, job):
+        """Run a claimed job; return its outcome for `Store.record` / `Store.claim(finish=...)`,
+        or None when a hard stop killed it and released the job."""
+        settings = self.settings
+        timeout = job["timeout"] or settings["job-timeout"] or None
+        log.info("job %s started (attempt %d/%d, run %d)", job["id"], job["attempts"], job["max_retries"] + 1,
+                 job["runs"])
+        started = time.monotonic()
+
+        def track(proc):
+            with self._procs_lock:
+                self._procs[job["seq"]] = proc
+            if self._killing:
+                kill_tree(proc, grace_s=0.2)
+
+        try:
+            result = run_command(job["command"], cwd=job["cwd"], env=job["env"] and json.loads(job["env"]),
+                                 timeout=timeout,
+                                 output_limit=settings["output-limit"], on_start=track)
+        finally:
+            with self._procs_lock:
+                self._procs.pop(job["seq"], None)
+        took = time.monotonic() - started
+        if self._killing and result.error is not None:
+            if self._store_release(job):
+                log.info("job %s returned to the queue (worker killed)", job["id"])
+            return None
+        common = {"job": job, "worker": self.id, "now": time.time(), "stdout": result.stdout,
+                  "stderr": result.stderr}
+        if result.error is None:
+            log.info("job %s completed in %.2fs", job["id"], took)
+            return "complete", common
+        if job["attempts"] <= job["max_retries"]:
+            delay = jobs.backoff_delay(job["attempts"], settings["backoff-base"], settings["backoff-max"])
+            log.info("job %s failed: %s; retry in %ss", job["id"], result.error, jobs.format_seconds(round(delay, 2)))
+        else:
+            delay = 0.0
+            log.info("job %s is dead after %d attempt%s: %s", job["id"], job["attempts"],
+                     "" if job["attempts"] == 1 else "s", result.error)
+        return "fail", dict(common, error=result.error, exit_code=result.exit_code, retry_delay_s=delay)
+
+    def _store_release(self, job):
+        with Store(self.db_path, durable=False, autocheckpoint=False) as store:
+            return store.release(job, self.id, time.time())
+
+    # ------------------------------------------------------------ heartbeat thread
+
+    def _heartbeat_loop(self):
+        last_beat = time.monotonic()
+        while not self._done.wait(TICK_S):
+            try:
+                self.settings = self._heartbeat_store.config()
+                if time.monotonic() - last_beat >= self.settings["lease-seconds"] / 3:
+                    self._beat()
+                    last_beat = time.monotonic()
+                if not self._stopping.is_set():
+                    self._recover()
+                self._heartbeat_store.checkpoint()
+            except QueueError as exc:
+                log.error("worker %s heartbeat: %s (will retry)", self.id, exc)
+
+    def _beat(self):
+        self._heartbeat_store.heartbeat(self.id, time.time(), self.settings["lease-seconds"], pid=self.pid,
+                                        host=self.host, threads=self.threads, started_at=self.started_at)
+
+    def _recover(self):
+        """Jobs of workers whose lease expired, or that died on this host, back to the queue."""
+        store, now = self._heartbeat_store, time.time()
+        dead = [w["id"] for w in store.workers(now)
+                if w["host"] == self.host and w["pid"] != self.pid and not pid_alive(w["pid"])]
+        for job_id, state in store.recover(now, self._backoff, dead_workers=dead):
+            log.info("job %s recovered from a lost worker: now %s", job_id, state)
+
+    def _backoff(self, failures):
+        return jobs.backoff_delay(failures, self.settings["backoff-base"], self.settings["backoff-max"])
+
+
+def start_detached(argv, log_file):
+    """Start `argv` (a worker command line) in the background; return its pid."""
+    out = open(log_file, "ab")
+    try:
+        kwargs = {"start_new_session": True} if POSIX else {
+            "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "DETACHED_PROCESS", 0)}
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                close_fds=True, **kwargs)
+    finally:
+        out.close()
+    return proc.pid
+

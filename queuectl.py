@@ -1,0 +1,653 @@
+#!/usr/bin/env python3
+"""queuectl: a background job queue for shell commands.
+
+This file is the switchboard: it parses arguments, calls one `qctl` function
+per command and prints. No SQL and no job logic live here.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+from qctl import __version__
+from qctl import home as qhome
+from qctl import jobs
+from qctl.errors import InvalidJob, QueueError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+WAIT_POLL_S = 0.1
+
+COMMAND_GROUPS = """\
+jobs:
+  enqueue        add a job (JSON, options, or a JSON Lines file)
+  list           list jobs, oldest first
+  show           one job with every run
+  logs           output of a job's latest (or N-th) run
+  wait           block until jobs are completed or dead
+  delete         remove a job that is not running
+  purge          remove completed or dead jobs
+  dlq            the dead letter queue: list, retry
+
+workers:
+  worker         start, stop or list worker processes
+  status         jobs per state and live workers
+
+settings:
+  config         get, set or list settings
+
+Run 'queuectl COMMAND -h' for a command's options and an example.
+"""
+
+
+# ---------------------------------------------------------------- output helpers
+
+def out(text=""):
+    sys.stdout.write(text + "\n")
+
+
+def print_json(value):
+    out(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def error_line(message):
+    text = " ".join(str(message).split("\n"))
+    sys.stderr.write("queuectl: error: %s\n" % text)
+
+
+_COLOURS = {jobs.PENDING: "33", jobs.PROCESSING: "36", jobs.COMPLETED: "32", jobs.FAILED: "35", jobs.DEAD: "31"}
+
+
+def colour_state(state):
+    if os.environ.get("NO_COLOR") or not sys.stdout.isatty():
+        return state
+    return "\x1b[%sm%s\x1b[0m" % (_COLOURS.get(state, "0"), state)
+
+
+def visible_len(text):
+    return len(text) - (9 if text.startswith("\x1b[") else 0)
+
+
+def table(headers, rows, *, flex=None, right=()):
+    """Print rows as aligned columns that fit the terminal; column `flex` is cut with an ellipsis."""
+    rows = [[("" if cell is None else str(cell)) for cell in row] for row in rows]
+    widths = [max([len(h)] + [visible_len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    if flex is not None:
+        budget = shutil.get_terminal_size((80, 24)).columns - sum(w + 2 for i, w in enumerate(widths) if i != flex)
+        widths[flex] = max(min(widths[flex], budget), len(headers[flex]), 10)
+    for row in [list(headers)] + rows:
+        cells = []
+        for i, cell in enumerate(row):
+            if i == flex and len(cell) > widths[i]:
+                cell = cell[:widths[i] - 1] + "\u2026"
+            pad = " " * (widths[i] - visible_len(cell))
+            cells.append(pad + cell if i in right else cell + pad)
+        out("  ".join(cells).rstrip())
+
+
+def ago(seconds, now=None):
+    """'12s ago', 'in 4s', '3m ago' ..."""
+    if seconds is None:
+        return "-"
+    delta = (now or time.time()) - seconds
+    span = abs(delta)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if span >= size:
+            text = "%d%s" % (span // size, unit)
+            break
+    else:
+        text = "%ds" % span
+    return text + " ago" if delta >= 0 else "in " + text
+
+
+def one_line(text):
+    return " ".join(text.split())
+
+
+def plural(n, word):
+    return "%d %s%s" % (n, word, "" if n == 1 else "s")
+
+
+# ---------------------------------------------------------------- argument types
+
+def duration_arg(value):
+    try:
+        return jobs.parse_duration(value, "duration")
+    except InvalidJob as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("duration must be", "must be"))
+
+
+def limit_arg(value):
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a whole number, not %r" % value)
+    if number < 0:
+        raise argparse.ArgumentTypeError("must be 0 (all) or more, not %d" % number)
+    return number
+
+
+def state_arg(value):
+    if value not in jobs.STATES:
+        raise argparse.ArgumentTypeError("unknown state %r (valid states: %s)" % (value, ", ".join(jobs.STATES)))
+    return value
+
+
+def count_arg(value):
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a whole number, not %r" % value)
+    if not 1 <= number <= 256:
+        raise argparse.ArgumentTypeError("must be from 1 to 256, not %d" % number)
+    return number
+
+
+# ---------------------------------------------------------------- commands
+
+def open_store(args):
+    from qctl.db import Store
+    return Store(qhome.ensure(args.home))
+
+
+def cmd_enqueue(args):
+    now = time.time()
+    option_values = {"id": args.id, "max_retries": args.max_retries, "priority": args.priority,
+                     "run_at": args.run_at, "delay": args.delay, "timeout": args.timeout, "cwd": args.cwd}
+    given = [name for name, value in option_values.items() if value is not None] + (["env"] if args.env else [])
+    sources = [s for s in (args.job, args.command, args.file) if s is not None]
+    if len(sources) != 1:
+        args.parser.error("give exactly one of JOB_JSON, --command or --file")
+    if given and args.command is None:
+        args.parser.error("--%s goes with --command; put it inside the JSON instead"
+                          % given[0].replace("_", "-"))
+    with open_store(args) as store:
+        default_retries = store.config()["max-retries"]
+        cwd = os.getcwd()
+        if args.file is not None:
+            new = read_job_lines(args.file, now=now, cwd=cwd, default_max_retries=default_retries)
+            ids = store.enqueue(new, now)
+            if args.json:
+                print_json({"count": len(ids), "ids": ids})
+            else:
+                out("enqueued %s" % plural(len(ids), "job"))
+            return EXIT_OK
+        if args.job is not None:
+            new = jobs.parse_job_json(args.job, now=now, cwd=cwd, default_max_retries=default_retries)
+        else:
+            raw = {k: v for k, v in option_values.items() if v is not None}
+            raw["command"] = args.command
+            if args.env:
+                raw["env"] = dict(parse_env_pair(pair) for pair in args.env)
+            new = jobs.validate_job(raw, now=now, cwd=cwd, default_max_retries=default_retries)
+        job_id = store.enqueue([new], now)[0]
+        if args.json:
+            print_json(jobs.public_job(store.get(job_id)))
+        else:
+            out(job_id)
+    return EXIT_OK
+
+
+def parse_env_pair(pair):
+    key, sep, value = pair.partition("=")
+    if not sep or not key:
+        raise InvalidJob("--env takes KEY=VALUE, not %r" % pair)
+    return key, value
+
+
+def read_job_lines(path, *, now, cwd, default_max_retries):
+    """Every job of a JSON Lines file (or stdin), validated; the first bad line raises."""
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as fh:
+                data = fh.read()
+    except OSError as exc:
+        raise QueueError("cannot read %s: %s" % (path, exc.strerror or exc)) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidJob("%s is not UTF-8 text (byte %d)" % (path if path != "-" else "stdin", exc.start)) from None
+    new = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            new.append(jobs.parse_job_json(line, now=now, cwd=cwd, default_max_retries=default_max_retries))
+        except InvalidJob as exc:
+            raise InvalidJob("line %d: %s (nothing was enqueued)" % (number, exc)) from None
+    if not new:
+        raise InvalidJob("%s holds no jobs" % (path if path != "-" else "stdin"))
+    return new
+
+
+def cmd_status(args):
+    with open_store(args) as store:
+        status = store.status(time.time())
+    if args.json:
+        print_json(status)
+        return EXIT_OK
+    table(["STATE", "JOBS"], [[colour_state(s), n] for s, n in status["jobs"].items()], right=(1,))
+    workers = status["workers"]
+    out()
+    out("workers: %s, %s" % (plural(workers["processes"], "process").replace("processs", "processes"),
+                             plural(workers["threads"], "thread")))
+    return EXIT_OK
+
+
+def print_jobs(rows, *, dead=False):
+    now = time.time()
+    if dead:
+        table(["ID", "ATTEMPTS", "DIED", "LAST ERROR", "COMMAND"],
+              [[r["id"], r["attempts"], ago(r["updated_at"], now), r["last_error"], one_line(r["command"])]
+               for r in rows], flex=4, right=(1,))
+        return
+    table(["ID", "STATE", "ATTEMPTS", "PRI", "UPDATED", "COMMAND"],
+          [[r["id"], colour_state(r["state"]), "%d/%d" % (r["attempts"], r["max_retries"] + 1), r["priority"],
+            ago(r["updated_at"], now), one_line(r["command"])] for r in rows], flex=5, right=(2, 3))
+
+
+def cmd_list(args):
+    with open_store(args) as store:
+        rows = store.list_jobs(state=args.state, limit=args.limit)
+    if args.json:
+        print_json([jobs.public_job(r) for r in rows])
+    elif rows:
+        print_jobs(rows)
+    else:
+        out("no %sjobs" % (args.state + " " if args.state else ""))
+    return EXIT_OK
+
+
+def cmd_show(args):
+    with open_store(args) as store:
+        row = store.get(args.id)
+        runs = [jobs.public_run(r) for r in store.job_runs(row)]
+    job = jobs.public_job(row)
+    if args.json:
+        job["runs"] = runs
+        print_json(job)
+        return EXIT_OK
+    now = time.time()
+    fields = [("id", job["id"]), ("command", row["command"]), ("state", colour_state(job["state"])),
+              ("attempts", "%d of %d (max_retries %d)" % (job["attempts"], job["max_retries"] + 1,
+                                                         job["max_retries"])),
+              ("priority", job["priority"]), ("run_at", "%s (%s)" % (job["run_at"], ago(row["run_at"], now))),
+              ("next_run_at", job["next_run_at"] and "%s (%s)" % (job["next_run_at"], ago(row["next_run_at"], now))),
+              ("timeout", job["timeout"] and jobs.format_seconds(job["timeout"]) + "s"),
+              ("cwd", job["cwd"]), ("env", job["env"] and " ".join("%s=***" % k for k in job["env"])),
+              ("created_at", job["created_at"]), ("updated_at", job["updated_at"]),
+              ("exit_code", job["exit_code"]), ("last_error", job["last_error"])]
+    for name, value in fields:
+        if value is not None:
+            out("%-12s %s" % (name, value))
+    if runs:
+        out()
+        table(["RUN", "ATTEMPT", "STARTED", "DURATION", "EXIT", "ERROR", "WORKER"],
+              [[r["run"], r["attempt"], r["started_at"], "-" if r["duration"] is None else "%.2fs" % r["duration"],
+                "-" if r["exit_code"] is None else r["exit_code"], r["error"] or "-", r["worker"] or "-"]
+               for r in runs], flex=6, right=(0, 1, 3, 4))
+    return EXIT_OK
+
+
+def cmd_logs(args):
+    with open_store(args) as store:
+        row = store.get(args.id)
+        runs = store.job_runs(row, with_output=True)
+    if not runs:
+        out("job %s has not run yet" % args.id)
+        return EXIT_OK
+    if args.run is None:
+        run = runs[-1]
+    else:
+        matching = [r for r in runs if r["run"] == args.run]
+        if not matching:
+            raise QueueError("job %r has no run %d (it has run %s)" % (args.id, args.run, plural(len(runs), "time")))
+        run = matching[0]
+    outcome = run["error"] or ("running" if run["finished_at"] is None else "completed")
+    out("== job %s, run %d of %d: %s ==" % (args.id, run["run"], len(runs), outcome))
+    for name in ("stdout", "stderr"):
+        data = run[name] or b""
+        out("-- %s%s --" % (name, "" if data else " (empty)"))
+        if data:
+            text = data.decode("utf-8", "replace")
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return EXIT_OK
+
+
+def cmd_wait(args):
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    with open_store(args) as store:
+        for job_id in args.ids:
+            store.get(job_id)  # unknown ids are an error now, not a wait forever
+        while True:
+            if args.ids:
+                states = [store.get(job_id)["state"] for job_id in args.ids]
+            else:
+                counts = store.counts()
+                states = [s for s in jobs.STATES for _ in range(counts[s])] if not any(
+                    counts[s] for s in (jobs.PENDING, jobs.PROCESSING, jobs.FAILED)) else [jobs.PENDING]
+            if all(s in jobs.FINISHED_STATES for s in states):
+                dead = sum(1 for s in states if s == jobs.DEAD)
+                out("%s finished: %d completed, %d dead" % (plural(len(states), "job"), len(states) - dead, dead))
+                return EXIT_ERROR if dead else EXIT_OK
+            if deadline is not None and time.monotonic() >= deadline:
+                error_line("timed out waiting for jobs to finish")
+                return EXIT_TIMEOUT
+            time.sleep(WAIT_POLL_S)
+
+
+def cmd_dlq_list(args):
+    with open_store(args) as store:
+        rows = store.list_jobs(state=jobs.DEAD, limit=0)
+    if args.json:
+        print_json([jobs.public_job(r) for r in rows])
+    elif rows:
+        print_jobs(rows, dead=True)
+    else:
+        out("the dead letter queue is empty")
+    return EXIT_OK
+
+
+def cmd_dlq_retry(args):
+    if (args.id is None) == (not args.all):
+        args.parser.error("give a job ID or --all")
+    with open_store(args) as store:
+        if args.all:
+            out("%s back to pending" % plural(store.retry_all_dead(time.time()), "job"))
+        else:
+            store.retry_dead(args.id, time.time())
+            out("job %s back to pending" % args.id)
+    return EXIT_OK
+
+
+def cmd_delete(args):
+    with open_store(args) as store:
+        store.delete(args.id)
+    out("deleted job %s" % args.id)
+    return EXIT_OK
+
+
+def cmd_purge(args):
+    with open_store(args) as store:
+        count = store.purge(args.state, older_than_s=args.older_than or 0.0, now=time.time())
+    out("purged %s" % plural(count, args.state + " job"))
+    return EXIT_OK
+
+
+def format_value(value):
+    return jobs.format_seconds(value) if isinstance(value, float) else str(value)
+
+
+def cmd_config_get(args):
+    with open_store(args) as store:
+        values = store.config()
+    if args.key is not None:
+        key = jobs.config_key(args.key)
+        if args.json:
+            print_json({key: values[key]})
+        else:
+            out(format_value(values[key]))
+        return EXIT_OK
+    if args.json:
+        print_json(values)
+    else:
+        for key, value in values.items():
+            out("%s = %s" % (key, format_value(value)))
+    return EXIT_OK
+
+
+def cmd_config_set(args):
+    key = jobs.config_key(args.key)
+    value = jobs.config_value(key, args.value)
+    with open_store(args) as store:
+        store.set_config(key, value)
+    out("%s = %s" % (key, format_value(value)))
+    return EXIT_OK
+
+
+def cmd_config_list(args):
+    with open_store(args) as store:
+        values = store.config()
+    if args.json:
+        print_json(values)
+        return EXIT_OK
+    table(["KEY", "VALUE", "DEFAULT", "MEANING"],
+          [[key, format_value(values[key]), format_value(spec[0]), spec[2]] for key, spec in jobs.CONFIG.items()],
+          flex=3)
+    return EXIT_OK
+
+
+def cmd_worker_start(args):
+    import logging
+    from qctl import worker as qworker
+    home = args.home
+    qhome.ensure(home)
+    if not args.allow_shared_home:
+        qhome.check_private(home)
+    if args.detach:
+        argv = [sys.executable, os.path.abspath(__file__), "--home", home, "worker", "start"]
+        if args.count:
+            argv += ["--count", str(args.count)]
+        if args.burst:
+            argv.append("--burst")
+        if args.allow_shared_home:
+            argv.append("--allow-shared-home")
+        pid = qworker.start_detached(argv, qhome.log_path(home))
+        out("worker started in the background: pid %d, log %s" % (pid, qhome.log_path(home)))
+        return EXIT_OK
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("qctl.worker")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        worker = qworker.Worker(home, threads=args.count, burst=args.burst)
+        worker.install_signal_handlers()
+        return worker.run()
+    finally:
+        logger.removeHandler(handler)
+
+
+def cmd_worker_stop(args):
+    qhome.ensure(args.home)
+    with open_store(args) as store:
+        before = [w["id"] for w in store.workers(time.time())]
+        qhome.request_stop(args.home)
+        out("asked %s to stop" % plural(len(before), "worker"))
+        if not args.wait:
+            return EXIT_OK
+        deadline = None if args.timeout is None else time.monotonic() + args.timeout
+        while True:
+            alive = set(before) & {w["id"] for w in store.workers(time.time())}
+            if not alive:
+                out("all stopped")
+                return EXIT_OK
+            if deadline is not None and time.monotonic() >= deadline:
+                error_line("timed out: %s still running" % plural(len(alive), "worker"))
+                return EXIT_TIMEOUT
+            time.sleep(WAIT_POLL_S)
+
+
+def cmd_worker_list(args):
+    with open_store(args) as store:
+        live = store.workers(time.time())
+    if args.json:
+        print_json([{"id": w["id"], "pid": w["pid"], "host": w["host"], "threads": w["threads"],
+                     "started_at": jobs.iso(w["started_at"]), "heartbeat_at": jobs.iso(w["heartbeat_at"]),
+                     "running": w["running"]} for w in live])
+    elif live:
+        now = time.time()
+        table(["PID", "HOST", "THREADS", "STARTED", "HEARTBEAT", "RUNNING"],
+              [[w["pid"], w["host"], w["threads"], ago(w["started_at"], now), ago(w["heartbeat_at"], now),
+                ", ".join(w["running"]) or "-"] for w in live], flex=5, right=(0, 2))
+    else:
+        out("no workers running")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- the parser
+
+def add_command(subparsers, name, func, summary, example, **kwargs):
+    parser = subparsers.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".",
+                                   epilog="example:\n  " + example.replace("\n", "\n  "),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+    parser.set_defaults(func=func, parser=parser)
+    return parser
+
+
+def add_json(parser):
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="queuectl", description="A background job queue for shell commands.", epilog=COMMAND_GROUPS,
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--home", metavar="DIR",
+                        help="data directory (default: $QUEUECTL_HOME, else ~/.queuectl)")
+    parser.add_argument("--version", action="version", version="queuectl " + __version__)
+    sub = parser.add_subparsers(dest="command_name", metavar="COMMAND")
+    sub.required = True
+
+    p = add_command(sub, "enqueue", cmd_enqueue, "add a job to the queue",
+                    "queuectl enqueue '{\"id\": \"job1\", \"command\": \"echo hello\"}'\n"
+                    "queuectl enqueue --command 'sleep 2' --max-retries 5 --delay 30s\n"
+                    "queuectl enqueue --file jobs.jsonl", allow_abbrev=False)
+    p.add_argument("job", nargs="?", metavar="JOB_JSON", help="the job as a JSON object")
+    p.add_argument("--command", metavar="CMD", help="the shell command (options form)")
+    p.add_argument("--id", help="job id (default: generated)")
+    p.add_argument("--max-retries", type=int, metavar="N", help="retries after the first run")
+    p.add_argument("--priority", type=int, metavar="P", help="higher runs first (default 0)")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--run-at", metavar="TS", help="ISO 8601 time to run at (no zone = local time)")
+    when.add_argument("--delay", metavar="SECONDS", help="run after this long (30, 30s, 5m, 2h, 1d)")
+    p.add_argument("--timeout", metavar="S", help="fail the run after this long")
+    p.add_argument("--cwd", metavar="DIR", help="run in this directory (default: the current one)")
+    p.add_argument("--env", action="append", metavar="KEY=VALUE", help="add to the environment (repeatable)")
+    p.add_argument("--file", metavar="PATH", help="JSON Lines file of jobs ('-' = stdin), all or nothing")
+    add_json(p)
+
+    p = add_command(sub, "status", cmd_status, "show jobs per state and live workers", "queuectl status --json")
+    add_json(p)
+
+    p = add_command(sub, "list", cmd_list, "list jobs, oldest first", "queuectl list --state pending --limit 20")
+    p.add_argument("--state", type=state_arg, help="only jobs in this state (%s)" % ", ".join(jobs.STATES))
+    p.add_argument("--limit", type=limit_arg, default=100, metavar="N", help="at most N jobs (default 100, 0 = all)")
+    add_json(p)
+
+    p = add_command(sub, "show", cmd_show, "show one job with every run", "queuectl show job1")
+    p.add_argument("id", metavar="ID")
+    add_json(p)
+
+    p = add_command(sub, "logs", cmd_logs, "print the output of a job's latest run (or the N-th)",
+                    "queuectl logs job1 --run 2")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--run", type=int, metavar="N", help="run number, as 'show' lists them")
+
+    p = add_command(sub, "wait", cmd_wait, "wait until jobs are completed or dead (exit 0 all completed, "
+                    "1 some dead, 3 timeout)", "queuectl wait job1 job2 --timeout 5m")
+    p.add_argument("ids", nargs="*", metavar="ID", help="jobs to wait for (default: all)")
+    p.add_argument("--timeout", type=duration_arg, metavar="S", help="give up after this long (exit 3)")
+
+    p = add_command(sub, "dlq", None, "the dead letter queue: jobs that ran out of retries",
+                    "queuectl dlq list\nqueuectl dlq retry job1")
+    dlq = p.add_subparsers(dest="dlq_command", metavar="ACTION")
+    dlq.required = True
+    q = add_command(dlq, "list", cmd_dlq_list, "list dead jobs with their last error", "queuectl dlq list --json")
+    add_json(q)
+    q = add_command(dlq, "retry", cmd_dlq_retry, "put dead jobs back to pending with attempts reset",
+                    "queuectl dlq retry job1\nqueuectl dlq retry --all")
+    q.add_argument("id", nargs="?", metavar="ID")
+    q.add_argument("--all", action="store_true", help="retry every dead job")
+
+    p = add_command(sub, "delete", cmd_delete, "remove a job that is not processing", "queuectl delete job1")
+    p.add_argument("id", metavar="ID")
+
+    p = add_command(sub, "purge", cmd_purge, "remove completed or dead jobs",
+                    "queuectl purge --state completed --older-than 7d")
+    p.add_argument("--state", required=True, choices=jobs.FINISHED_STATES)
+    p.add_argument("--older-than", type=duration_arg, metavar="SECONDS",
+                   help="only jobs finished at least this long ago (30, 5m, 2h, 1d)")
+
+    p = add_command(sub, "worker", None, "start, stop or list worker processes",
+                    "queuectl worker start --count 4\nqueuectl worker stop --wait")
+    wsub = p.add_subparsers(dest="worker_command", metavar="ACTION")
+    wsub.required = True
+    q = add_command(wsub, "start", cmd_worker_start, "run worker threads in this process until stopped",
+                    "queuectl worker start --count 4\nqueuectl worker start --burst\n"
+                    "queuectl worker start --detach")
+    q.add_argument("--count", type=count_arg, metavar="N", help="worker threads (default: config worker-count)")
+    q.add_argument("--burst", action="store_true", help="exit once nothing is runnable and nothing runs")
+    q.add_argument("--detach", action="store_true", help="run in the background (log: HOME/worker.log)")
+    q.add_argument("--allow-shared-home", action="store_true",
+                   help="serve a home or database that group or others can write (unsafe)")
+    q = add_command(wsub, "stop", cmd_worker_stop, "ask every worker to finish its running jobs and exit",
+                    "queuectl worker stop --wait --timeout 60")
+    q.add_argument("--wait", action="store_true", help="block until they have exited")
+    q.add_argument("--timeout", type=duration_arg, metavar="S", help="with --wait: give up after this long (exit 3)")
+    q = add_command(wsub, "list", cmd_worker_list, "list live worker processes", "queuectl worker list --json")
+    add_json(q)
+
+    p = add_command(sub, "config", None, "get, set or list settings", "queuectl config set max-retries 5")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION")
+    csub.required = True
+    q = add_command(csub, "get", cmd_config_get, "print one setting, or all of them",
+                    "queuectl config get backoff-base")
+    q.add_argument("key", nargs="?", metavar="KEY")
+    add_json(q)
+    q = add_command(csub, "set", cmd_config_set, "change a setting (running workers pick it up within seconds)",
+                    "queuectl config set backoff-max 10m")
+    q.add_argument("key", metavar="KEY", help=", ".join(jobs.CONFIG))
+    q.add_argument("value", metavar="VALUE")
+    q = add_command(csub, "list", cmd_config_list, "list settings with defaults and meanings",
+                    "queuectl config list")
+    add_json(q)
+    return parser
+
+
+def main(argv=None):
+    """Run one command; return its exit code."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):
+                pass
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    args.home = qhome.resolve(args.home)
+    try:
+        return args.func(args)
+    except SystemExit as exc:  # parser.error() inside a command
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except QueueError as exc:
+        error_line(exc)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        error_line("interrupted")
+        return 130
+    except BrokenPipeError:
+        # The reader went away (queuectl list | head): not an error worth a word.
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return EXIT_OK
+    except Exception as exc:
+        if os.environ.get("QUEUECTL_DEBUG"):
+            raise
+        error_line("internal error: %s: %s (this is a bug; QUEUECTL_DEBUG=1 shows the traceback)"
+                   % (type(exc).__name__, exc))
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

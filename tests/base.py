@@ -1,0 +1,109 @@
+"""Shared test scaffolding: a temporary home per test, in-process and subprocess CLI runs,
+and waiting on a condition with a deadline (never a bare sleep)."""
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import queuectl  # noqa: E402
+from qctl import home as qhome  # noqa: E402
+from qctl.db import Store  # noqa: E402
+
+SCRIPT = os.path.join(ROOT, "queuectl.py")
+# Deadlines are generous: CI runs on a busy 2-core machine. A passing test never waits them out.
+DEADLINE_S = float(os.environ.get("QUEUECTL_TEST_DEADLINE", "30"))
+
+
+def wait_until(predicate, timeout=DEADLINE_S, interval=0.02, message="condition"):
+    """Poll `predicate` until it returns a truthy value (returned) or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError("timed out after %ss waiting for %s" % (timeout, message))
+        time.sleep(interval)
+
+
+class Result:
+    def __init__(self, code, stdout, stderr):
+        self.code, self.stdout, self.stderr = code, stdout, stderr
+
+    def __repr__(self):
+        return "Result(code=%r, stdout=%r, stderr=%r)" % (self.code, self.stdout[-500:], self.stderr[-500:])
+
+
+class HomeTestCase(unittest.TestCase):
+    """Each test gets its own empty home directory, removed afterwards."""
+
+    def setUp(self):
+        tmp = tempfile.TemporaryDirectory(prefix="qctl-test-")
+        self.addCleanup(tmp.cleanup)
+        self.tmp = tmp.name
+        self.home = os.path.join(self.tmp, "home")
+        self.db_path = qhome.ensure(self.home)
+
+    def store(self, **kwargs):
+        store = Store(self.db_path, **kwargs)
+        self.addCleanup(store.close)
+        return store
+
+    def cli(self, *argv, stdin=None):
+        """Run queuectl in-process; returns Result(code, stdout, stderr)."""
+        out, err = io.StringIO(), io.StringIO()
+        old_stdin = sys.stdin
+        if stdin is not None:
+            sys.stdin = io.TextIOWrapper(io.BytesIO(stdin.encode() if isinstance(stdin, str) else stdin))
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = queuectl.main(["--home", self.home] + [str(a) for a in argv])
+        finally:
+            sys.stdin = old_stdin
+        return Result(code, out.getvalue(), err.getvalue())
+
+    def ok(self, *argv, **kwargs):
+        result = self.cli(*argv, **kwargs)
+        self.assertEqual(result.code, 0, result)
+        return result
+
+    def run_cli(self, *argv, stdin=None, timeout=60, env=None):
+        """Run queuectl in a real subprocess."""
+        full_env = dict(os.environ, QUEUECTL_HOME=self.home)
+        full_env.pop("QUEUECTL_DEBUG", None)
+        if env:
+            full_env.update(env)
+        proc = subprocess.run([sys.executable, SCRIPT] + [str(a) for a in argv], input=stdin,
+                              capture_output=True, text=True, timeout=timeout, env=full_env)
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    def spawn_worker(self, *args, env=None):
+        """Start `queuectl worker start ARGS` as a real process; killed at cleanup if still alive."""
+        full_env = dict(os.environ, QUEUECTL_HOME=self.home)
+        if env:
+            full_env.update(env)
+        log = open(os.path.join(self.tmp, "worker-%d.log" % time.monotonic_ns()), "w+")
+        self.addCleanup(log.close)
+        proc = subprocess.Popen([sys.executable, SCRIPT, "worker", "start"] + [str(a) for a in args],
+                                stdout=log, stderr=subprocess.STDOUT, env=full_env)
+        proc.log = log
+
+        def reap():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        self.addCleanup(reap)
+        return proc
+
+    def job(self, job_id):
+        with Store(self.db_path) as store:
+            return store.get(job_id)
