@@ -128,6 +128,7 @@ class Store:
 
     def __init__(self, path, *, durable=True, autocheckpoint=True):
         self.path = path
+        self.finish_recorded = None
         try:
             self.con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                        check_same_thread=False)
@@ -250,11 +251,12 @@ class Store:
         job's CLAIM_COLUMNS, or None when nothing is due.
 
         `finish`, an outcome for `record`, records the previous job's result in
-        the same transaction: one commit per job instead of two.
+        the same transaction: one commit per job instead of two. Whether it
+        was recorded (False: the claim was lost) is left in `finish_recorded`.
         """
         with self._write() as con:
             if finish is not None:
-                self._record(con, finish)
+                self.finish_recorded = self._record(con, finish)
             params = (worker, now + lease_s, now, now)
             if HAS_RETURNING:
                 row = con.execute(_CLAIM_SQL + "(" + _CLAIM_SELECT + ") RETURNING " + CLAIM_COLUMNS,

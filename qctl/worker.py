@@ -339,6 +339,8 @@ class Worker:
                     generation = self._wake_gen
                 try:
                     job = store.claim(self.id, time.time(), self.settings["lease-seconds"], finish=finish)
+                    if finish is not None and not store.finish_recorded:
+                        self._log_lost(finish)
                     finish = None
                 except QueueError as exc:
                     log.error("worker %s: %s (will retry)", self.id, exc)
@@ -352,11 +354,15 @@ class Worker:
             log.exception("worker %s: thread crashed; its job will be recovered", self.id)
         finally:
             try:
-                if finish is not None:
-                    store.record(finish)
+                if finish is not None and not store.record(finish):
+                    self._log_lost(finish)
             except Exception as exc:
                 log.error("worker %s: could not record a result: %s; the job will be recovered", self.id, exc)
             store.close()
+
+    def _log_lost(self, outcome):
+        log.warning("job %s: result not recorded: its lease was lost and another worker recovered it",
+                    outcome[1]["job"]["id"])
 
     def _wait_for_work(self, generation):
         with self._cond:
