@@ -1,0 +1,75 @@
+"""Drain rate: `true` jobs drained by `worker start --count N --burst` against a bare loop.
+
+The limit is starting processes: a bare `ThreadPoolExecutor(N)` running
+`subprocess.run("true", shell=True, capture_output=True)` as fast as it can.
+queuectl is timed end to end, its own interpreter start included; the jobs are
+enqueued beforehand (enqueue has its own benchmark). The two alternate within
+each run so that load on the machine hits both alike.
+
+    python bench/drain.py [--quick] [--runs N] [--jobs N] [--threads 2 8]
+"""
+
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from common import home_in, machine, median, options, run_cli, table, temp_home
+
+from qctl import home as qhome
+from qctl import jobs
+from qctl.db import Store
+
+
+def bare_loop(count, threads):
+    """Seconds for `threads` threads to run `true` through the shell `count` times."""
+    def one(_):
+        subprocess.run("true", shell=True, capture_output=True)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(one, range(count)):
+            pass
+    return time.perf_counter() - started
+
+
+def queuectl_drain(count, threads):
+    """Seconds for `worker start --count threads --burst` to drain `count` true jobs."""
+    with temp_home() as tmp:
+        home = home_in(tmp)
+        now = time.time()
+        new = [jobs.validate_job({"command": "true"}, now=now, default_max_retries=0) for _ in range(count)]
+        with Store(qhome.ensure(home)) as store:
+            store.enqueue(new, now)
+        took, _ = run_cli(home, "worker", "start", "--count", str(threads), "--burst")
+        with Store(qhome.ensure(home)) as store:
+            counts = store.counts()
+        if counts[jobs.COMPLETED] != count:
+            raise SystemExit("the worker left jobs undone: %r" % counts)
+        return took
+
+
+def main():
+    def extra(parser):
+        parser.add_argument("--jobs", type=int, help="jobs per run (default 5000, quick 300)")
+        parser.add_argument("--threads", type=int, nargs="+", default=[2, 8], help="thread counts (default 2 8)")
+    args = options(__doc__.splitlines()[0], runs=3, extra=extra)
+    count = args.jobs or (300 if args.quick else 5000)
+    rows = []
+    for threads in args.threads:
+        bare, ours = [], []
+        for run in range(args.runs):
+            # Alternate which goes first, so neither always meets a warmer or busier machine.
+            order = (bare_loop, queuectl_drain) if run % 2 == 0 else (queuectl_drain, bare_loop)
+            for bench in order:
+                took = bench(count, threads)
+                (bare if bench is bare_loop else ours).append(count / took)
+            print("  threads %d run %d: bare %.0f/s, queuectl %.0f/s" % (threads, run + 1, bare[-1], ours[-1]),
+                  file=sys.stderr)
+        rows.append([threads, "%.0f" % median(bare), "%.0f" % median(ours), "%.2f" % (median(ours) / median(bare))])
+    print(machine())
+    table("drain of %d `true` jobs, jobs/s, median of %d runs" % (count, args.runs),
+          ["threads", "bare subprocess loop", "queuectl worker --burst", "ratio"], rows)
+
+
+if __name__ == "__main__":
+    main()
