@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,6 +18,15 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 SCRIPT = os.path.join(ROOT, "queuectl.py")
+
+from qctl import home as qhome  # noqa: E402  (needs ROOT on the path)
+from qctl import jobs  # noqa: E402
+from qctl.db import Store  # noqa: E402
+
+WORKER = "bench:1:000000"
+LEASE_S = 30.0
+CHECKPOINT_EVERY_S = 0.5  # the worker's heartbeat tick
+ENQUEUE_BATCH = 100000
 
 
 def options(description, *, runs, quick_runs=1, extra=None):
@@ -86,3 +96,58 @@ def machine():
     import sqlite3
     return "python %s, sqlite %s, %d cpus, load average %.2f" % (
         sys.version.split()[0], sqlite3.sqlite_version, os.cpu_count() or 0, load)
+
+
+# ---------------------------------------------------------------- the job path without processes
+
+def fresh_db(tmp, count):
+    """A new database in `tmp` holding `count` pending `true` jobs; returns its path."""
+    path = qhome.ensure(home_in(tmp))
+    enqueue_true(path, count)
+    return path
+
+
+def enqueue_true(path, count):
+    now = time.time()
+    with Store(path) as store:
+        for first in range(0, count, ENQUEUE_BATCH):
+            store.enqueue([jobs.validate_job({"command": "true"}, now=now, default_max_retries=0)
+                           for _ in range(min(ENQUEUE_BATCH, count - first))], now)
+
+
+class Checkpointer:
+    """The worker's heartbeat thread, reduced to its checkpoint: PASSIVE every 0.5 s, off the job path."""
+
+    def __init__(self, path):
+        self.store = Store(path, durable=False, autocheckpoint=False)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+
+    def loop(self):
+        while not self.done.wait(CHECKPOINT_EVERY_S):
+            self.store.checkpoint()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+        self.store.close()
+
+
+def store_cycle(store, limit=None):
+    """Claim and complete jobs through the Store as a worker thread does, with a no-op runner,
+    until none is due (or `limit` are done); returns how many."""
+    done, finish = 0, None
+    while limit is None or done < limit:
+        job = store.claim(WORKER, time.time(), LEASE_S, finish=finish)
+        finish = None
+        if job is None:
+            break
+        done += 1
+        finish = ("complete", {"job": job, "worker": WORKER, "now": time.time(), "stdout": b"", "stderr": b""})
+    if finish is not None:
+        store.record(finish)
+    return done

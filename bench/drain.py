@@ -14,9 +14,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import home_in, machine, median, options, run_cli, table, temp_home
+from common import fresh_db, home_in, machine, median, options, run_cli, table, temp_home
 
-from qctl import home as qhome
 from qctl import jobs
 from qctl.db import Store
 
@@ -35,13 +34,9 @@ def bare_loop(count, threads):
 def queuectl_drain(count, threads):
     """Seconds for `worker start --count threads --burst` to drain `count` true jobs."""
     with temp_home() as tmp:
-        home = home_in(tmp)
-        now = time.time()
-        new = [jobs.validate_job({"command": "true"}, now=now, default_max_retries=0) for _ in range(count)]
-        with Store(qhome.ensure(home)) as store:
-            store.enqueue(new, now)
-        took, _ = run_cli(home, "worker", "start", "--count", str(threads), "--burst")
-        with Store(qhome.ensure(home)) as store:
+        path = fresh_db(tmp, count)
+        took, _ = run_cli(home_in(tmp), "worker", "start", "--count", str(threads), "--burst")
+        with Store(path) as store:
             counts = store.counts()
         if counts[jobs.COMPLETED] != count:
             raise SystemExit("the worker left jobs undone: %r" % counts)

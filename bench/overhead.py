@@ -23,60 +23,11 @@ import sys
 import threading
 import time
 
-from common import home_in, machine, median, options, table, temp_home
+from common import LEASE_S, WORKER, Checkpointer, fresh_db, machine, median, options, store_cycle, table, temp_home
 
 from qctl import db
-from qctl import home as qhome
 from qctl import jobs
 from qctl.db import Store
-
-WORKER = "bench:1:000000"
-LEASE_S = 30.0
-CHECKPOINT_EVERY_S = 0.5  # the worker's heartbeat tick
-
-
-def fresh_db(tmp, count):
-    """A new database holding `count` pending jobs; returns its path."""
-    path = qhome.ensure(home_in(tmp))
-    now = time.time()
-    new = [jobs.validate_job({"command": "true"}, now=now, default_max_retries=0) for _ in range(count)]
-    with Store(path) as store:
-        store.enqueue(new, now)
-    return path
-
-
-class Checkpointer:
-    """The worker's heartbeat thread, reduced to its checkpoint: PASSIVE every 0.5 s, off the job path."""
-
-    def __init__(self, path):
-        self.store = Store(path, durable=False, autocheckpoint=False)
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self.loop, daemon=True)
-
-    def loop(self):
-        while not self.done.wait(CHECKPOINT_EVERY_S):
-            self.store.checkpoint()
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.done.set()
-        self.thread.join()
-        self.store.close()
-
-
-def store_cycle(store):
-    """Claim and complete every job through the Store, as a worker thread does; returns the job count."""
-    done, finish = 0, None
-    while True:
-        job = store.claim(WORKER, time.time(), LEASE_S, finish=finish)
-        if job is None:
-            return done
-        done += 1
-        finish = ("complete", {"job": job, "worker": WORKER, "now": time.time(), "stdout": b"", "stderr": b""})
-
 
 # The same statements Store.claim and Store._complete issue, on a raw connection.
 BARE_CLAIM = db._CLAIM_SQL + "(" + db._CLAIM_SELECT + ") RETURNING " + db.CLAIM_COLUMNS
