@@ -314,9 +314,6 @@ class Worker:
                 with self._cond:
                     idle = self._idle
                 if idle and not self._stopping.is_set():
-                    if self.burst and idle == self.threads:
-                        self.stop()
-                        break
                     now = time.monotonic()
                     changed = watch.data_version()
                     if changed != version:
@@ -369,6 +366,10 @@ class Worker:
     def _wait_for_work(self, generation):
         with self._cond:
             self._idle += 1
+            if self.burst and self._idle == self.threads:
+                # The last thread to find nothing due ends a burst at once, rather than
+                # at the supervisor's next tick (up to a poll-interval later).
+                self.stop()
             try:
                 while self._wake_gen == generation and not self._stopping.is_set():
                     self._cond.wait()
