@@ -6,7 +6,6 @@ per command and prints. No SQL and no job logic live here.
 """
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -49,6 +48,7 @@ def out(text=""):
 
 
 def print_json(value):
+    import json  # only --json output needs it: keep it off every command's start-up
     out(json.dumps(value, indent=2, ensure_ascii=False))
 
 

@@ -14,7 +14,6 @@ no row; `job_runs` rebuilds it from the job. That keeps the hot path at one
 row written per job.
 """
 
-import json
 import os
 import sqlite3
 import threading
@@ -483,6 +482,7 @@ class Store:
 
     def config(self):
         """Every key with its value: stored, else the default."""
+        import json  # here, not at the top: most commands never read the config
         values = jobs.config_defaults()
         for key, text in self._read("SELECT key, value FROM config"):
             if key in values:
@@ -491,6 +491,7 @@ class Store:
 
     def set_config(self, key, value):
         """Store a value already checked by `jobs.config_value`."""
+        import json
         with self._write() as con:
             con.execute("INSERT INTO config (key, value) VALUES (?, ?) "
                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, json.dumps(value)))

@@ -4,9 +4,11 @@ Pure functions only: no SQL, no printing, no processes. Everything a user types
 (a job's JSON, a config value, a duration, a timestamp) is checked here once and
 turned into the canonical value the store keeps, or rejected with InvalidJob /
 ConfigError naming what is wrong.
+
+`json` is imported where it is used: `status` and the worker's job path do
+not need it, and every command pays for start-up.
 """
 
-import json
 import math
 import os
 import re
@@ -47,7 +49,7 @@ def parse_duration(value, what, *, minimum=0.0, allow_zero=True):
     """
     if isinstance(value, bool):
         raise InvalidJob("%s must be a number of seconds or a duration like 30s, 5m, 2h, 1d, not %s"
-                         % (what, json.dumps(value)))
+                         % (what, _describe(value)))
     if isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str):
@@ -107,6 +109,7 @@ def backoff_delay(failures, base, cap):
 
 def parse_job_json(text, *, now, cwd=None, default_max_retries):
     """Validate one job given as JSON text; see `validate_job`."""
+    import json
     try:
         raw = json.loads(text, parse_constant=_reject_constant)
     except ValueError as exc:
@@ -171,6 +174,7 @@ def validate_job(raw, *, now, cwd=None, default_max_retries):
 
     env = raw.get("env")
     if env is not None:
+        import json
         env = json.dumps(_check_env(env), sort_keys=True)
 
     return {"id": job_id, "command": command, "max_retries": max_retries, "priority": priority,
@@ -192,6 +196,7 @@ def check_id(job_id):
 
 def mask_env(env_json):
     """The env as shown to people: its keys, every value replaced by ***."""
+    import json
     if not env_json:
         return None
     return {key: "***" for key in json.loads(env_json)}
@@ -231,7 +236,7 @@ def _describe(value):
     if value is None:
         return "null"
     if isinstance(value, bool):
-        return json.dumps(value)
+        return "true" if value else "false"
     if isinstance(value, (int, float)):
         return "the number %s" % (value,)
     if isinstance(value, str):
