@@ -52,9 +52,16 @@ def home_in(tmp):
     return os.path.join(tmp, "home")
 
 
+# Set by some CI and sandbox shells, not by a user's: without bytecode caching
+# every start compiles qctl/ again, and unbuffered stdout turns each worker log
+# line into extra write calls. queuectl is measured as a user runs it.
+UNUSUAL_ENV = ("PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "QUEUECTL_DEBUG")
+
+
 def cli_env(home):
     env = dict(os.environ, QUEUECTL_HOME=home)
-    env.pop("QUEUECTL_DEBUG", None)
+    for name in UNUSUAL_ENV:
+        env.pop(name, None)
     return env
 
 
