@@ -258,8 +258,7 @@ class Store:
                 self.finish_recorded = self._record(con, finish)
             params = (worker, now + lease_s, now, now)
             if HAS_RETURNING:
-                row = con.execute(_CLAIM_SQL + "(" + _CLAIM_SELECT + ") RETURNING " + CLAIM_COLUMNS,
-                                  params + (now,)).fetchone()
+                row = con.execute(_CLAIM_RETURNING_SQL, params + (now,)).fetchone()
             else:
                 # SQLite < 3.35 has no RETURNING. Still atomic: we hold the write lock.
                 found = con.execute(_CLAIM_SELECT, (now,)).fetchone()
@@ -267,7 +266,7 @@ class Store:
                 if found is not None:
                     con.execute(_CLAIM_SQL + "?", params + found)
                     row = con.execute("SELECT " + CLAIM_COLUMNS + " FROM jobs WHERE seq = ?", found).fetchone()
-        return None if row is None else dict(zip(CLAIM_COLUMNS.split(", "), row))
+        return None if row is None else dict(zip(_CLAIM_KEYS, row))
 
     def record(self, outcome):
         """Record a run's outcome: ("complete", kwargs of `complete`) or ("fail", kwargs of `fail`).
@@ -507,6 +506,9 @@ _CLAIM_SELECT = ("SELECT seq FROM jobs INDEXED BY jobs_ready WHERE state IN ('pe
                  "ORDER BY priority DESC, next_run_at, seq LIMIT 1")
 _CLAIM_SQL = ("UPDATE jobs SET state = 'processing', attempts = attempts + 1, runs = runs + 1, worker = ?, "
               "lease_until = ?, started_at = ?, finished_at = NULL, updated_at = ? WHERE seq = ")
+# Built once: the claim runs once per job, and sqlite3 finds its cached statement by the text.
+_CLAIM_RETURNING_SQL = _CLAIM_SQL + "(" + _CLAIM_SELECT + ") RETURNING " + CLAIM_COLUMNS
+_CLAIM_KEYS = tuple(CLAIM_COLUMNS.split(", "))
 
 
 def _job_dict(row):
