@@ -49,7 +49,10 @@ def parse_duration(value, what, *, minimum=0.0, allow_zero=True):
         raise InvalidJob("%s must be a number of seconds or a duration like 30s, 5m, 2h, 1d, not %s"
                          % (what, json.dumps(value)))
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float (JSON allows any number of digits)
+            seconds = math.inf
     elif isinstance(value, str):
         m = _DURATION_RE.match(value)
         if not m:
