@@ -116,6 +116,12 @@ def _sqlite_message(exc, path):
     return "database error on %s: %s" % (path, text)
 
 
+def _not_unicode(exc):
+    # A value typed by the user (a job id from argv) held bytes that are not UTF-8:
+    # Python passes them on as lone surrogates, which SQLite cannot bind.
+    return InvalidJob("%r is not valid Unicode text (it holds bytes that are not UTF-8)" % (exc.object[:60],))
+
+
 class Store:
     """One connection to the queue database. Not shared between threads: each opens its own.
 
@@ -191,6 +197,8 @@ class Store:
             except BaseException as exc:
                 if self.con.in_transaction:
                     self.con.execute("ROLLBACK")
+                if isinstance(exc, UnicodeEncodeError):
+                    raise _not_unicode(exc) from None
                 if isinstance(exc, sqlite3.IntegrityError) or not isinstance(exc, sqlite3.Error):
                     raise
                 raise StoreError(_sqlite_message(exc, self.path)) from None
@@ -200,6 +208,8 @@ class Store:
             return self.con.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(_sqlite_message(exc, self.path)) from None
+        except UnicodeEncodeError as exc:
+            raise _not_unicode(exc) from None
 
     def data_version(self):
         """A number that changes whenever another connection commits (cheap: no disk read)."""

@@ -145,6 +145,7 @@ def validate_job(raw, *, now, cwd=None, default_max_retries):
         raise InvalidJob("command must not be empty")
     if "\x00" in command:
         raise InvalidJob("command must not contain a NUL character")
+    check_unicode(command, "command")
 
     max_retries = raw.get("max_retries")
     max_retries = default_max_retries if max_retries is None else _int_field(
@@ -171,6 +172,7 @@ def validate_job(raw, *, now, cwd=None, default_max_retries):
         raise InvalidJob("cwd must be a non-empty path string")
     else:
         job_cwd = os.path.join(cwd if cwd is not None else os.getcwd(), job_cwd)
+    check_unicode(job_cwd, "cwd")
 
     env = raw.get("env")
     if env is not None:
@@ -190,7 +192,19 @@ def check_id(job_id):
         raise InvalidJob("id must be at most %d characters (got %d)" % (ID_MAX_CHARS, len(job_id)))
     if any(_is_control(ch) for ch in job_id):
         raise InvalidJob("id must not contain control characters: %r" % (job_id[:60],))
-    return job_id
+    return check_unicode(job_id, "id")
+
+
+def check_unicode(text, what, *, secret=False):
+    """`text` if it can be stored. Bytes that are not UTF-8 reach Python as lone surrogates
+    (from argv, a file name, or a JSON \\ud800 escape) and SQLite cannot store those.
+    A `secret` (an env value) is not quoted in the error."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidJob("%s is not valid Unicode text (it holds bytes that are not UTF-8)%s"
+                         % (what, "" if secret else ": %r" % (text[:60],))) from None
+    return text
 
 
 def mask_env(env_json):
@@ -210,6 +224,8 @@ def _check_env(env):
             raise InvalidJob("env value of %r must be a string, not %s" % (key, _describe(value)))
         if "\x00" in value:
             raise InvalidJob("env value of %r must not contain a NUL character" % (key,))
+        check_unicode(key, "env key")
+        check_unicode(value, "env value of %r" % (key,), secret=True)
     return env
 
 
