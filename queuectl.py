@@ -212,7 +212,9 @@ def read_job_lines(path, *, now, cwd, default_max_retries):
     except UnicodeDecodeError as exc:
         raise InvalidJob("%s is not UTF-8 text (byte %d)" % (path if path != "-" else "stdin", exc.start)) from None
     new = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # JSON Lines ends lines at \n only: splitlines() would also cut at U+2028, \x1c, \x85 ...
+    # which JSON allows raw inside strings. A \r before the \n is whitespace to json.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
