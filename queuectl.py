@@ -126,7 +126,8 @@ def limit_arg(value):
         raise argparse.ArgumentTypeError("must be a whole number, not %r" % value)
     if number < 0:
         raise argparse.ArgumentTypeError("must be 0 (all) or more, not %d" % number)
-    return number
+    # More than SQLite's largest integer (it would overflow binding) means all of them anyway.
+    return min(number, 2 ** 63 - 1)
 
 
 def state_arg(value):

@@ -247,6 +247,7 @@ class QueryTest(CliTestCase):
         self.ok("enqueue", "--file", path)
         self.assertEqual(len(self.json_of("list")), 100)
         self.assertEqual(len(self.ids()), 105)
+        self.assertEqual(len(self.json_of("list", "--limit", str(10 ** 30))), 105)
 
     def test_list_errors(self):
         self.fails("list", "--state", "running", code=2,
