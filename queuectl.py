@@ -53,7 +53,8 @@ def print_json(value):
 
 
 def error_line(message):
-    text = " ".join(str(message).split("\n"))
+    # splitlines, not split("\n"): a \r in a path the user typed must not break the one line either.
+    text = " ".join(str(message).splitlines())
     sys.stderr.write("queuectl: error: %s\n" % text)
 
 

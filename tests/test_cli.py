@@ -204,6 +204,7 @@ class EnqueueFileTest(CliTestCase):
         self.fails("enqueue", "--file", self.write(b'{"command": "\xff"}\n'), message="is not UTF-8 text")
         self.fails("enqueue", "--file", "-", stdin="", message="stdin holds no jobs")
         self.fails("enqueue", "--file", self.tmp, message="cannot read")
+        self.fails("enqueue", "--file", os.path.join(self.tmp, "two\rlines\nhere"), message="cannot read")
         self.assertEqual(self.ids(), [])
 
 
