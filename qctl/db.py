@@ -18,6 +18,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 
 from . import jobs
@@ -25,6 +26,7 @@ from .errors import DuplicateJob, InvalidJob, InvalidState, JobNotFound, StoreEr
 from .jobs import COMPLETED, DEAD, FAILED, PENDING, PROCESSING, STATES
 
 BUSY_TIMEOUT_S = 30.0
+WAL_RETRY_S = 0.005
 HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 
 # ---------------------------------------------------------------- schema
@@ -171,7 +173,7 @@ class Store:
             raise StoreError("the database %s has schema version %d; this queuectl knows up to %d: upgrade queuectl"
                              % (self.path, version, SCHEMA_VERSION))
         if self.con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            mode = self.con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._switch_to_wal()
             if mode.lower() != "wal":
                 raise StoreError("cannot put %s in WAL mode (got %s): is it on a network filesystem?"
                                  % (self.path, mode))
@@ -182,6 +184,22 @@ class Store:
                 for statement in MIGRATIONS[step]:
                     con.execute(statement)
             con.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
+
+    def _switch_to_wal(self):
+        """PRAGMA journal_mode = WAL, retried while another connection holds a lock.
+
+        SQLite answers this switch with "database is locked" at once, without its
+        busy handler, when another connection holds a write lock: which happens
+        when two processes open a new database together (each then migrates).
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                return self.con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc).lower() or time.monotonic() >= deadline:
+                    raise
+            time.sleep(WAL_RETRY_S)
 
     @contextmanager
     def _write(self):

@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import qctl.db
@@ -72,6 +73,21 @@ class SchemaTest(StoreTestCase):
         with self.assertRaisesRegex(StoreError, "schema version %d.*upgrade queuectl" % (SCHEMA_VERSION + 1)):
             Store(self.db_path)
         self.assertEqual(self.user_version(), SCHEMA_VERSION + 1)
+
+    def test_first_open_waits_while_another_connection_holds_the_write_lock(self):
+        # Two processes opening a new database together: one holds the write lock while the
+        # other switches to WAL, which SQLite refuses at once instead of waiting.
+        fresh = os.path.join(self.tmp, "fresh.db")
+        other = sqlite3.connect(fresh, isolation_level=None, check_same_thread=False)
+        self.addCleanup(other.close)
+        other.execute("BEGIN IMMEDIATE")
+        timer = threading.Timer(0.2, other.execute, ("COMMIT",))
+        timer.start()
+        self.addCleanup(timer.join)
+        with Store(fresh) as store:
+            self.assertFalse(other.in_transaction)
+            self.assertEqual(store.counts(), dict.fromkeys(jobs.STATES, 0))
+            self.assertEqual(store._read("PRAGMA journal_mode")[0][0].lower(), "wal")
 
     def test_not_a_database_is_a_store_error(self):
         path = os.path.join(self.tmp, "junk.db")
