@@ -226,7 +226,7 @@ def read_job_lines(path, *, now, cwd, default_max_retries):
 
 def cmd_status(args):
     with open_store(args) as store:
-        status = store.status(time.time())
+        status = store.status(time.time(), alive=qhome.worker_alive)
     if args.json:
         print_json(status)
         return EXIT_OK
@@ -456,14 +456,14 @@ def cmd_worker_start(args):
 def cmd_worker_stop(args):
     qhome.ensure(args.home)
     with open_store(args) as store:
-        before = [w["id"] for w in store.workers(time.time())]
+        before = [w["id"] for w in store.workers(time.time(), alive=qhome.worker_alive)]
         qhome.request_stop(args.home)
         out("asked %s to stop" % plural(len(before), "worker"))
         if not args.wait:
             return EXIT_OK
         deadline = None if args.timeout is None else time.monotonic() + args.timeout
         while True:
-            alive = set(before) & {w["id"] for w in store.workers(time.time())}
+            alive = set(before) & {w["id"] for w in store.workers(time.time(), alive=qhome.worker_alive)}
             if not alive:
                 out("all stopped")
                 return EXIT_OK
@@ -475,7 +475,7 @@ def cmd_worker_stop(args):
 
 def cmd_worker_list(args):
     with open_store(args) as store:
-        live = store.workers(time.time())
+        live = store.workers(time.time(), alive=qhome.worker_alive)
     if args.json:
         print_json([{"id": w["id"], "pid": w["pid"], "host": w["host"], "threads": w["threads"],
                      "started_at": jobs.iso(w["started_at"]), "heartbeat_at": jobs.iso(w["heartbeat_at"]),

@@ -5,6 +5,7 @@ generation a worker compares against), like rq's suspension module.
 """
 
 import os
+import socket
 import stat
 
 from .errors import QueueError, StoreError
@@ -98,3 +99,26 @@ def request_stop(home):
 def log_path(home):
     return os.path.join(home, LOG_NAME)
 
+
+
+# ---------------------------------------------------------------- worker liveness
+
+HOST = socket.gethostname()
+
+
+def pid_alive(pid):
+    """Whether a process with this pid exists here (POSIX; elsewhere assume it does)."""
+    if not POSIX:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def worker_alive(host, pid):
+    """False for a worker registered from this host whose process is gone; True otherwise."""
+    return host != HOST or pid_alive(pid)

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -197,19 +196,6 @@ def _read_threads(proc, out, err, deadline):
 
 # ---------------------------------------------------------------- the worker process
 
-def pid_alive(pid):
-    """Whether a process with this pid exists on this host (POSIX; elsewhere assume it does)."""
-    if not POSIX:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Worker:
     """One worker process serving `home` with `threads` threads.
 
@@ -220,7 +206,7 @@ class Worker:
     def __init__(self, home, *, threads=None, burst=False):
         self.home = home
         self.db_path = qhome.ensure(home)
-        self.host = socket.gethostname()
+        self.host = qhome.HOST
         self.pid = os.getpid()
         self.id = "%s:%d:%s" % (self.host, self.pid, os.urandom(3).hex())
         self.burst = burst
@@ -331,7 +317,11 @@ class Worker:
             watch.close()
 
     def _thread_main(self):
-        store = Store(self.db_path, durable=False, autocheckpoint=False)
+        try:
+            store = Store(self.db_path, durable=False, autocheckpoint=False)
+        except QueueError as exc:
+            log.error("worker %s: a thread could not open the queue: %s", self.id, exc)
+            return
         finish = None
         try:
             while not self._stopping.is_set():
@@ -349,14 +339,17 @@ class Worker:
                 if job is None:
                     self._wait_for_work(generation)
                     continue
-                finish = self.step(job)
-        except Exception:
-            log.exception("worker %s: thread crashed; its job will be recovered", self.id)
+                try:
+                    finish = self.step(job)
+                except Exception as exc:  # a bug: fail the job rather than hold its lease forever
+                    log.exception("worker %s: error running job %s", self.id, job["id"])
+                    finish = ("fail", dict(job=job, worker=self.id, now=time.time(), error="worker error: %s" % exc,
+                                           exit_code=None, retry_delay_s=self._backoff(job["attempts"])))
         finally:
             try:
                 if finish is not None and not store.record(finish):
                     self._log_lost(finish)
-            except Exception as exc:
+            except QueueError as exc:
                 log.error("worker %s: could not record a result: %s; the job will be recovered", self.id, exc)
             store.close()
 
@@ -443,8 +436,7 @@ class Worker:
     def _recover(self):
         """Jobs of workers whose lease expired, or that died on this host, back to the queue."""
         store, now = self._heartbeat_store, time.time()
-        dead = [w["id"] for w in store.workers(now)
-                if w["host"] == self.host and w["pid"] != self.pid and not pid_alive(w["pid"])]
+        dead = [w["id"] for w in store.workers(now) if not qhome.worker_alive(w["host"], w["pid"])]
         for job_id, state in store.recover(now, self._backoff, dead_workers=dead):
             log.info("job %s recovered from a lost worker: now %s", job_id, state)
 
