@@ -68,10 +68,14 @@ def check_private(home):
 
 # ---------------------------------------------------------------- stop protocol
 
+def stopfile_path(home):
+    return os.path.join(home, STOPFILE_NAME)
+
+
 def stop_generation(home):
     """The generation the stopfile holds (0 when there is none)."""
     try:
-        with open(os.path.join(home, STOPFILE_NAME), encoding="ascii") as fh:
+        with open(stopfile_path(home), encoding="ascii") as fh:
             return int(fh.read().strip() or 0)
     except (OSError, ValueError):
         return 0
@@ -85,7 +89,7 @@ def request_stop(home):
     Written to a temporary file and renamed, so a reader never sees half of it.
     """
     generation = stop_generation(home) + 1
-    path = os.path.join(home, STOPFILE_NAME)
+    path = stopfile_path(home)
     tmp = "%s.%d.tmp" % (path, os.getpid())
     try:
         with open(tmp, "w", encoding="ascii") as fh:

@@ -215,6 +215,8 @@ class Worker:
         self.threads = threads or self.settings["worker-count"]
         self.started_at = time.time()
         self.stop_generation = qhome.stop_generation(home)
+        self._stopfile = qhome.stopfile_path(home)
+        self._stopfile_seen = ()
         self._stopping = threading.Event()   # claim nothing more
         self._done = threading.Event()       # every pool thread has returned
         self._killing = False                # kill running commands and release their jobs
@@ -292,7 +294,7 @@ class Worker:
                 elif self._signals > 1 and not self._killing:
                     log.info("worker %s killing running jobs; they go back to the queue", self.id)
                     self.kill()
-                if not self._stopping.is_set() and qhome.stop_generation(self.home) > self.stop_generation:
+                if not self._stopping.is_set() and self._stop_requested():
                     log.info("worker %s stopping: stop requested", self.id)
                     self.stop()
                 with self._cond:
@@ -315,6 +317,18 @@ class Worker:
                 wait_futures(futures, timeout=poll)
         finally:
             watch.close()
+
+    def _stop_requested(self):
+        """Whether the stopfile's generation grew since we started; reads it only when it changed."""
+        try:
+            st = os.stat(self._stopfile)
+            signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            signature = None
+        if signature == self._stopfile_seen:
+            return False
+        self._stopfile_seen = signature
+        return qhome.stop_generation(self.home) > self.stop_generation
 
     def _thread_main(self):
         try:
