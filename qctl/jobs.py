@@ -218,7 +218,8 @@ def _check_env(env):
     if not isinstance(env, dict):
         raise InvalidJob("env must be an object of strings, not %s" % _describe(env))
     for key, value in env.items():
-        if not key or "=" in key or "\x00" in key:
+        # A control character in a name would also break the lines of list and show.
+        if not key or "=" in key or any(_is_control(ch) for ch in key):
             raise InvalidJob("env key %r is not a valid variable name" % (key,))
         if not isinstance(value, str):
             raise InvalidJob("env value of %r must be a string, not %s" % (key, _describe(value)))

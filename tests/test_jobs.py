@@ -170,6 +170,8 @@ class ValidateJobTest(unittest.TestCase):
             ({"command": "x", "env": {"A": None}}, "env value of 'A' must be a string, not null"),
             ({"command": "x", "env": {"": "1"}}, "not a valid variable name"),
             ({"command": "x", "env": {"A=B": "1"}}, "not a valid variable name"),
+            ({"command": "x", "env": {"A\nB": "1"}}, "not a valid variable name"),
+            ({"command": "x", "env": {"A\x00": "1"}}, "not a valid variable name"),
             ({"command": "x", "env": {"A": "\x00"}}, "NUL"),
         ]
         for raw, message in cases:
