@@ -167,7 +167,10 @@ def cmd_enqueue(args):
                           % given[0].replace("_", "-"))
     with open_store(args) as store:
         default_retries = store.config()["max-retries"]
-        cwd = os.getcwd()
+        try:
+            cwd = os.getcwd()
+        except OSError:  # deleted under us: only jobs with an absolute cwd can go in
+            cwd = None
         if args.file is not None:
             new = read_job_lines(args.file, now=now, cwd=cwd, default_max_retries=default_retries)
             ids = store.enqueue(new, now)
@@ -629,8 +632,8 @@ def main(argv=None):
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    args.home = qhome.resolve(args.home)
     try:
+        args.home = qhome.resolve(args.home)
         return args.func(args)
     except SystemExit as exc:  # parser.error() inside a command
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE

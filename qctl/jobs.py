@@ -167,11 +167,11 @@ def validate_job(raw, *, now, cwd=None, default_max_retries):
 
     job_cwd = raw.get("cwd")
     if job_cwd is None:
-        job_cwd = cwd if cwd is not None else os.getcwd()
+        job_cwd = _base_dir(cwd)
     elif not isinstance(job_cwd, str) or not job_cwd or "\x00" in job_cwd:
         raise InvalidJob("cwd must be a non-empty path string")
-    else:
-        job_cwd = os.path.join(cwd if cwd is not None else os.getcwd(), job_cwd)
+    elif not os.path.isabs(job_cwd):
+        job_cwd = os.path.join(_base_dir(cwd), job_cwd)
     check_unicode(job_cwd, "cwd")
 
     env = raw.get("env")
@@ -180,6 +180,17 @@ def validate_job(raw, *, now, cwd=None, default_max_retries):
 
     return {"id": job_id, "command": command, "max_retries": max_retries, "priority": priority,
             "run_at": run_at, "timeout": timeout, "cwd": job_cwd, "env": env}
+
+
+def _base_dir(cwd):
+    """`cwd` if given, else this process's working directory."""
+    if cwd is not None:
+        return cwd
+    try:
+        return os.getcwd()
+    except OSError as exc:  # it was deleted under us
+        raise InvalidJob("cannot read the current directory (%s): give the job an absolute cwd"
+                         % (exc.strerror or exc,)) from None
 
 
 def check_id(job_id):

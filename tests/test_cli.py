@@ -508,6 +508,19 @@ class HomeTest(CliTestCase):
             for suffix in ("-wal", "-shm"):
                 self.assertEqual(stat.S_IMODE(os.stat(db + suffix).st_mode), 0o600, suffix)
 
+    @unittest.skipUnless(os.name == "posix", "Windows cannot delete the working directory")
+    def test_working_directory_deleted(self):
+        gone = os.path.join(self.tmp, "gone")
+        os.mkdir(gone)
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(gone)
+        os.rmdir(gone)
+        self.fails("enqueue", "--command", "true", message="cannot read the current directory .*absolute cwd")
+        self.fails("enqueue", '{"command": "true", "cwd": "sub"}', message="cannot read the current directory")
+        self.ok("enqueue", "--command", "true", "--id", "abs", "--cwd", self.tmp)
+        self.assertEqual(self.job("abs")["cwd"], self.tmp)
+        self.fails("--home", "relative", "status", message="cannot find the queuectl home relative")
+
     def test_a_file_where_the_home_should_be(self):
         path = os.path.join(self.tmp, "file")
         open(path, "w").close()
