@@ -6,7 +6,6 @@ import os
 import unittest
 from datetime import datetime
 
-import tests.base  # noqa: F401  (puts the project root on sys.path)
 from qctl import jobs
 from qctl.errors import ConfigError, InvalidJob
 
