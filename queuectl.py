@@ -15,7 +15,7 @@ import time
 from qctl import __version__
 from qctl import home as qhome
 from qctl import jobs
-from qctl.errors import InvalidJob, QueueError
+from qctl.errors import DuplicateJob, InvalidJob, QueueError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 WAIT_POLL_S = 0.1
@@ -172,8 +172,11 @@ def cmd_enqueue(args):
         except OSError:  # deleted under us: only jobs with an absolute cwd can go in
             cwd = None
         if args.file is not None:
-            new = read_job_lines(args.file, now=now, cwd=cwd, default_max_retries=default_retries)
-            ids = store.enqueue(new, now)
+            new, numbers = read_job_lines(args.file, now=now, cwd=cwd, default_max_retries=default_retries)
+            try:
+                ids = store.enqueue(new, now)
+            except DuplicateJob as exc:
+                raise QueueError("line %d: %s (nothing was enqueued)" % (numbers[exc.index], exc)) from None
             if args.json:
                 print_json({"count": len(ids), "ids": ids})
             else:
@@ -203,7 +206,9 @@ def parse_env_pair(pair):
 
 
 def read_job_lines(path, *, now, cwd, default_max_retries):
-    """Every job of a JSON Lines file (or stdin), validated; the first bad line raises."""
+    """Every job of a JSON Lines file (or stdin), validated, and the line number of each.
+
+    The first bad line raises."""
     try:
         if path == "-":
             data = sys.stdin.buffer.read()
@@ -216,7 +221,7 @@ def read_job_lines(path, *, now, cwd, default_max_retries):
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InvalidJob("%s is not UTF-8 text (byte %d)" % (path if path != "-" else "stdin", exc.start)) from None
-    new = []
+    new, numbers = [], []
     # JSON Lines ends lines at \n only: splitlines() would also cut at U+2028, \x1c, \x85 ...
     # which JSON allows raw inside strings. A \r before the \n is whitespace to json.
     for number, line in enumerate(text.split("\n"), 1):
@@ -226,9 +231,10 @@ def read_job_lines(path, *, now, cwd, default_max_retries):
             new.append(jobs.parse_job_json(line, now=now, cwd=cwd, default_max_retries=default_max_retries))
         except InvalidJob as exc:
             raise InvalidJob("line %d: %s (nothing was enqueued)" % (number, exc)) from None
+        numbers.append(number)
     if not new:
         raise InvalidJob("%s holds no jobs" % (path if path != "-" else "stdin"))
-    return new
+    return new, numbers
 
 
 def cmd_status(args):

@@ -244,7 +244,7 @@ class Store:
         """Store validated jobs (from `jobs.validate_job`) as `pending`, all or none.
 
         Returns their ids in order. A duplicate id (stored or within the batch)
-        raises DuplicateJob and stores nothing.
+        raises DuplicateJob, naming the first job that repeats one, and stores nothing.
         """
         rows = []
         for job in new_jobs:
@@ -258,16 +258,19 @@ class Store:
                     "timeout, cwd, env, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows)
         except sqlite3.IntegrityError:
-            raise DuplicateJob(self._first_duplicate([row[0] for row in rows])) from None
+            ids = [row[0] for row in rows]
+            index = self._first_duplicate(ids)
+            raise DuplicateJob(ids[index], index) from None
         return [row[0] for row in rows]
 
     def _first_duplicate(self, ids):
+        """The position of the first id that is stored already or repeats an earlier one."""
         seen = set()
-        for job_id in ids:
+        for index, job_id in enumerate(ids):
             if job_id in seen or self._read("SELECT 1 FROM jobs WHERE id = ?", (job_id,)):
-                return job_id
+                return index
             seen.add(job_id)
-        return ids[0]
+        return 0
 
     # ------------------------------------------------------------ the worker's transitions
 

@@ -186,15 +186,16 @@ class EnqueueFileTest(CliTestCase):
                 path = self.write(good % 1 + "\n" + good % 2 + bad + "\n" + good % 3)
                 line = self.fails("enqueue", "--file", path, message="^queuectl: error: line 4: .*" + message)
                 self.assertIn("nothing was enqueued", line)
-                line = self.fails("enqueue", "--file", "-", stdin=good % 1 + bad, message="line 2: ")
+                self.fails("enqueue", "--file", "-", stdin=good % 1 + bad, message="line 2: ")
         self.assertEqual(self.ids(), [])
 
-    def test_duplicates_store_nothing(self):
+    def test_duplicates_store_nothing_and_are_named(self):
         self.ok("enqueue", '{"id": "old", "command": "x"}')
-        self.fails("enqueue", "--file", self.write('{"id": "n1", "command": "x"}\n{"id": "old", "command": "x"}\n'),
-                   message="'old' already exists")
-        self.fails("enqueue", "--file", self.write('{"id": "n1", "command": "x"}\n{"id": "n1", "command": "x"}\n'),
-                   message="'n1' already exists")
+        self.fails("enqueue", "--file", self.write('{"id": "n1", "command": "x"}\n\n{"id": "old", "command": "x"}\n'),
+                   message="^queuectl: error: line 3: a job with id 'old' already exists \\(nothing was enqueued\\)$")
+        self.fails("enqueue", "--file", "-", stdin='{"id": "n1", "command": "x"}\n{"command": "y"}\n'
+                                                   '{"id": "n1", "command": "x"}\n{"id": "n1", "command": "z"}\n',
+                   message="^queuectl: error: line 3: a job with id 'n1' already exists")
         self.assertEqual(self.ids(), ["old"])
 
     def test_unusable_files(self):

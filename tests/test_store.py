@@ -111,14 +111,16 @@ class EnqueueTest(StoreTestCase):
     def test_duplicate_stored_id_stores_nothing(self):
         self.add("a")
         new = [jobs.validate_job({"id": i, "command": "x"}, now=T, default_max_retries=0) for i in ("b", "a")]
-        with self.assertRaisesRegex(DuplicateJob, "'a' already exists"):
+        with self.assertRaisesRegex(DuplicateJob, "'a' already exists") as caught:
             self.s.enqueue(new, T)
+        self.assertEqual(caught.exception.index, 1)
         self.assertEqual([j["id"] for j in self.s.list_jobs()], ["a"])
 
     def test_duplicate_within_a_batch_stores_nothing(self):
         new = [jobs.validate_job({"id": i, "command": "x"}, now=T, default_max_retries=0) for i in ("b", "c", "b")]
-        with self.assertRaisesRegex(DuplicateJob, "'b' already exists"):
+        with self.assertRaisesRegex(DuplicateJob, "'b' already exists") as caught:
             self.s.enqueue(new, T)
+        self.assertEqual(caught.exception.index, 2)
         self.assertEqual(self.s.list_jobs(), [])
 
     def test_unknown_job(self):
