@@ -424,8 +424,10 @@ class ClaimPlanTest(StoreTestCase):
 CLAIMER = textwrap.dedent("""\
     import os, sys, time
     sys.path.insert(0, sys.argv[1])
+    import qctl.db
     from qctl.db import Store
     db_path, worker, go = sys.argv[2], sys.argv[3], sys.argv[4]
+    qctl.db.HAS_RETURNING = qctl.db.HAS_RETURNING and sys.argv[5] == "returning"
     store = Store(db_path, durable=False)
     open(go + "." + worker, "w").close()       # ready
     while not os.path.exists(go):              # start together
@@ -446,6 +448,12 @@ class ConcurrentClaimTest(StoreTestCase):
     JOBS = 400
 
     def test_two_processes_never_claim_the_same_job(self):
+        self.race("returning")
+
+    def test_two_processes_never_claim_the_same_job_without_returning(self):
+        self.race("fallback")
+
+    def race(self, claim_path):
         now = time.time()  # the claimers use the real clock
         new = [jobs.validate_job({"id": "job-%04d" % i, "command": "true"}, now=now, default_max_retries=0)
                for i in range(self.JOBS)]
@@ -453,7 +461,7 @@ class ConcurrentClaimTest(StoreTestCase):
         go = os.path.join(self.tmp, "go")
         procs = []
         for worker in ("wa", "wb"):
-            proc = subprocess.Popen([sys.executable, "-c", CLAIMER, ROOT, self.db_path, worker, go],
+            proc = subprocess.Popen([sys.executable, "-c", CLAIMER, ROOT, self.db_path, worker, go, claim_path],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             self.addCleanup(proc.wait)
             self.addCleanup(lambda p=proc: p.poll() is None and p.kill())
