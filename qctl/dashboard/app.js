@@ -113,7 +113,7 @@
 
   function renderWorkers(workers) {
     fill($("workers"), workers.map(function (w) {
-      return row([td(w.pid, "num-left"), td(w.host), td(w.threads, "num"), td(ago(w.heartbeat_at), "muted"),
+      return row([td(w.pid), td(w.host), td(w.threads, "num"), td(ago(w.heartbeat_at), "muted"),
                   td(w.running.length ? w.running.join(", ") : "idle", w.running.length ? "running" : "running muted")]);
     }), "workers-empty");
   }
