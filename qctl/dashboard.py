@@ -35,6 +35,7 @@ DEFAULT_PORT = 8765
 TOKEN_HEADER = "X-Queuectl-Token"
 DEFAULT_LIST_LIMIT = 100
 OUTPUT_TAIL_CHARS = 4096
+MAX_BODY_BYTES = 65536
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard")
 STATIC_FILES = {
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
@@ -288,9 +289,12 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, text.encode("utf-8"), "text/plain; version=0.0.4; charset=utf-8")
 
     def _retry(self, job_id):
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(min(length, 65536))
+        # No action takes a body, but one left unread would make our close() a reset that eats the answer.
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise HttpError(400, "bad Content-Length header") from None
+        self.rfile.read(max(0, min(length, MAX_BODY_BYTES)))
         if self.server.read_only:
             raise HttpError(403, "the dashboard is read-only")
         token = self.headers.get(TOKEN_HEADER) or ""

@@ -198,6 +198,11 @@ class SafetyTest(DashboardCase):
         self.assertEqual(code, 409, body)  # not dead any more
         code, _, _ = self.request("POST", "/api/jobs/nope/retry", headers={dashboard.TOKEN_HEADER: token})
         self.assertEqual(code, 404)
+        code, _, _ = self.request("POST", "/api/jobs/doomed/nope", headers={dashboard.TOKEN_HEADER: token})
+        self.assertEqual(code, 404)
+        code, _, _ = self.request("POST", "/api/jobs/doomed/retry",
+                                  headers={dashboard.TOKEN_HEADER: token, "Content-Length": "x"})
+        self.assertEqual(code, 400)
         self.assertNotEqual(self.serve().token, token)  # per server
 
     def test_csp_and_no_inline_code(self):
