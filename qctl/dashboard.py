@@ -120,6 +120,7 @@ class DashboardServer(ThreadingHTTPServer):
     """A ThreadingHTTPServer that knows its home, token and rules; see `make_server`."""
 
     daemon_threads = True
+    request_queue_size = 64  # a page asks for six things at once; the default backlog of 5 drops some
 
     def __init__(self, db_path, host, port, *, read_only=False):
         if ":" in host.strip("[]"):
@@ -204,6 +205,10 @@ class Handler(BaseHTTPRequestHandler):
             self._json(503, {"error": str(exc)})
         except QueueError as exc:
             self._json(400, {"error": str(exc)})
+        except Exception:
+            # A bug: answer, then let handle_error report it in one line.
+            self._json(500, {"error": "internal error (see the dashboard's stderr)"})
+            raise
 
     def _store(self):
         return Store(self.server.db_path)
