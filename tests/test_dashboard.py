@@ -19,8 +19,7 @@ import unittest
 
 from qctl import dashboard
 from qctl import jobs
-from qctl.errors import QueueError
-from tests.base import DEADLINE_S, SCRIPT, HomeTestCase, wait_until
+from tests.base import DEADLINE_S, SCRIPT, HomeTestCase
 
 XSS_COMMAND = "<img src=x onerror=alert(1)>"
 # The command holds no markup; its output does: printf writes <script>alert(2)</script>.
