@@ -13,6 +13,7 @@ import sys
 import time
 
 from qctl import __version__
+from qctl import display
 from qctl import home as qhome
 from qctl import jobs
 from qctl.errors import InvalidJob, QueueError
@@ -57,53 +58,19 @@ def error_line(message):
     sys.stderr.write("queuectl: error: %s\n" % text)
 
 
-_COLOURS = {jobs.PENDING: "33", jobs.PROCESSING: "36", jobs.COMPLETED: "32", jobs.FAILED: "35", jobs.DEAD: "31"}
-
-
 def colour_state(state):
-    if os.environ.get("NO_COLOR") or not sys.stdout.isatty():
-        return state
-    return "\x1b[%sm%s\x1b[0m" % (_COLOURS.get(state, "0"), state)
+    return display.paint_state(state, display.colour_enabled(sys.stdout))
 
 
-def visible_len(text):
-    return len(text) - (9 if text.startswith("\x1b[") else 0)
+def table(headers, rows, *, flex=(), right=()):
+    """Print rows as aligned columns that fit the terminal; `flex` columns are cut with an ellipsis."""
+    for line in display.layout(headers, rows, width=shutil.get_terminal_size((80, 24)).columns,
+                               flex=flex, right=right):
+        out(line)
 
 
-def table(headers, rows, *, flex=None, right=()):
-    """Print rows as aligned columns that fit the terminal; column `flex` is cut with an ellipsis."""
-    rows = [[("" if cell is None else str(cell)) for cell in row] for row in rows]
-    widths = [max([len(h)] + [visible_len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    if flex is not None:
-        budget = shutil.get_terminal_size((80, 24)).columns - sum(w + 2 for i, w in enumerate(widths) if i != flex)
-        widths[flex] = max(min(widths[flex], budget), len(headers[flex]), 10)
-    for row in [list(headers)] + rows:
-        cells = []
-        for i, cell in enumerate(row):
-            if i == flex and len(cell) > widths[i]:
-                cell = cell[:widths[i] - 1] + "\u2026"
-            pad = " " * (widths[i] - visible_len(cell))
-            cells.append(pad + cell if i in right else cell + pad)
-        out("  ".join(cells).rstrip())
-
-
-def ago(seconds, now=None):
-    """'12s ago', 'in 4s', '3m ago' ..."""
-    if seconds is None:
-        return "-"
-    delta = (now or time.time()) - seconds
-    span = abs(delta)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if span >= size:
-            text = "%d%s" % (span // size, unit)
-            break
-    else:
-        text = "%ds" % span
-    return text + " ago" if delta >= 0 else "in " + text
-
-
-def one_line(text):
-    return " ".join(text.split())
+ago = display.ago
+one_line = display.one_line
 
 
 def plural(n, word):
@@ -243,11 +210,11 @@ def print_jobs(rows, *, dead=False):
     if dead:
         table(["ID", "ATTEMPTS", "DIED", "LAST ERROR", "COMMAND"],
               [[r["id"], r["attempts"], ago(r["updated_at"], now), r["last_error"], one_line(r["command"])]
-               for r in rows], flex=4, right=(1,))
+               for r in rows], flex=(4, 3, 0), right=(1,))
         return
     table(["ID", "STATE", "ATTEMPTS", "PRI", "UPDATED", "COMMAND"],
           [[r["id"], colour_state(r["state"]), "%d/%d" % (r["attempts"], r["max_retries"] + 1), r["priority"],
-            ago(r["updated_at"], now), one_line(r["command"])] for r in rows], flex=5, right=(2, 3))
+            ago(r["updated_at"], now), one_line(r["command"])] for r in rows], flex=(5, 0), right=(2, 3))
 
 
 def cmd_list(args):
@@ -272,7 +239,9 @@ def cmd_show(args):
         print_json(job)
         return EXIT_OK
     now = time.time()
-    fields = [("id", job["id"]), ("command", row["command"]), ("state", colour_state(job["state"])),
+    # The command whole (only control characters escaped), its later lines indented under the first.
+    command = display.printable(row["command"], keep="\n\t").replace("\n", "\n" + " " * 13)
+    fields = [("id", job["id"]), ("command", command), ("state", colour_state(job["state"])),
               ("attempts", "%d of %d (max_retries %d)" % (job["attempts"], job["max_retries"] + 1,
                                                          job["max_retries"])),
               ("priority", job["priority"]), ("run_at", "%s (%s)" % (job["run_at"], ago(row["run_at"], now))),
@@ -289,7 +258,7 @@ def cmd_show(args):
         table(["RUN", "ATTEMPT", "STARTED", "DURATION", "EXIT", "ERROR", "WORKER"],
               [[r["run"], r["attempt"], r["started_at"], "-" if r["duration"] is None else "%.2fs" % r["duration"],
                 "-" if r["exit_code"] is None else r["exit_code"], r["error"] or "-", r["worker"] or "-"]
-               for r in runs], flex=6, right=(0, 1, 3, 4))
+               for r in runs], flex=(5, 6), right=(0, 1, 3, 4))
     return EXIT_OK
 
 
@@ -484,7 +453,7 @@ def cmd_worker_list(args):
         now = time.time()
         table(["PID", "HOST", "THREADS", "STARTED", "HEARTBEAT", "RUNNING"],
               [[w["pid"], w["host"], w["threads"], ago(w["started_at"], now), ago(w["heartbeat_at"], now),
-                ", ".join(w["running"]) or "-"] for w in live], flex=5, right=(0, 2))
+                ", ".join(w["running"]) or "-"] for w in live], flex=(5, 1), right=(0, 2))
     else:
         out("no workers running")
     return EXIT_OK

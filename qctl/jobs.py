@@ -203,7 +203,7 @@ def check_id(job_id):
         raise InvalidJob("id must not be empty")
     if len(job_id) > ID_MAX_CHARS:
         raise InvalidJob("id must be at most %d characters (got %d)" % (ID_MAX_CHARS, len(job_id)))
-    if any(_is_control(ch) for ch in job_id):
+    if any(is_control(ch) for ch in job_id):
         raise InvalidJob("id must not contain control characters: %r" % (job_id[:60],))
     return job_id
 
@@ -236,7 +236,7 @@ def _int_field(value, name, low, high):
     return value
 
 
-def _is_control(ch):
+def is_control(ch):
     code = ord(ch)
     return code < 32 or 127 <= code < 160 or code in (0x2028, 0x2029)
 
