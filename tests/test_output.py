@@ -25,7 +25,7 @@ class LayoutTest(unittest.TestCase):
     def test_fit(self):
         self.assertEqual(display.fit("abcdef", 6), "abcdef")
         self.assertEqual(display.fit("abcdefg", 6), "abcde\u2026")
-        self.assertEqual(display.fit("日本語です", 6), "日本\u2026")  # 2 + 2 + 1 columns: a third 日 would not fit
+        self.assertEqual(display.fit("日本語です", 6), "日本\u2026")  # 2 + 2 + 1: no room for a third
         self.assertLessEqual(display.display_width(display.fit("日本語です", 6)), 6)
 
     def test_widest_flexible_column_gives_way_first(self):
