@@ -181,7 +181,7 @@ def read_job_lines(path, *, now, cwd, default_max_retries):
 
 def cmd_status(args):
     with open_store(args) as store:
-        status = store.status(time.time())
+        status = store.status(time.time(), alive=qhome.worker_alive)
     if args.json:
         print_json(status)
         return EXIT_OK
@@ -277,24 +277,26 @@ def cmd_logs(args):
 
 def cmd_wait(args):
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    unfinished = (jobs.PENDING, jobs.PROCESSING, jobs.FAILED)
     with open_store(args) as store:
         for job_id in args.ids:
-            store.get(job_id)  # unknown ids are an error now, not a wait forever
+            store.get(job_id)  # an unknown id is an error now, not a wait forever
         while True:
             if args.ids:
-                states = [store.get(job_id)["state"] for job_id in args.ids]
+                counts = dict.fromkeys(jobs.STATES, 0)
+                for job_id in args.ids:
+                    counts[store.get(job_id)["state"]] += 1
             else:
                 counts = store.counts()
-                states = [s for s in jobs.STATES for _ in range(counts[s])] if not any(
-                    counts[s] for s in (jobs.PENDING, jobs.PROCESSING, jobs.FAILED)) else [jobs.PENDING]
-            if all(s in jobs.FINISHED_STATES for s in states):
-                dead = sum(1 for s in states if s == jobs.DEAD)
-                out("%s finished: %d completed, %d dead" % (plural(len(states), "job"), len(states) - dead, dead))
-                return EXIT_ERROR if dead else EXIT_OK
+            if not any(counts[s] for s in unfinished):
+                break
             if deadline is not None and time.monotonic() >= deadline:
-                error_line("timed out waiting for jobs to finish")
+                error_line("timed out: %s not finished yet" % plural(sum(counts[s] for s in unfinished), "job"))
                 return EXIT_TIMEOUT
             time.sleep(WAIT_POLL_S)
+    out("%s finished: %d completed, %d dead" % (plural(counts[jobs.COMPLETED] + counts[jobs.DEAD], "job"),
+                                                counts[jobs.COMPLETED], counts[jobs.DEAD]))
+    return EXIT_ERROR if counts[jobs.DEAD] else EXIT_OK
 
 
 def cmd_dlq_list(args):
@@ -413,14 +415,14 @@ def cmd_worker_start(args):
 def cmd_worker_stop(args):
     qhome.ensure(args.home)
     with open_store(args) as store:
-        before = [w["id"] for w in store.workers(time.time())]
+        before = [w["id"] for w in store.workers(time.time(), alive=qhome.worker_alive)]
         qhome.request_stop(args.home)
         out("asked %s to stop" % plural(len(before), "worker"))
         if not args.wait:
             return EXIT_OK
         deadline = None if args.timeout is None else time.monotonic() + args.timeout
         while True:
-            alive = set(before) & {w["id"] for w in store.workers(time.time())}
+            alive = set(before) & {w["id"] for w in store.workers(time.time(), alive=qhome.worker_alive)}
             if not alive:
                 out("all stopped")
                 return EXIT_OK
@@ -432,7 +434,7 @@ def cmd_worker_stop(args):
 
 def cmd_worker_list(args):
     with open_store(args) as store:
-        live = store.workers(time.time())
+        live = store.workers(time.time(), alive=qhome.worker_alive)
     if args.json:
         print_json([{"id": w["id"], "pid": w["pid"], "host": w["host"], "threads": w["threads"],
                      "started_at": jobs.iso(w["started_at"]), "heartbeat_at": jobs.iso(w["heartbeat_at"]),

@@ -128,6 +128,7 @@ class Store:
 
     def __init__(self, path, *, durable=True, autocheckpoint=True):
         self.path = path
+        self.finish_recorded = None
         try:
             self.con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                        check_same_thread=False)
@@ -250,11 +251,12 @@ class Store:
         job's CLAIM_COLUMNS, or None when nothing is due.
 
         `finish`, an outcome for `record`, records the previous job's result in
-        the same transaction: one commit per job instead of two.
+        the same transaction: one commit per job instead of two. Whether it
+        was recorded (False: the claim was lost) is left in `finish_recorded`.
         """
         with self._write() as con:
             if finish is not None:
-                self._record(con, finish)
+                self.finish_recorded = self._record(con, finish)
             params = (worker, now + lease_s, now, now)
             if HAS_RETURNING:
                 row = con.execute(_CLAIM_SQL + "(" + _CLAIM_SELECT + ") RETURNING " + CLAIM_COLUMNS,
@@ -354,6 +356,11 @@ class Store:
         (id, new state) pairs. Fenced by the run number, like every transition.
         """
         recovered = []
+        # Read first: almost always there is nothing to do, and then no write lock is taken.
+        if not dead_workers and not self._read(
+                "SELECT 1 FROM jobs WHERE state = ? AND lease_until < ? UNION ALL "
+                "SELECT 1 FROM workers WHERE lease_until < ? LIMIT 1", (PROCESSING, now, now)):
+            return recovered
         with self._write() as con:
             rows = con.execute("SELECT seq, id, attempts, max_retries, runs, worker FROM jobs "
                                "WHERE state = ? AND lease_until < ?", (PROCESSING, now)).fetchall()
@@ -370,10 +377,15 @@ class Store:
             con.execute("DELETE FROM workers WHERE lease_until < ?", (now,))
         return recovered
 
-    def workers(self, now):
-        """Live worker processes (lease not expired), each with the ids of the jobs it runs."""
-        rows = self._read("SELECT id, pid, host, threads, started_at, heartbeat_at FROM workers "
-                          "WHERE lease_until >= ? ORDER BY started_at", (now,))
+    def workers(self, now, *, alive=None):
+        """Live worker processes, each with the ids of the jobs it runs.
+
+        Live means its lease has not expired and, when `alive(host, pid)` is
+        given, that it says so (a worker on this host whose pid is gone is dead).
+        """
+        rows = [r for r in self._read("SELECT id, pid, host, threads, started_at, heartbeat_at FROM workers "
+                                      "WHERE lease_until >= ? ORDER BY started_at", (now,))
+                if alive is None or alive(r[2], r[1])]
         running = {}
         for worker, job_id in self._read("SELECT worker, id FROM jobs WHERE state = ? ORDER BY started_at",
                                          (PROCESSING,)):
@@ -394,8 +406,8 @@ class Store:
             counts[state] = n
         return counts
 
-    def status(self, now):
-        live = self.workers(now)
+    def status(self, now, *, alive=None):
+        live = self.workers(now, alive=alive)
         return {"jobs": self.counts(),
                 "workers": {"processes": len(live), "threads": sum(w["threads"] for w in live)}}
 

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -219,19 +218,6 @@ def _read_threads(proc, out, err, deadline):
 
 # ---------------------------------------------------------------- the worker process
 
-def pid_alive(pid):
-    """Whether a process with this pid exists on this host (POSIX; elsewhere assume it does)."""
-    if not POSIX:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Worker:
     """One worker process serving `home` with `threads` threads.
 
@@ -242,7 +228,7 @@ class Worker:
     def __init__(self, home, *, threads=None, burst=False):
         self.home = home
         self.db_path = qhome.ensure(home)
-        self.host = socket.gethostname()
+        self.host = qhome.HOST
         self.pid = os.getpid()
         self.id = "%s:%d:%s" % (self.host, self.pid, os.urandom(3).hex())
         self.burst = burst
@@ -251,6 +237,8 @@ class Worker:
         self.threads = threads or self.settings["worker-count"]
         self.started_at = time.time()
         self.stop_generation = qhome.stop_generation(home)
+        self._stopfile = qhome.stopfile_path(home)
+        self._stopfile_seen = ()
         self._stopping = threading.Event()   # claim nothing more
         self._done = threading.Event()       # every pool thread has returned
         self._killing = False                # kill running commands and release their jobs
@@ -328,7 +316,7 @@ class Worker:
                 elif self._signals > 1 and not self._killing:
                     log.info("worker %s killing running jobs; they go back to the queue", self.id)
                     self.kill()
-                if not self._stopping.is_set() and qhome.stop_generation(self.home) > self.stop_generation:
+                if not self._stopping.is_set() and self._stop_requested():
                     log.info("worker %s stopping: stop requested", self.id)
                     self.stop()
                 with self._cond:
@@ -352,8 +340,24 @@ class Worker:
         finally:
             watch.close()
 
+    def _stop_requested(self):
+        """Whether the stopfile's generation grew since we started; reads it only when it changed."""
+        try:
+            st = os.stat(self._stopfile)
+            signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            signature = None
+        if signature == self._stopfile_seen:
+            return False
+        self._stopfile_seen = signature
+        return qhome.stop_generation(self.home) > self.stop_generation
+
     def _thread_main(self):
-        store = Store(self.db_path, durable=False, autocheckpoint=False)
+        try:
+            store = Store(self.db_path, durable=False, autocheckpoint=False)
+        except QueueError as exc:
+            log.error("worker %s: a thread could not open the queue: %s", self.id, exc)
+            return
         finish = None
         try:
             while not self._stopping.is_set():
@@ -361,6 +365,8 @@ class Worker:
                     generation = self._wake_gen
                 try:
                     job = store.claim(self.id, time.time(), self.settings["lease-seconds"], finish=finish)
+                    if finish is not None and not store.finish_recorded:
+                        self._log_lost(finish)
                     finish = None
                 except QueueError as exc:
                     log.error("worker %s: %s (will retry)", self.id, exc)
@@ -369,16 +375,23 @@ class Worker:
                 if job is None:
                     self._wait_for_work(generation)
                     continue
-                finish = self.step(job)
-        except Exception:
-            log.exception("worker %s: thread crashed; its job will be recovered", self.id)
+                try:
+                    finish = self.step(job)
+                except Exception as exc:  # a bug: fail the job rather than hold its lease forever
+                    log.exception("worker %s: error running job %s", self.id, job["id"])
+                    finish = ("fail", dict(job=job, worker=self.id, now=time.time(), error="worker error: %s" % exc,
+                                           exit_code=None, retry_delay_s=self._backoff(job["attempts"])))
         finally:
             try:
-                if finish is not None:
-                    store.record(finish)
-            except Exception as exc:
+                if finish is not None and not store.record(finish):
+                    self._log_lost(finish)
+            except QueueError as exc:
                 log.error("worker %s: could not record a result: %s; the job will be recovered", self.id, exc)
             store.close()
+
+    def _log_lost(self, outcome):
+        log.warning("job %s: result not recorded: its lease was lost and another worker recovered it",
+                    outcome[1]["job"]["id"])
 
     def _wait_for_work(self, generation):
         with self._cond:
@@ -459,8 +472,7 @@ class Worker:
     def _recover(self):
         """Jobs of workers whose lease expired, or that died on this host, back to the queue."""
         store, now = self._heartbeat_store, time.time()
-        dead = [w["id"] for w in store.workers(now)
-                if w["host"] == self.host and w["pid"] != self.pid and not pid_alive(w["pid"])]
+        dead = [w["id"] for w in store.workers(now) if not qhome.worker_alive(w["host"], w["pid"])]
         for job_id, state in store.recover(now, self._backoff, dead_workers=dead):
             log.info("job %s recovered from a lost worker: now %s", job_id, state)
 

@@ -1,0 +1,312 @@
+"""The worker runtime: real commands, real worker processes, real signals."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+import unittest
+
+from tests.base import HomeTestCase, wait_until
+from qctl import home as qhome
+from qctl import worker as qworker
+from qctl.db import Store
+from qctl.worker import Worker, run_command
+
+POSIX = os.name == "posix"
+posix_only = unittest.skipUnless(POSIX, "POSIX signals and process groups")
+
+
+def pid_gone(pid):
+    """True once `pid` no longer exists (a zombie counts as gone)."""
+    try:
+        with open("/proc/%d/status" % pid) as fh:
+            return "\nState:\tZ" in fh.read()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return not qhome.pid_alive(pid)
+
+
+def read(path):
+    with open(path) as fh:
+        return fh.read()
+
+
+class WorkerTestCase(HomeTestCase):
+    def enqueue(self, command, **fields):
+        fields["command"] = command
+        return self.ok("enqueue", json.dumps(fields)).stdout.strip()
+
+    def state(self, job_id):
+        return self.job(job_id)["state"]
+
+    def burst(self, threads=2):
+        """Run an in-process worker until nothing is runnable."""
+        return Worker(self.home, threads=threads, burst=True).run()
+
+    def background_worker(self, threads=2):
+        """An in-process worker in a thread; stopped and joined at cleanup."""
+        w = Worker(self.home, threads=threads)
+        thread = threading.Thread(target=w.run, daemon=True)
+        thread.start()
+
+        def stop():
+            w.stop()
+            thread.join(60)
+        self.addCleanup(stop)
+        return w
+
+    def show(self, job_id):
+        return json.loads(self.ok("show", job_id, "--json").stdout)
+
+    def log_text(self, proc):
+        proc.log.flush()
+        return read(proc.log.name)
+
+
+class RunCommandTest(unittest.TestCase):
+    """`run_command` alone: exit codes, errors, output tails, timeouts."""
+
+    def test_exit_codes_and_errors(self):
+        self.assertEqual(run_command("exit 0").error, None)
+        self.assertEqual(run_command("exit 3").error, "exit code 3")
+        self.assertEqual(run_command("exit 3").exit_code, 3)
+        self.assertEqual(run_command("definitely-not-a-command-qctl").error, "command not found")
+        missing = run_command("true", cwd="/nonexistent/qctl-dir")
+        self.assertEqual(missing.error, "cannot start: working directory /nonexistent/qctl-dir does not exist")
+
+    def test_output_of_both_streams(self):
+        result = run_command("echo out; echo err >&2")
+        self.assertEqual((result.stdout, result.stderr), (b"out\n", b"err\n"))
+
+    def test_twenty_megabytes_keep_memory_bounded_and_only_the_tail(self):
+        command = '"%s" -c "import sys; [sys.stdout.write(\'%%1023d\\n\' %% i) for i in range(20480)]"' % (
+            sys.executable,)
+        tracemalloc.start()
+        try:
+            result = run_command(command, output_limit=4096)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        self.assertIsNone(result.error, result.stderr)
+        self.assertEqual(len(result.stdout), 4096)
+        self.assertTrue(result.stdout.endswith(b"%1023d\n" % (20 * 1024 - 1)))
+        self.assertLess(peak, 2 * 1024 * 1024, "20 MB of output must not be held in memory")
+
+    @posix_only
+    def test_timeout_kills_the_whole_tree(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            pidfile = os.path.join(tmp, "pid")
+            started = time.monotonic()
+            result = run_command("sleep 300 & echo $! > %s; wait" % pidfile, timeout=1)
+            self.assertLess(time.monotonic() - started, 20)
+            self.assertEqual(result.error, "timed out after 1s")
+            grandchild = int(read(pidfile))
+            wait_until(lambda: pid_gone(grandchild), message="the grandchild sleep to be killed")
+
+    def test_windows_branches_build_the_right_arguments(self):
+        self.assertEqual(qworker.kill_tree_argv(1234), ["taskkill", "/T", "/F", "/PID", "1234"])
+
+
+class JobLifecycleTest(WorkerTestCase):
+    def test_success_failure_not_found_and_dlq(self):
+        self.ok("config", "set", "backoff-base", "1")
+        ok = self.enqueue("echo hello", id="ok")
+        bad = self.enqueue("exit 7", id="bad", max_retries=0)
+        missing = self.enqueue("no-such-command-qctl", id="missing", max_retries=0)
+        self.assertEqual(self.burst(), 0)
+        self.assertEqual(self.state(ok), "completed")
+        self.assertEqual(self.ok("logs", ok).stdout.splitlines()[2], "hello")
+        bad_job = self.show(bad)
+        self.assertEqual((bad_job["state"], bad_job["last_error"], bad_job["exit_code"]), ("dead", "exit code 7", 7))
+        self.assertEqual(self.show(missing)["last_error"], "command not found")
+        dead = [j["id"] for j in json.loads(self.ok("dlq", "list", "--json").stdout)]
+        self.assertEqual(sorted(dead), ["bad", "missing"])
+        self.ok("dlq", "retry", bad)
+        retried = self.show(bad)
+        self.assertEqual((retried["state"], retried["attempts"]), ("pending", 0))
+        self.burst()
+        again = self.show(bad)
+        self.assertEqual(again["state"], "dead")
+        self.assertEqual([r["run"] for r in again["runs"]], [1, 2], "runs are numbered over the whole life")
+        self.assertEqual([r["attempt"] for r in again["runs"]], [1, 1])
+
+    def test_retry_gaps_follow_the_backoff(self):
+        self.ok("config", "set", "backoff-base", "1.5")
+        job_id = self.enqueue("exit 1", max_retries=2)
+        self.background_worker(threads=1)
+        wait_until(lambda: self.state(job_id) == "dead", message="the job to die")
+        runs = self.job_runs(job_id)
+        self.assertEqual(len(runs), 3)
+        gaps = [runs[k]["started_at"] - runs[k - 1]["finished_at"] for k in (1, 2)]
+        for k, gap in enumerate(gaps, 1):
+            self.assertGreaterEqual(gap, 1.5 ** k - 0.01, "gap after failure %d" % k)
+            self.assertLess(gap, 1.5 ** k + 5)
+
+    def job_runs(self, job_id):
+        with Store(self.db_path) as store:
+            return store.job_runs(store.get(job_id))
+
+    def test_timeout_is_a_failed_attempt(self):
+        job_id = self.enqueue("sleep 30", timeout=0.5, max_retries=0)
+        self.burst()
+        self.assertEqual(self.show(job_id)["last_error"], "timed out after 0.5s")
+
+    def test_priority_then_run_at_then_fifo(self):
+        order = os.path.join(self.tmp, "order")
+        for name, fields in (("low", {}), ("high", {"priority": 5}), ("low2", {}),
+                             ("later", {"priority": 9, "delay": 3600})):
+            self.enqueue("echo %s >> %s" % (name, order), id=name, **fields)
+        self.burst(threads=1)
+        with open(order) as fh:
+            self.assertEqual(fh.read().split(), ["high", "low", "low2"])
+        self.assertEqual(self.state("later"), "pending", "a job is not started before its run_at")
+
+    def test_cwd_and_env_are_honoured_and_env_values_not_shown(self):
+        workdir = os.path.join(self.tmp, "work")
+        os.mkdir(workdir)
+        job_id = self.enqueue("pwd; echo $QCTL_GREETING", cwd=workdir, env={"QCTL_GREETING": "hi-there"})
+        self.burst()
+        stdout = self.ok("logs", job_id).stdout
+        self.assertIn(os.path.realpath(workdir), stdout)
+        self.assertIn("hi-there", stdout)
+        self.assertNotIn("hi-there", self.ok("show", job_id).stdout)
+        self.assertEqual(self.show(job_id)["env"], {"QCTL_GREETING": "***"})
+
+    def test_live_config_reaches_a_running_worker(self):
+        running = self.background_worker(threads=1)
+        self.ok("config", "set", "job-timeout", "0.5")
+        wait_until(lambda: running.settings["job-timeout"] == 0.5, message="the worker to reload its config")
+        job_id = self.enqueue("sleep 30", max_retries=0)
+        wait_until(lambda: self.state(job_id) == "dead", message="the new timeout to apply")
+        self.assertEqual(self.show(job_id)["last_error"], "timed out after 0.5s")
+
+    def test_healthy_worker_keeps_its_lease_on_a_long_job(self):
+        self.ok("config", "set", "lease-seconds", "1")
+        job_id = self.enqueue("sleep 4")
+        self.background_worker(threads=1)
+        self.background_worker(threads=1)  # a second worker that would recover an expired lease
+        wait_until(lambda: self.state(job_id) == "completed", message="the long job to complete")
+        job = self.show(job_id)
+        self.assertEqual((job["attempts"], len(job["runs"])), (1, 1))
+
+
+class WorkerProcessTest(WorkerTestCase):
+    """Real worker processes: stop, signals, crashes, several processes at once."""
+
+    def test_graceful_stop_finishes_the_running_job(self):
+        done = os.path.join(self.tmp, "done")
+        job_id = self.enqueue("sleep 1; echo yes > %s" % done)
+        proc = self.spawn_worker()
+        wait_until(lambda: self.state(job_id) == "processing", message="the job to start")
+        stop = self.run_cli("worker", "stop", "--wait", "--timeout", "60")
+        self.assertEqual(stop.code, 0, stop)
+        self.assertEqual(proc.wait(30), 0)
+        self.assertEqual(self.state(job_id), "completed")
+        self.assertTrue(os.path.exists(done))
+        self.assertEqual(json.loads(self.ok("worker", "list", "--json").stdout), [])
+
+    def test_worker_started_after_stop_keeps_running(self):
+        self.ok("worker", "stop")
+        proc = self.spawn_worker()
+        job_id = self.enqueue("true")
+        wait_until(lambda: self.state(job_id) == "completed", message="the new worker to run a job")
+        self.assertIsNone(proc.poll())
+        workers = json.loads(self.ok("worker", "list", "--json").stdout)
+        self.assertEqual([w["pid"] for w in workers], [proc.pid])
+        self.assertEqual(json.loads(self.ok("status", "--json").stdout)["workers"], {"processes": 1, "threads": 1})
+        self.assertEqual(self.run_cli("worker", "stop", "--wait", "--timeout", "60").code, 0)
+        self.assertEqual(proc.wait(30), 0)
+
+    @posix_only
+    def test_kill_9_mid_job_and_the_job_runs_again(self):
+        log = os.path.join(self.tmp, "runs")
+        marker = os.path.join(self.tmp, "marker")
+        job_id = self.enqueue("if [ -f {m} ]; then echo second >> {l}; else touch {m}; echo first >> {l}; "
+                              "echo $$ > {m}; exec sleep 60; fi".format(m=marker, l=log))
+        first = self.spawn_worker()
+        wait_until(lambda: os.path.exists(log), message="the first run to start")
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        orphan = int(wait_until(lambda: read(marker).strip(), message="the first run's pid"))
+        self.addCleanup(lambda: os.path.exists("/proc/%d" % orphan) and os.killpg(orphan, signal.SIGKILL))
+        self.ok("config", "set", "backoff-base", "1")
+        self.spawn_worker()  # same host: notices the dead pid without waiting for the lease
+        wait_until(lambda: self.state(job_id) == "completed", message="the job to be recovered and rerun")
+        job = self.show(job_id)
+        self.assertEqual(job["attempts"], 2)
+        self.assertEqual(job["runs"][0]["error"], "worker lost")
+        self.assertEqual(read(log).split(), ["first", "second"])
+
+    @posix_only
+    def test_sigstopped_worker_changes_nothing_after_its_job_was_recovered(self):
+        self.ok("config", "set", "lease-seconds", "1")
+        self.ok("config", "set", "backoff-base", "1")
+        job_id = self.enqueue("sleep 2; echo ran >> %s" % os.path.join(self.tmp, "ran"))
+        paused = self.spawn_worker()
+        wait_until(lambda: self.state(job_id) == "processing", message="the first worker to claim")
+        os.kill(paused.pid, signal.SIGSTOP)
+        self.addCleanup(lambda: paused.poll() is None and os.kill(paused.pid, signal.SIGCONT))
+        rescuer = self.background_worker(threads=1)
+        wait_until(lambda: self.state(job_id) == "completed", message="another worker to recover and finish it")
+        before = self.show(job_id)
+        self.assertEqual(before["worker"], rescuer.id)
+        os.kill(paused.pid, signal.SIGCONT)
+        wait_until(lambda: "result not recorded" in self.log_text(paused),
+                   message="the resumed worker to find its claim lost")
+        after = self.show(job_id)
+        self.assertEqual(after, before)
+        self.assertEqual([r["error"] for r in after["runs"]], ["worker lost", None])
+
+    @posix_only
+    def test_second_sigint_kills_and_returns_the_job_without_an_attempt(self):
+        job_id = self.enqueue("sleep 60")
+        proc = self.spawn_worker()
+        wait_until(lambda: self.state(job_id) == "processing", message="the job to start")
+        proc.send_signal(signal.SIGINT)
+        wait_until(lambda: "stopping" in self.log_text(proc), message="the first SIGINT to be seen")
+        self.assertEqual(self.state(job_id), "processing", "the first SIGINT lets the job run")
+        proc.send_signal(signal.SIGINT)
+        self.assertEqual(proc.wait(30), 0)
+        job = self.show(job_id)
+        self.assertEqual((job["state"], job["attempts"], job["runs"]), ("pending", 0, []))
+
+    def test_three_processes_run_600_jobs_exactly_once(self):
+        out = os.path.join(self.tmp, "out")
+        lines = "".join(json.dumps({"id": "j%03d" % i, "command": "echo j%03d >> %s" % (i, out)}) + "\n"
+                        for i in range(600))
+        self.ok("enqueue", "--file", "-", stdin=lines)
+        procs = [self.spawn_worker("--count", "4", "--burst") for _ in range(3)]
+        for proc in procs:
+            self.assertEqual(proc.wait(120), 0, self.log_text(proc))
+        ran = read(out).split()
+        self.assertEqual(len(ran), 600)
+        self.assertEqual(sorted(ran), ["j%03d" % i for i in range(600)])
+        status = json.loads(self.ok("status", "--json").stdout)
+        self.assertEqual(status["jobs"]["completed"], 600)
+        started_by = {j["worker"] for j in json.loads(self.ok("list", "--limit", "0", "--json").stdout)}
+        self.assertGreater(len(started_by), 1, "the work was shared between processes")
+
+    def test_detach_and_wait(self):
+        result = self.run_cli("worker", "start", "--detach")
+        self.assertEqual(result.code, 0, result)
+        pid = int(result.stdout.split("pid ")[1].split(",")[0])
+        self.addCleanup(lambda: qhome.pid_alive(pid) and os.kill(pid, signal.SIGKILL))
+        good = self.enqueue("true")
+        self.assertEqual(self.run_cli("wait", good, "--timeout", "60").code, 0)
+        bad = self.enqueue("exit 1", max_retries=0)
+        self.assertEqual(self.run_cli("wait", good, bad, "--timeout", "60").code, 1)
+        later = self.enqueue("true", delay=3600)
+        self.assertEqual(self.run_cli("wait", later, "--timeout", "0.2").code, 3)
+        self.assertEqual(self.run_cli("worker", "stop", "--wait", "--timeout", "60").code, 0)
+        wait_until(lambda: pid_gone(pid) if POSIX else True, message="the detached worker to exit")
+        self.assertTrue(os.path.exists(os.path.join(self.home, "worker.log")))
+
+
+if __name__ == "__main__":
+    unittest.main()
