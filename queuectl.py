@@ -24,9 +24,9 @@ WAIT_POLL_S = 0.1
 # How `queuectl -h` groups the commands (as the README does). A command left out
 # still shows, under "other", and tests/test_help.py fails until it has a group.
 COMMAND_GROUPS = (
-    ("jobs", ("enqueue", "list", "show", "logs", "wait", "delete", "purge", "dlq")),
-    ("workers", ("worker",)),
-    ("monitoring", ("status",)),
+    ("enqueue and run", ("enqueue", "worker")),
+    ("watch and inspect", ("status", "list", "show", "logs", "wait")),
+    ("dead letter queue and clean-up", ("dlq", "delete", "purge")),
     ("settings", ("config",)),
 )
 

@@ -75,7 +75,7 @@ class HelpTest(unittest.TestCase):
         queuectl.add_command(sub, "list", None, "list jobs", "queuectl list")
         queuectl.add_command(sub, "frobnicate", None, "a command nobody grouped", "queuectl frobnicate")
         text = queuectl.grouped_commands(sub)
-        self.assertIn("jobs:\n  list", text)
+        self.assertIn("watch and inspect:\n  list", text)
         self.assertIn("other:\n  frobnicate  a command nobody grouped", text)
 
 
