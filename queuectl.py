@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import sys
+import textwrap
 import time
 
 from qctl import __version__
@@ -20,12 +21,13 @@ from qctl.errors import InvalidJob, QueueError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 WAIT_POLL_S = 0.1
+HELP_WIDTH = 79  # the grouped command list in `queuectl -h` fits an 80-column terminal
 
 # How `queuectl -h` groups the commands (as the README does). A command left out
 # still shows, under "other", and tests/test_help.py fails until it has a group.
 COMMAND_GROUPS = (
     ("enqueue and run", ("enqueue", "worker")),
-    ("watch and inspect", ("status", "list", "show", "logs", "wait")),
+    ("watch and inspect", ("status", "list", "show", "logs", "wait", "stats", "dashboard")),
     ("dead letter queue and clean-up", ("dlq", "delete", "purge")),
     ("settings", ("config",)),
 )
@@ -585,7 +587,11 @@ def grouped_commands(subparsers):
     for title, names in groups:
         names = [name for name in names if name in summaries]
         if names:
-            lines += ["%s:" % title] + ["  %-*s  %s" % (width, name, summaries[name]) for name in names] + [""]
+            lines.append("%s:" % title)
+            for name in names:
+                lines += textwrap.wrap(summaries[name], HELP_WIDTH, initial_indent="  %-*s  " % (width, name),
+                                       subsequent_indent=" " * (width + 4))
+            lines.append("")
     return "\n".join(lines).rstrip()
 
 

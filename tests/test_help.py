@@ -61,10 +61,9 @@ class HelpTest(unittest.TestCase):
     def test_top_level_help_lists_every_command_under_a_group(self):
         top = self.parser.format_help()
         self.assertNotIn("\nother:", top, "a command has no group in queuectl.COMMAND_GROUPS")
-        grouped = [name for _, names in queuectl.COMMAND_GROUPS for name in names]
-        self.assertEqual(sorted(grouped), sorted(path[1] for path, _ in self.commands if len(path) == 2))
-        for name in grouped:
-            self.assertRegex(top, r"\n  %s +\S" % name)
+        for path, _ in self.commands:
+            if len(path) == 2:
+                self.assertRegex(top, r"\n  %s +\S" % path[1])
         for line in top.splitlines():
             self.assertLessEqual(len(line), 80, line)
         self.assertTrue(examples(self.parser))
@@ -74,9 +73,12 @@ class HelpTest(unittest.TestCase):
         sub = parser.add_subparsers()
         queuectl.add_command(sub, "list", None, "list jobs", "queuectl list")
         queuectl.add_command(sub, "frobnicate", None, "a command nobody grouped", "queuectl frobnicate")
+        queuectl.add_command(sub, "explain", None, "a summary long enough to need a second line in an 80-column "
+                             "terminal, indented under the first", "queuectl explain")
         text = queuectl.grouped_commands(sub)
-        self.assertIn("watch and inspect:\n  list", text)
-        self.assertIn("other:\n  frobnicate  a command nobody grouped", text)
+        self.assertIn("watch and inspect:\n  list        list jobs\n", text)
+        self.assertIn("other:\n  frobnicate  a command nobody grouped\n  explain     a summary long enough to need a "
+                      "second line in an 80-column\n              terminal, indented under the first", text)
 
 
 class HelpOutputTest(HomeTestCase):
