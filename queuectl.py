@@ -491,7 +491,7 @@ def build_parser():
     when = p.add_mutually_exclusive_group()
     when.add_argument("--run-at", metavar="TS", help="ISO 8601 time to run at (no zone = local time)")
     when.add_argument("--delay", metavar="SECONDS", help="run after this long (30, 30s, 5m, 2h, 1d)")
-    p.add_argument("--timeout", metavar="S", help="fail the run after this long")
+    p.add_argument("--timeout", metavar="S", help="fail the run after this long (90, 90s, 5m, 2h)")
     p.add_argument("--cwd", metavar="DIR", help="run in this directory (default: the current one)")
     p.add_argument("--env", action="append", metavar="KEY=VALUE", help="add to the environment (repeatable)")
     p.add_argument("--file", metavar="PATH", help="JSON Lines file of jobs ('-' = stdin), all or nothing")
@@ -536,7 +536,7 @@ def build_parser():
 
     p = add_command(sub, "purge", cmd_purge, "remove completed or dead jobs",
                     "queuectl purge --state completed --older-than 7d")
-    p.add_argument("--state", required=True, choices=jobs.FINISHED_STATES)
+    p.add_argument("--state", required=True, choices=jobs.FINISHED_STATES, help="which finished jobs to remove")
     p.add_argument("--older-than", type=duration_arg, metavar="SECONDS",
                    help="only jobs finished at least this long ago (30, 5m, 2h, 1d)")
 
