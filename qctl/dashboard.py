@@ -21,10 +21,12 @@ import os
 import secrets
 import socket
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from . import home as qhome
 from . import jobs
 from . import stats as qstats
 from .db import Store
@@ -36,6 +38,7 @@ TOKEN_HEADER = "X-Queuectl-Token"
 DEFAULT_LIST_LIMIT = 100
 OUTPUT_TAIL_CHARS = 4096
 MAX_BODY_BYTES = 65536
+STATS_COST_FACTOR = 5  # see DashboardServer.stats
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard")
 STATIC_FILES = {
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
@@ -128,11 +131,24 @@ class DashboardServer(ThreadingHTTPServer):
         self.db_path = db_path
         self.read_only = read_only
         self.token = secrets.token_urlsafe(32)
+        self._stats_lock = threading.Lock()
+        self._stats_cache = (0.0, 0.0, None)
         super().__init__((host.strip("[]"), port), Handler)
         self.host = host.strip("[]")
         self.port = self.server_address[1]
         self.wildcard = _is_wildcard(self.host)
         self.allowed_hosts = allowed_hosts(self.host, self.port)
+
+    def stats(self, store):
+        """`stats --json`, recomputed only once the last copy is older than STATS_COST_FACTOR times
+        what it cost: fresh on a small queue, at most a fifth of a core on a huge one."""
+        with self._stats_lock:
+            started = time.monotonic()
+            computed_at, cost, value = self._stats_cache
+            if value is None or started - computed_at >= STATS_COST_FACTOR * cost:
+                value = qstats.collect(store, time.time())
+                self._stats_cache = (started, time.monotonic() - started, value)
+            return value
 
     @property
     def url(self):
@@ -240,11 +256,11 @@ class Handler(BaseHTTPRequestHandler):
             return None
         rest = seg[1:]
         if rest == ["status"]:
-            return lambda: self._with_store(lambda store: store.status(time.time()))
+            return lambda: self._with_store(lambda store: store.status(time.time(), alive=qhome.worker_alive))
         if rest == ["stats"]:
-            return lambda: self._with_store(lambda store: qstats.collect(store, time.time()))
+            return lambda: self._with_store(self.server.stats)
         if rest == ["workers"]:
-            return lambda: self._with_store(lambda store: [jobs.public_worker(w) for w in store.workers(time.time())])
+            return lambda: self._with_store(lambda store: [jobs.public_worker(w) for w in store.workers(time.time(), alive=qhome.worker_alive)])
         if rest == ["jobs"]:
             return lambda: self._list(query)
         if len(rest) == 2 and rest[0] == "jobs":
@@ -290,7 +306,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _metrics(self):
         with self._store() as store:
-            text = qstats.prometheus(qstats.collect(store, time.time()))
+            text = qstats.prometheus(self.server.stats(store))
         self._send(200, text.encode("utf-8"), "text/plain; version=0.0.4; charset=utf-8")
 
     def _retry(self, job_id):
