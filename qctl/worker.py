@@ -37,6 +37,11 @@ TICK_S = 0.5               # heartbeat thread's period for config reload, recove
 SAFETY_WAKE_S = 5.0        # idle threads retry a claim at least this often, whatever the signals say
 READ_CHUNK = 65536
 NOT_FOUND_EXIT = 9009 if not POSIX else 127
+# Win32 process creation flags; subprocess defines them only on Windows, and the
+# Windows branches are built (and tested) on every platform.
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+DETACHED_PROCESS = 0x00000008
+CREATE_NO_WINDOW = 0x08000000
 
 
 # ---------------------------------------------------------------- running one command
@@ -66,11 +71,24 @@ class Result:
         self.exit_code, self.error, self.stdout, self.stderr = exit_code, error, stdout, stderr
 
 
-def popen_options():
-    """Popen arguments that put the command in a process tree we can kill as a whole."""
-    if POSIX:
+def popen_options(posix=POSIX):
+    """Popen arguments that put the command in a process tree we can kill as a whole.
+
+    POSIX: its own session, so the terminal's Ctrl-C reaches only the worker.
+    Windows: its own process group (Ctrl-C stays with the worker, as on POSIX)
+    and no console window: a detached worker has no console, and every command
+    would otherwise pop up one of its own.
+    """
+    if posix:
         return {"start_new_session": True}
-    return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    return {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
+
+
+def detach_options(posix=POSIX):
+    """Popen arguments for a worker that outlives the terminal (or console) that started it."""
+    if posix:
+        return {"start_new_session": True}
+    return {"creationflags": CREATE_NEW_PROCESS_GROUP | DETACHED_PROCESS}
 
 
 def kill_tree_argv(pid):
@@ -81,7 +99,11 @@ def kill_tree_argv(pid):
 def kill_tree(proc, *, grace_s=KILL_GRACE_S):
     """TERM the command's process group, then KILL it after `grace_s` (POSIX); taskkill /T /F (Windows)."""
     if not POSIX:
-        subprocess.run(kill_tree_argv(proc.pid), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            subprocess.run(kill_tree_argv(proc.pid), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           creationflags=CREATE_NO_WINDOW)
+        except OSError:  # no taskkill (a stripped-down Windows): the shell at least
+            proc.kill()
         return
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 0)):
         try:
@@ -462,10 +484,8 @@ def start_detached(argv, log_file):
     """Start `argv` (a worker command line) in the background; return its pid."""
     out = open(log_file, "ab")
     try:
-        kwargs = {"start_new_session": True} if POSIX else {
-            "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "DETACHED_PROCESS", 0)}
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                close_fds=True, **kwargs)
+                                close_fds=True, **detach_options())
     finally:
         out.close()
     return proc.pid

@@ -296,7 +296,7 @@ class WorkerProcessTest(WorkerTestCase):
         result = self.run_cli("worker", "start", "--detach")
         self.assertEqual(result.code, 0, result)
         pid = int(result.stdout.split("pid ")[1].split(",")[0])
-        self.addCleanup(lambda: qhome.pid_alive(pid) and os.kill(pid, signal.SIGKILL))
+        self.addCleanup(lambda: POSIX and qhome.pid_alive(pid) and os.kill(pid, signal.SIGKILL))
         good = self.enqueue("true")
         self.assertEqual(self.run_cli("wait", good, "--timeout", "60").code, 0)
         bad = self.enqueue("exit 1", max_retries=0)
