@@ -368,9 +368,9 @@ class Store:
         """Renew this worker's row and the leases of every job it is running."""
         with self._write() as con:
             con.execute(
-                "INSERT INTO workers (id, pid, host, threads, started_at, heartbeat_at, lease_until) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, "
-                "lease_until = excluded.lease_until",
+                # Plain INSERT OR REPLACE, not an upsert: ON CONFLICT DO UPDATE needs SQLite 3.24.
+                "INSERT OR REPLACE INTO workers (id, pid, host, threads, started_at, heartbeat_at, lease_until) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (worker, pid, host, threads, started_at, now, now + lease_s))
             con.execute("UPDATE jobs SET lease_until = ? WHERE state = ? AND worker = ?",
                         (now + lease_s, PROCESSING, worker))
@@ -395,7 +395,7 @@ class Store:
         with self._write() as con:
             rows = con.execute("SELECT seq, id, attempts, max_retries, runs, worker FROM jobs "
                                "WHERE state = ? AND lease_until < ?", (PROCESSING, now)).fetchall()
-            for worker in dead_workers:
+            for worker in set(dead_workers):
                 rows += con.execute("SELECT seq, id, attempts, max_retries, runs, worker FROM jobs "
                                     "WHERE state = ? AND worker = ? AND lease_until >= ?",
                                     (PROCESSING, worker, now)).fetchall()
@@ -565,8 +565,7 @@ class Store:
     def set_config(self, key, value):
         """Store a value already checked by `jobs.config_value`."""
         with self._write() as con:
-            con.execute("INSERT INTO config (key, value) VALUES (?, ?) "
-                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, json.dumps(value)))
+            con.execute("INSERT OR REPLACE INTO config (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     # ------------------------------------------------------------ explain (tests and bench)
 
