@@ -17,6 +17,7 @@ row written per job.
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 
 from . import jobs
@@ -24,6 +25,7 @@ from .errors import DuplicateJob, InvalidJob, InvalidState, JobNotFound, StoreEr
 from .jobs import COMPLETED, DEAD, FAILED, PENDING, PROCESSING, STATES
 
 BUSY_TIMEOUT_S = 30.0
+WAL_RETRY_S = 0.005
 HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 
 # ---------------------------------------------------------------- schema
@@ -115,6 +117,12 @@ def _sqlite_message(exc, path):
     return "database error on %s: %s" % (path, text)
 
 
+def _not_unicode(exc):
+    # A value typed by the user (a job id from argv) held bytes that are not UTF-8:
+    # Python passes them on as lone surrogates, which SQLite cannot bind.
+    return InvalidJob("%r is not valid Unicode text (it holds bytes that are not UTF-8)" % (exc.object[:60],))
+
+
 class Store:
     """One connection to the queue database. Not shared between threads: each opens its own.
 
@@ -165,7 +173,7 @@ class Store:
             raise StoreError("the database %s has schema version %d; this queuectl knows up to %d: upgrade queuectl"
                              % (self.path, version, SCHEMA_VERSION))
         if self.con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            mode = self.con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._switch_to_wal()
             if mode.lower() != "wal":
                 raise StoreError("cannot put %s in WAL mode (got %s): is it on a network filesystem?"
                                  % (self.path, mode))
@@ -176,6 +184,22 @@ class Store:
                 for statement in MIGRATIONS[step]:
                     con.execute(statement)
             con.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
+
+    def _switch_to_wal(self):
+        """PRAGMA journal_mode = WAL, retried while another connection holds a lock.
+
+        SQLite answers this switch with "database is locked" at once, without its
+        busy handler, when another connection holds a write lock: which happens
+        when two processes open a new database together (each then migrates).
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                return self.con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc).lower() or time.monotonic() >= deadline:
+                    raise
+            time.sleep(WAL_RETRY_S)
 
     @contextmanager
     def _write(self):
@@ -191,6 +215,8 @@ class Store:
             except BaseException as exc:
                 if self.con.in_transaction:
                     self.con.execute("ROLLBACK")
+                if isinstance(exc, UnicodeEncodeError):
+                    raise _not_unicode(exc) from None
                 if isinstance(exc, sqlite3.IntegrityError) or not isinstance(exc, sqlite3.Error):
                     raise
                 raise StoreError(_sqlite_message(exc, self.path)) from None
@@ -200,6 +226,8 @@ class Store:
             return self.con.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(_sqlite_message(exc, self.path)) from None
+        except UnicodeEncodeError as exc:
+            raise _not_unicode(exc) from None
 
     def data_version(self):
         """A number that changes whenever another connection commits (cheap: no disk read)."""
@@ -215,7 +243,7 @@ class Store:
         """Store validated jobs (from `jobs.validate_job`) as `pending`, all or none.
 
         Returns their ids in order. A duplicate id (stored or within the batch)
-        raises DuplicateJob and stores nothing.
+        raises DuplicateJob, naming the first job that repeats one, and stores nothing.
         """
         rows = []
         for job in new_jobs:
@@ -229,16 +257,19 @@ class Store:
                     "timeout, cwd, env, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows)
         except sqlite3.IntegrityError:
-            raise DuplicateJob(self._first_duplicate([row[0] for row in rows])) from None
+            ids = [row[0] for row in rows]
+            index = self._first_duplicate(ids)
+            raise DuplicateJob(ids[index], index) from None
         return [row[0] for row in rows]
 
     def _first_duplicate(self, ids):
+        """The position of the first id that is stored already or repeats an earlier one."""
         seen = set()
-        for job_id in ids:
+        for index, job_id in enumerate(ids):
             if job_id in seen or self._read("SELECT 1 FROM jobs WHERE id = ?", (job_id,)):
-                return job_id
+                return index
             seen.add(job_id)
-        return ids[0]
+        return 0
 
     # ------------------------------------------------------------ the worker's transitions
 
@@ -335,9 +366,9 @@ class Store:
         """Renew this worker's row and the leases of every job it is running."""
         with self._write() as con:
             con.execute(
-                "INSERT INTO workers (id, pid, host, threads, started_at, heartbeat_at, lease_until) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, "
-                "lease_until = excluded.lease_until",
+                # Plain INSERT OR REPLACE, not an upsert: ON CONFLICT DO UPDATE needs SQLite 3.24.
+                "INSERT OR REPLACE INTO workers (id, pid, host, threads, started_at, heartbeat_at, lease_until) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (worker, pid, host, threads, started_at, now, now + lease_s))
             con.execute("UPDATE jobs SET lease_until = ? WHERE state = ? AND worker = ?",
                         (now + lease_s, PROCESSING, worker))
@@ -354,10 +385,15 @@ class Store:
         (id, new state) pairs. Fenced by the run number, like every transition.
         """
         recovered = []
+        # Read first: almost always there is nothing to do, and then no write lock is taken.
+        if not dead_workers and not self._read(
+                "SELECT 1 FROM jobs WHERE state = ? AND lease_until < ? UNION ALL "
+                "SELECT 1 FROM workers WHERE lease_until < ? LIMIT 1", (PROCESSING, now, now)):
+            return recovered
         with self._write() as con:
             rows = con.execute("SELECT seq, id, attempts, max_retries, runs, worker FROM jobs "
                                "WHERE state = ? AND lease_until < ?", (PROCESSING, now)).fetchall()
-            for worker in dead_workers:
+            for worker in set(dead_workers):
                 rows += con.execute("SELECT seq, id, attempts, max_retries, runs, worker FROM jobs "
                                     "WHERE state = ? AND worker = ? AND lease_until >= ?",
                                     (PROCESSING, worker, now)).fetchall()
@@ -370,10 +406,15 @@ class Store:
             con.execute("DELETE FROM workers WHERE lease_until < ?", (now,))
         return recovered
 
-    def workers(self, now):
-        """Live worker processes (lease not expired), each with the ids of the jobs it runs."""
-        rows = self._read("SELECT id, pid, host, threads, started_at, heartbeat_at FROM workers "
-                          "WHERE lease_until >= ? ORDER BY started_at", (now,))
+    def workers(self, now, *, alive=None):
+        """Live worker processes, each with the ids of the jobs it runs.
+
+        Live means its lease has not expired and, when `alive(host, pid)` is
+        given, that it says so (a worker on this host whose pid is gone is dead).
+        """
+        rows = [r for r in self._read("SELECT id, pid, host, threads, started_at, heartbeat_at FROM workers "
+                                      "WHERE lease_until >= ? ORDER BY started_at", (now,))
+                if alive is None or alive(r[2], r[1])]
         running = {}
         for worker, job_id in self._read("SELECT worker, id FROM jobs WHERE state = ? ORDER BY started_at",
                                          (PROCESSING,)):
@@ -394,19 +435,19 @@ class Store:
             counts[state] = n
         return counts
 
-    def status(self, now):
-        live = self.workers(now)
+    def status(self, now, *, alive=None):
+        live = self.workers(now, alive=alive)
         return {"jobs": self.counts(),
                 "workers": {"processes": len(live), "threads": sum(w["threads"] for w in live)}}
 
-    def list_jobs(self, *, state=None, limit=100):
-        """Jobs in enqueue order (oldest first), at most `limit` (0 = all)."""
+    def list_jobs(self, *, state=None, limit=100, newest_first=False):
+        """Jobs in enqueue order (oldest first, or newest first), at most `limit` (0 = all)."""
         sql = "SELECT " + JOB_COLUMNS + " FROM jobs"
         params = []
         if state is not None:
             sql += " WHERE state = ?"
             params.append(state)
-        sql += " ORDER BY seq"
+        sql += " ORDER BY seq DESC" if newest_first else " ORDER BY seq"
         if limit:
             sql += " LIMIT ?"
             params.append(limit)
@@ -434,6 +475,38 @@ class Store:
                 latest.update(stdout=None, stderr=None)
             runs.append(latest)
         return runs
+
+    def run_totals(self):
+        """Every finished run of the stored jobs, per outcome: (runs, seconds run, retries) each.
+
+        Returns {"completed": (n, s, r), "failed": (n, s, r)}; a retry is a run
+        with attempt > 1. Silent successes have no runs row: they come from
+        completed jobs' own times.
+        """
+        totals = {COMPLETED: (0, 0.0, 0), FAILED: (0, 0.0, 0)}
+        for failed, n, seconds, retries in self._read(
+                "SELECT error IS NOT NULL, count(*), total(finished_at - started_at), total(attempt > 1) "
+                "FROM runs GROUP BY error IS NOT NULL"):
+            totals[FAILED if failed else COMPLETED] = (n, seconds, int(retries))
+        n, seconds, retries = self._read(
+            "SELECT count(*), total(finished_at - started_at), total(attempts > 1) FROM jobs "
+            "WHERE state = ? AND " + _SILENT_SUCCESS, (COMPLETED,))[0]
+        done = totals[COMPLETED]
+        totals[COMPLETED] = (done[0] + n, done[1] + seconds, done[2] + int(retries))
+        return totals
+
+    def runs_since(self, since):
+        """Runs finished at or after `since`: a list of (finished_at, duration or None, failed, attempt)."""
+        return [(r[0], r[1], bool(r[2]), r[3]) for r in self._read(
+            "SELECT finished_at, finished_at - started_at, error IS NOT NULL, attempt FROM runs "
+            "WHERE finished_at >= ? "
+            "UNION ALL SELECT finished_at, finished_at - started_at, 0, attempts FROM jobs "
+            "WHERE state = ? AND finished_at >= ? AND " + _SILENT_SUCCESS, (since, COMPLETED, since))]
+
+    def oldest_due_pending(self, now):
+        """When the longest-waiting runnable pending job became runnable, or None."""
+        return self._read("SELECT min(next_run_at) FROM jobs WHERE state = ? AND next_run_at <= ?",
+                          (PENDING, now))[0][0]
 
     # ------------------------------------------------------------ user actions
 
@@ -492,8 +565,7 @@ class Store:
         """Store a value already checked by `jobs.config_value`."""
         import json
         with self._write() as con:
-            con.execute("INSERT INTO config (key, value) VALUES (?, ?) "
-                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, json.dumps(value)))
+            con.execute("INSERT OR REPLACE INTO config (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     # ------------------------------------------------------------ explain (tests and bench)
 
@@ -502,6 +574,8 @@ class Store:
         return [row[3] for row in self._read("EXPLAIN QUERY PLAN " + _CLAIM_SELECT, (0.0,))]
 
 
+# A completed job whose latest run wrote no runs row: it succeeded without output.
+_SILENT_SUCCESS = "NOT EXISTS (SELECT 1 FROM runs WHERE runs.job_seq = jobs.seq AND runs.run = jobs.runs)"
 _CLAIM_SELECT = ("SELECT seq FROM jobs INDEXED BY jobs_ready WHERE state IN ('pending', 'failed') AND next_run_at <= ? "
                  "ORDER BY priority DESC, next_run_at, seq LIMIT 1")
 _CLAIM_SQL = ("UPDATE jobs SET state = 'processing', attempts = attempts + 1, runs = runs + 1, worker = ?, "

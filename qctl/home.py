@@ -5,6 +5,7 @@ generation a worker compares against), like rq's suspension module.
 """
 
 import os
+import socket
 import stat
 
 from .errors import QueueError, StoreError
@@ -18,7 +19,10 @@ POSIX = os.name == "posix"
 def resolve(home=None):
     """`--home` > $QUEUECTL_HOME > ~/.queuectl, as an absolute path."""
     chosen = home or os.environ.get("QUEUECTL_HOME") or os.path.join(os.path.expanduser("~"), ".queuectl")
-    return os.path.abspath(chosen)
+    try:
+        return os.path.abspath(chosen)
+    except OSError as exc:  # a relative home, and the working directory was deleted
+        raise StoreError("cannot find the queuectl home %s: %s" % (chosen, exc.strerror or exc)) from None
 
 
 def ensure(home):
@@ -67,10 +71,14 @@ def check_private(home):
 
 # ---------------------------------------------------------------- stop protocol
 
+def stopfile_path(home):
+    return os.path.join(home, STOPFILE_NAME)
+
+
 def stop_generation(home):
     """The generation the stopfile holds (0 when there is none)."""
     try:
-        with open(os.path.join(home, STOPFILE_NAME), encoding="ascii") as fh:
+        with open(stopfile_path(home), encoding="ascii") as fh:
             return int(fh.read().strip() or 0)
     except (OSError, ValueError):
         return 0
@@ -84,7 +92,7 @@ def request_stop(home):
     Written to a temporary file and renamed, so a reader never sees half of it.
     """
     generation = stop_generation(home) + 1
-    path = os.path.join(home, STOPFILE_NAME)
+    path = stopfile_path(home)
     tmp = "%s.%d.tmp" % (path, os.getpid())
     try:
         with open(tmp, "w", encoding="ascii") as fh:
@@ -98,3 +106,26 @@ def request_stop(home):
 def log_path(home):
     return os.path.join(home, LOG_NAME)
 
+
+
+# ---------------------------------------------------------------- worker liveness
+
+HOST = socket.gethostname()
+
+
+def pid_alive(pid):
+    """Whether a process with this pid exists here (POSIX; elsewhere assume it does)."""
+    if not POSIX:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def worker_alive(host, pid):
+    """False for a worker registered from this host whose process is gone; True otherwise."""
+    return host != HOST or pid_alive(pid)

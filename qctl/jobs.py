@@ -12,7 +12,7 @@ not need it, and every command pays for start-up.
 import math
 import os
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from .errors import ConfigError, InvalidJob
 
@@ -37,6 +37,12 @@ JOB_FIELDS = ("id", "command", "max_retries", "priority", "run_at", "delay", "ti
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# YYYY-MM-DD, then optionally T (or a space) and hh[:mm[:ss[.fraction]]], then an optional
+# zone: Z, +hh, +hhmm or +hh:mm. Colons in the time may be left out (basic format).
+_TIMESTAMP_RE = re.compile(
+    r"^\s*(\d{4})-(\d{2})-(\d{2})"
+    r"(?:[Tt ](\d{2})(?::?(\d{2})(?::?(\d{2})(?:[.,](\d+))?)?)?)?"
+    r"\s*([Zz]|[+-]\d{2}(?::?\d{2})?)?\s*$")
 
 
 # ---------------------------------------------------------------- durations and times
@@ -51,7 +57,10 @@ def parse_duration(value, what, *, minimum=0.0, allow_zero=True):
         raise InvalidJob("%s must be a number of seconds or a duration like 30s, 5m, 2h, 1d, not %s"
                          % (what, _describe(value)))
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float (JSON allows any number of digits)
+            seconds = math.inf
     elif isinstance(value, str):
         m = _DURATION_RE.match(value)
         if not m:
@@ -69,17 +78,29 @@ def parse_duration(value, what, *, minimum=0.0, allow_zero=True):
 
 
 def parse_timestamp(value, what="run_at"):
-    """Epoch seconds from ISO 8601 text; no zone means local time, `Z` means UTC."""
+    """Epoch seconds from ISO 8601 text; no zone means local time, `Z` means UTC.
+
+    Parsed by hand, not with datetime.fromisoformat: before Python 3.11 that
+    refuses `Z`, `+0200`, `+02` and fractions that are not 3 or 6 digits, and
+    a job must mean the same thing whichever Python enqueues it.
+    """
     if not isinstance(value, str):
         raise InvalidJob("%s must be an ISO 8601 timestamp string, not %s" % (what, _describe(value)))
-    text = value.strip()
-    # datetime.fromisoformat only learned "Z" in Python 3.11.
-    if text[-1:] in ("Z", "z"):
-        text = text[:-1] + "+00:00"
+    m = _TIMESTAMP_RE.match(value)
     try:
-        if not text or "\x00" in text:
+        if not m:
             raise ValueError
-        stamp = datetime.fromisoformat(text)
+        year, month, day, hour, minute, second, fraction, zone = m.groups()
+        micro = int((fraction or "0")[:6].ljust(6, "0"))
+        tz = None
+        if zone and zone in "Zz":
+            tz = timezone.utc
+        elif zone:
+            sign = -1 if zone[0] == "-" else 1
+            digits = zone[1:].replace(":", "")
+            tz = timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:] or 0)))
+        stamp = datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0),
+                         micro, tz)
         seconds = stamp.timestamp()  # a naive datetime is taken as local time
     except (ValueError, OverflowError, OSError):
         raise InvalidJob("%s must be an ISO 8601 timestamp like 2026-01-31T09:00:00Z, not %r"
@@ -145,6 +166,7 @@ def validate_job(raw, *, now, cwd=None, default_max_retries):
         raise InvalidJob("command must not be empty")
     if "\x00" in command:
         raise InvalidJob("command must not contain a NUL character")
+    check_unicode(command, "command")
 
     max_retries = raw.get("max_retries")
     max_retries = default_max_retries if max_retries is None else _int_field(
@@ -166,11 +188,12 @@ def validate_job(raw, *, now, cwd=None, default_max_retries):
 
     job_cwd = raw.get("cwd")
     if job_cwd is None:
-        job_cwd = cwd if cwd is not None else os.getcwd()
+        job_cwd = _base_dir(cwd)
     elif not isinstance(job_cwd, str) or not job_cwd or "\x00" in job_cwd:
         raise InvalidJob("cwd must be a non-empty path string")
-    else:
-        job_cwd = os.path.join(cwd if cwd is not None else os.getcwd(), job_cwd)
+    elif not os.path.isabs(job_cwd):
+        job_cwd = os.path.join(_base_dir(cwd), job_cwd)
+    check_unicode(job_cwd, "cwd")
 
     env = raw.get("env")
     if env is not None:
@@ -181,6 +204,17 @@ def validate_job(raw, *, now, cwd=None, default_max_retries):
             "run_at": run_at, "timeout": timeout, "cwd": job_cwd, "env": env}
 
 
+def _base_dir(cwd):
+    """`cwd` if given, else this process's working directory."""
+    if cwd is not None:
+        return cwd
+    try:
+        return os.getcwd()
+    except OSError as exc:  # it was deleted under us
+        raise InvalidJob("cannot read the current directory (%s): give the job an absolute cwd"
+                         % (exc.strerror or exc,)) from None
+
+
 def check_id(job_id):
     """A job id: a string of 1-200 characters with no control characters."""
     if not isinstance(job_id, str):
@@ -189,9 +223,21 @@ def check_id(job_id):
         raise InvalidJob("id must not be empty")
     if len(job_id) > ID_MAX_CHARS:
         raise InvalidJob("id must be at most %d characters (got %d)" % (ID_MAX_CHARS, len(job_id)))
-    if any(_is_control(ch) for ch in job_id):
+    if any(is_control(ch) for ch in job_id):
         raise InvalidJob("id must not contain control characters: %r" % (job_id[:60],))
-    return job_id
+    return check_unicode(job_id, "id")
+
+
+def check_unicode(text, what, *, secret=False):
+    """`text` if it can be stored. Bytes that are not UTF-8 reach Python as lone surrogates
+    (from argv, a file name, or a JSON \\ud800 escape) and SQLite cannot store those.
+    A `secret` (an env value) is not quoted in the error."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidJob("%s is not valid Unicode text (it holds bytes that are not UTF-8)%s"
+                         % (what, "" if secret else ": %r" % (text[:60],))) from None
+    return text
 
 
 def mask_env(env_json):
@@ -206,12 +252,15 @@ def _check_env(env):
     if not isinstance(env, dict):
         raise InvalidJob("env must be an object of strings, not %s" % _describe(env))
     for key, value in env.items():
-        if not key or "=" in key or "\x00" in key:
+        # A control character in a name would also break the lines of list and show.
+        if not key or "=" in key or any(is_control(ch) for ch in key):
             raise InvalidJob("env key %r is not a valid variable name" % (key,))
         if not isinstance(value, str):
             raise InvalidJob("env value of %r must be a string, not %s" % (key, _describe(value)))
         if "\x00" in value:
             raise InvalidJob("env value of %r must not contain a NUL character" % (key,))
+        check_unicode(key, "env key")
+        check_unicode(value, "env value of %r" % (key,), secret=True)
     return env
 
 
@@ -223,7 +272,7 @@ def _int_field(value, name, low, high):
     return value
 
 
-def _is_control(ch):
+def is_control(ch):
     code = ord(ch)
     return code < 32 or 127 <= code < 160 or code in (0x2028, 0x2029)
 
@@ -345,6 +394,13 @@ def public_job(row):
         "env": mask_env(row["env"]), "worker": row["worker"], "started_at": iso(row["started_at"]),
         "finished_at": iso(row["finished_at"]),
     }
+
+
+def public_worker(worker):
+    """A live worker as `worker list --json` prints it."""
+    return {"id": worker["id"], "pid": worker["pid"], "host": worker["host"], "threads": worker["threads"],
+            "started_at": iso(worker["started_at"]), "heartbeat_at": iso(worker["heartbeat_at"]),
+            "running": worker["running"]}
 
 
 def public_run(run):
