@@ -5,7 +5,6 @@ generation a worker compares against), like rq's suspension module.
 """
 
 import os
-import socket
 import stat
 
 from .errors import QueueError, StoreError
@@ -110,7 +109,14 @@ def log_path(home):
 
 # ---------------------------------------------------------------- worker liveness
 
-HOST = socket.gethostname()
+def host():
+    """This machine's name, as workers register themselves.
+
+    Asked for, not computed at import: importing socket would cost every
+    command about 2 ms of start-up, and only worker liveness needs it.
+    """
+    import socket
+    return socket.gethostname()
 
 
 def pid_alive(pid):
@@ -126,6 +132,6 @@ def pid_alive(pid):
     return True
 
 
-def worker_alive(host, pid):
+def worker_alive(host_name, pid):
     """False for a worker registered from this host whose process is gone; True otherwise."""
-    return host != HOST or pid_alive(pid)
+    return host_name != host() or pid_alive(pid)

@@ -230,7 +230,7 @@ class Worker:
     def __init__(self, home, *, threads=None, burst=False):
         self.home = home
         self.db_path = qhome.ensure(home)
-        self.host = qhome.HOST
+        self.host = qhome.host()
         self.pid = os.getpid()
         self.id = "%s:%d:%s" % (self.host, self.pid, os.urandom(3).hex())
         self.burst = burst
