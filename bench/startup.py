@@ -5,7 +5,9 @@ ratio above 1.0. The two are run alternately so that machine load hits both
 alike. A breakdown of what queuectl adds, timed inside a fresh interpreter:
 compiling queuectl.py (a script's bytecode is never cached), its imports,
 building the argparse parser, and the rest of main() (parse, open the
-database, count, print).
+database, count, print). `python -m qctl status` runs the same main() from
+queuectl.py imported as a module, whose bytecode is cached: the difference is
+the compile.
 
     python bench/startup.py [--quick] [--runs N]
 """
@@ -38,9 +40,9 @@ print(json.dumps({"compile queuectl.py": t1 - t0, "imports": t2 - t1, "build the
 """
 
 
-def wall(argv, env):
+def wall(argv, env, cwd=None):
     started = time.perf_counter()
-    subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, check=True)
+    subprocess.run(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, check=True)
     return time.perf_counter() - started
 
 
@@ -50,16 +52,19 @@ def main():
         home = home_in(tmp)
         run_cli(home, "status")  # create the home and schema: not part of what is measured
         env = cli_env(home)
-        bare, status, parts = [], [], []
+        bare, status, module, parts = [], [], [], []
         for _ in range(args.runs):
             bare.append(wall([sys.executable, "-c", "pass"], env))
             status.append(wall([sys.executable, SCRIPT, "status"], env))
+            module.append(wall([sys.executable, "-m", "qctl", "status"], env, cwd=ROOT))
             parts.append(json.loads(subprocess.run([sys.executable, "-c", BREAKDOWN, SCRIPT, ROOT], env=env,
                                                    stdout=subprocess.PIPE, check=True).stdout))
     print(machine())
     table("start-up, median of %d alternating runs" % args.runs, ["command", "ms", "x python -c pass"],
           [["python -c pass", "%.1f" % (median(bare) * 1000), "1.00"],
-           ["python queuectl.py status", "%.1f" % (median(status) * 1000), "%.2f" % (median(status) / median(bare))]])
+           ["python queuectl.py status", "%.1f" % (median(status) * 1000), "%.2f" % (median(status) / median(bare))],
+           ["python -m qctl status (queuectl.py's bytecode cached)", "%.1f" % (median(module) * 1000),
+            "%.2f" % (median(module) / median(bare))]])
     table("what status adds, timed inside the interpreter, median of %d runs" % args.runs,
           ["part", "ms", "x python -c pass"],
           [[part, "%.1f" % (median([p[part] for p in parts]) * 1000),
