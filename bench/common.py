@@ -31,7 +31,7 @@ ENQUEUE_BATCH = 100000
 
 def options(description, *, runs, quick_runs=1, extra=None):
     """Parse the common options (--quick, --runs); `extra(parser)` may add more."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a short run, to check the script works")
     parser.add_argument("--runs", type=int, help="repetitions; figures are medians (default %d, quick %d)"
                         % (runs, quick_runs))

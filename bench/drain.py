@@ -61,7 +61,7 @@ def main():
     def extra(parser):
         parser.add_argument("--jobs", type=int, help="jobs per run (default 5000, quick 300)")
         parser.add_argument("--threads", type=int, nargs="+", default=[2, 8], help="thread counts (default 2 8)")
-    args = options(__doc__.splitlines()[0], runs=3, extra=extra)
+    args = options(__doc__, runs=3, extra=extra)
     count = args.jobs or (300 if args.quick else 5000)
     rows = []
     for threads in args.threads:

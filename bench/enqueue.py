@@ -33,7 +33,7 @@ def parse_only(path):
 def main():
     def extra(parser):
         parser.add_argument("--jobs", type=int, help="jobs in the file (default 100000, quick 5000)")
-    args = options(__doc__.splitlines()[0], runs=3, extra=extra)
+    args = options(__doc__, runs=3, extra=extra)
     count = args.jobs or (5000 if args.quick else 100000)
     ours, floor, size = [], [], 0
     with temp_home() as tmp:

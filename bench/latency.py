@@ -82,7 +82,7 @@ def main():
         parser.add_argument("--jobs", type=int, help="jobs per run (default 200, quick 30)")
         parser.add_argument("--idle", type=float, help="seconds of idling measured (default 10, quick 1)")
         parser.add_argument("--seed", type=int, default=1, help="random seed of the intervals")
-    args = options(__doc__.splitlines()[0], runs=3, extra=extra)
+    args = options(__doc__, runs=3, extra=extra)
     count = args.jobs or (30 if args.quick else 200)
     idle_s = args.idle or (1.0 if args.quick else 10.0)
     rng = random.Random(args.seed)

@@ -171,7 +171,7 @@ def main():
 
     def extra(parser):
         parser.add_argument("--jobs", type=int, help="jobs per measurement (default 20000, quick 2000)")
-    args = options(__doc__.splitlines()[0], runs=5, extra=extra)
+    args = options(__doc__, runs=5, extra=extra)
     count = args.jobs or (2000 if args.quick else 20000)
     bare, ours = [], []
     shapes = {(1, 1): [], (1, 4): [], (2, 2): []}

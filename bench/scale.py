@@ -52,7 +52,7 @@ def claim_rate(path, count):
 def main():
     def extra(parser):
         parser.add_argument("--jobs", type=int, help="jobs in the big database (default 1000000, quick 20000)")
-    args = options(__doc__.splitlines()[0], runs=5, quick_runs=3, extra=extra)
+    args = options(__doc__, runs=5, quick_runs=3, extra=extra)
     total = args.jobs or (20000 if args.quick else 1000000)
     pending = total // 10
     claimed = min(CLAIMED_PER_RUN, pending // (args.runs + 1))

@@ -47,7 +47,7 @@ def wall(argv, env, cwd=None):
 
 
 def main():
-    args = options(__doc__.splitlines()[0], runs=40, quick_runs=5)
+    args = options(__doc__, runs=40, quick_runs=5)
     with temp_home() as tmp:
         home = home_in(tmp)
         run_cli(home, "status")  # create the home and schema: not part of what is measured
