@@ -172,6 +172,8 @@ def main():
     def extra(parser):
         parser.add_argument("--jobs", type=int, help="jobs per measurement (default 20000, quick 2000)")
     args = options(__doc__, runs=5, extra=extra)
+    if not db.HAS_RETURNING:
+        raise SystemExit("the bare cycle mirrors the claim's UPDATE ... RETURNING: it needs SQLite 3.35 or newer")
     count = args.jobs or (2000 if args.quick else 20000)
     bare, ours = [], []
     shapes = {(1, 1): [], (1, 4): [], (2, 2): []}
