@@ -142,6 +142,7 @@ def validate_job(raw, *, now, cwd=None, default_max_retries):
         raise InvalidJob("command must not be empty")
     if "\x00" in command:
         raise InvalidJob("command must not contain a NUL character")
+    _check_utf8(command, "command")
 
     max_retries = raw.get("max_retries")
     max_retries = default_max_retries if max_retries is None else _int_field(
@@ -172,6 +173,7 @@ def validate_job(raw, *, now, cwd=None, default_max_retries):
     env = raw.get("env")
     if env is not None:
         env = json.dumps(_check_env(env), sort_keys=True)
+    _check_utf8(job_cwd, "cwd")  # the default too: os.getcwd() may hold undecodable bytes
 
     return {"id": job_id, "command": command, "max_retries": max_retries, "priority": priority,
             "run_at": run_at, "timeout": timeout, "cwd": job_cwd, "env": env}
@@ -187,6 +189,7 @@ def check_id(job_id):
         raise InvalidJob("id must be at most %d characters (got %d)" % (ID_MAX_CHARS, len(job_id)))
     if any(_is_control(ch) for ch in job_id):
         raise InvalidJob("id must not contain control characters: %r" % (job_id[:60],))
+    _check_utf8(job_id, "id")
     return job_id
 
 
@@ -207,7 +210,18 @@ def _check_env(env):
             raise InvalidJob("env value of %r must be a string, not %s" % (key, _describe(value)))
         if "\x00" in value:
             raise InvalidJob("env value of %r must not contain a NUL character" % (key,))
+        _check_utf8(key, "env key %r" % (key,))
+        _check_utf8(value, "env value of %r" % (key,))
     return env
+
+
+def _check_utf8(text, what):
+    """Reject lone surrogates (from JSON escapes or undecodable argv bytes): SQLite and the
+    platform's environment can only take text that encodes as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidJob("%s is not valid Unicode text (a lone surrogate at position %d)" % (what, exc.start)) from None
 
 
 def _int_field(value, name, low, high):
