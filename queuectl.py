@@ -18,6 +18,7 @@ from qctl import jobs
 from qctl.errors import InvalidJob, QueueError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+SQLITE_MAX_INT = 2 ** 63 - 1
 WAIT_POLL_S = 0.1
 
 COMMAND_GROUPS = """\
@@ -126,7 +127,16 @@ def limit_arg(value):
         raise argparse.ArgumentTypeError("must be a whole number, not %r" % value)
     if number < 0:
         raise argparse.ArgumentTypeError("must be 0 (all) or more, not %d" % number)
-    return number
+    return min(number, SQLITE_MAX_INT)  # a larger limit means "all" as well; SQLite cannot take it
+
+
+def id_arg(value):
+    """A job id as typed; undecodable bytes (lone surrogates) cannot name any stored job."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError("%r is not valid UTF-8 text" % value)
+    return value
 
 
 def state_arg(value):
@@ -541,17 +551,17 @@ def build_parser():
     add_json(p)
 
     p = add_command(sub, "show", cmd_show, "show one job with every run", "queuectl show job1")
-    p.add_argument("id", metavar="ID")
+    p.add_argument("id", type=id_arg, metavar="ID")
     add_json(p)
 
     p = add_command(sub, "logs", cmd_logs, "print the output of a job's latest run (or the N-th)",
                     "queuectl logs job1 --run 2")
-    p.add_argument("id", metavar="ID")
+    p.add_argument("id", type=id_arg, metavar="ID")
     p.add_argument("--run", type=int, metavar="N", help="run number, as 'show' lists them")
 
     p = add_command(sub, "wait", cmd_wait, "wait until jobs are completed or dead (exit 0 all completed, "
                     "1 some dead, 3 timeout)", "queuectl wait job1 job2 --timeout 5m")
-    p.add_argument("ids", nargs="*", metavar="ID", help="jobs to wait for (default: all)")
+    p.add_argument("ids", nargs="*", type=id_arg, metavar="ID", help="jobs to wait for (default: all)")
     p.add_argument("--timeout", type=duration_arg, metavar="S", help="give up after this long (exit 3)")
 
     p = add_command(sub, "dlq", None, "the dead letter queue: jobs that ran out of retries",
@@ -562,11 +572,11 @@ def build_parser():
     add_json(q)
     q = add_command(dlq, "retry", cmd_dlq_retry, "put dead jobs back to pending with attempts reset",
                     "queuectl dlq retry job1\nqueuectl dlq retry --all")
-    q.add_argument("id", nargs="?", metavar="ID")
+    q.add_argument("id", nargs="?", type=id_arg, metavar="ID")
     q.add_argument("--all", action="store_true", help="retry every dead job")
 
     p = add_command(sub, "delete", cmd_delete, "remove a job that is not processing", "queuectl delete job1")
-    p.add_argument("id", metavar="ID")
+    p.add_argument("id", type=id_arg, metavar="ID")
 
     p = add_command(sub, "purge", cmd_purge, "remove completed or dead jobs",
                     "queuectl purge --state completed --older-than 7d")
