@@ -10,9 +10,11 @@ import json
 import os
 import shutil
 import sys
+import textwrap
 import time
 
 from qctl import __version__
+from qctl import display
 from qctl import home as qhome
 from qctl import jobs
 from qctl.errors import InvalidJob, QueueError
@@ -20,27 +22,16 @@ from qctl.errors import InvalidJob, QueueError
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 SQLITE_MAX_INT = 2 ** 63 - 1
 WAIT_POLL_S = 0.1
+HELP_WIDTH = 79  # the grouped command list in `queuectl -h` fits an 80-column terminal
 
-COMMAND_GROUPS = """\
-jobs:
-  enqueue        add a job (JSON, options, or a JSON Lines file)
-  list           list jobs, oldest first
-  show           one job with every run
-  logs           output of a job's latest (or N-th) run
-  wait           block until jobs are completed or dead
-  delete         remove a job that is not running
-  purge          remove completed or dead jobs
-  dlq            the dead letter queue: list, retry
-
-workers:
-  worker         start, stop or list worker processes
-  status         jobs per state and live workers
-
-settings:
-  config         get, set or list settings
-
-Run 'queuectl COMMAND -h' for a command's options and an example.
-"""
+# How `queuectl -h` groups the commands (as the README does). A command left out
+# still shows, under "other", and tests/test_help.py fails until it has a group.
+COMMAND_GROUPS = (
+    ("enqueue and run", ("enqueue", "worker")),
+    ("watch and inspect", ("status", "list", "show", "logs", "wait", "stats", "dashboard")),
+    ("dead letter queue and clean-up", ("dlq", "delete", "purge")),
+    ("settings", ("config",)),
+)
 
 
 # ---------------------------------------------------------------- output helpers
@@ -58,53 +49,19 @@ def error_line(message):
     sys.stderr.write("queuectl: error: %s\n" % text)
 
 
-_COLOURS = {jobs.PENDING: "33", jobs.PROCESSING: "36", jobs.COMPLETED: "32", jobs.FAILED: "35", jobs.DEAD: "31"}
-
-
 def colour_state(state):
-    if os.environ.get("NO_COLOR") or not sys.stdout.isatty():
-        return state
-    return "\x1b[%sm%s\x1b[0m" % (_COLOURS.get(state, "0"), state)
+    return display.paint_state(state, display.colour_enabled(sys.stdout))
 
 
-def visible_len(text):
-    return len(text) - (9 if text.startswith("\x1b[") else 0)
+def table(headers, rows, *, flex=(), right=()):
+    """Print rows as aligned columns that fit the terminal; `flex` columns are cut with an ellipsis."""
+    for line in display.layout(headers, rows, width=shutil.get_terminal_size((80, 24)).columns,
+                               flex=flex, right=right):
+        out(line)
 
 
-def table(headers, rows, *, flex=None, right=()):
-    """Print rows as aligned columns that fit the terminal; column `flex` is cut with an ellipsis."""
-    rows = [[("" if cell is None else str(cell)) for cell in row] for row in rows]
-    widths = [max([len(h)] + [visible_len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    if flex is not None:
-        budget = shutil.get_terminal_size((80, 24)).columns - sum(w + 2 for i, w in enumerate(widths) if i != flex)
-        widths[flex] = max(min(widths[flex], budget), len(headers[flex]), 10)
-    for row in [list(headers)] + rows:
-        cells = []
-        for i, cell in enumerate(row):
-            if i == flex and len(cell) > widths[i]:
-                cell = cell[:widths[i] - 1] + "\u2026"
-            pad = " " * (widths[i] - visible_len(cell))
-            cells.append(pad + cell if i in right else cell + pad)
-        out("  ".join(cells).rstrip())
-
-
-def ago(seconds, now=None):
-    """'12s ago', 'in 4s', '3m ago' ..."""
-    if seconds is None:
-        return "-"
-    delta = (now or time.time()) - seconds
-    span = abs(delta)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if span >= size:
-            text = "%d%s" % (span // size, unit)
-            break
-    else:
-        text = "%ds" % span
-    return text + " ago" if delta >= 0 else "in " + text
-
-
-def one_line(text):
-    return " ".join(text.split())
+ago = display.ago
+one_line = display.one_line
 
 
 def plural(n, word):
@@ -236,7 +193,7 @@ def read_job_lines(path, *, now, cwd, default_max_retries):
 
 def cmd_status(args):
     with open_store(args) as store:
-        status = store.status(time.time())
+        status = store.status(time.time(), alive=qhome.worker_alive)
     if args.json:
         print_json(status)
         return EXIT_OK
@@ -253,11 +210,11 @@ def print_jobs(rows, *, dead=False):
     if dead:
         table(["ID", "ATTEMPTS", "DIED", "LAST ERROR", "COMMAND"],
               [[r["id"], r["attempts"], ago(r["updated_at"], now), r["last_error"], one_line(r["command"])]
-               for r in rows], flex=4, right=(1,))
+               for r in rows], flex=(4, 3, 0), right=(1,))
         return
     table(["ID", "STATE", "ATTEMPTS", "PRI", "UPDATED", "COMMAND"],
           [[r["id"], colour_state(r["state"]), "%d/%d" % (r["attempts"], r["max_retries"] + 1), r["priority"],
-            ago(r["updated_at"], now), one_line(r["command"])] for r in rows], flex=5, right=(2, 3))
+            ago(r["updated_at"], now), one_line(r["command"])] for r in rows], flex=(5, 0), right=(2, 3))
 
 
 def cmd_list(args):
@@ -282,7 +239,9 @@ def cmd_show(args):
         print_json(job)
         return EXIT_OK
     now = time.time()
-    fields = [("id", job["id"]), ("command", row["command"]), ("state", colour_state(job["state"])),
+    # The command whole (only control characters escaped), its later lines indented under the first.
+    command = display.printable(row["command"], keep="\n\t").replace("\n", "\n" + " " * 13)
+    fields = [("id", job["id"]), ("command", command), ("state", colour_state(job["state"])),
               ("attempts", "%d of %d (max_retries %d)" % (job["attempts"], job["max_retries"] + 1,
                                                          job["max_retries"])),
               ("priority", job["priority"]), ("run_at", "%s (%s)" % (job["run_at"], ago(row["run_at"], now))),
@@ -299,7 +258,7 @@ def cmd_show(args):
         table(["RUN", "ATTEMPT", "STARTED", "DURATION", "EXIT", "ERROR", "WORKER"],
               [[r["run"], r["attempt"], r["started_at"], "-" if r["duration"] is None else "%.2fs" % r["duration"],
                 "-" if r["exit_code"] is None else r["exit_code"], r["error"] or "-", r["worker"] or "-"]
-               for r in runs], flex=6, right=(0, 1, 3, 4))
+               for r in runs], flex=(5, 6), right=(0, 1, 3, 4))
     return EXIT_OK
 
 
@@ -330,24 +289,26 @@ def cmd_logs(args):
 
 def cmd_wait(args):
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    unfinished = (jobs.PENDING, jobs.PROCESSING, jobs.FAILED)
     with open_store(args) as store:
         for job_id in args.ids:
-            store.get(job_id)  # unknown ids are an error now, not a wait forever
+            store.get(job_id)  # an unknown id is an error now, not a wait forever
         while True:
             if args.ids:
-                states = [store.get(job_id)["state"] for job_id in args.ids]
+                counts = dict.fromkeys(jobs.STATES, 0)
+                for job_id in args.ids:
+                    counts[store.get(job_id)["state"]] += 1
             else:
                 counts = store.counts()
-                states = [s for s in jobs.STATES for _ in range(counts[s])] if not any(
-                    counts[s] for s in (jobs.PENDING, jobs.PROCESSING, jobs.FAILED)) else [jobs.PENDING]
-            if all(s in jobs.FINISHED_STATES for s in states):
-                dead = sum(1 for s in states if s == jobs.DEAD)
-                out("%s finished: %d completed, %d dead" % (plural(len(states), "job"), len(states) - dead, dead))
-                return EXIT_ERROR if dead else EXIT_OK
+            if not any(counts[s] for s in unfinished):
+                break
             if deadline is not None and time.monotonic() >= deadline:
-                error_line("timed out waiting for jobs to finish")
+                error_line("timed out: %s not finished yet" % plural(sum(counts[s] for s in unfinished), "job"))
                 return EXIT_TIMEOUT
             time.sleep(WAIT_POLL_S)
+    out("%s finished: %d completed, %d dead" % (plural(counts[jobs.COMPLETED] + counts[jobs.DEAD], "job"),
+                                                counts[jobs.COMPLETED], counts[jobs.DEAD]))
+    return EXIT_ERROR if counts[jobs.DEAD] else EXIT_OK
 
 
 def cmd_dlq_list(args):
@@ -466,14 +427,14 @@ def cmd_worker_start(args):
 def cmd_worker_stop(args):
     qhome.ensure(args.home)
     with open_store(args) as store:
-        before = [w["id"] for w in store.workers(time.time())]
+        before = [w["id"] for w in store.workers(time.time(), alive=qhome.worker_alive)]
         qhome.request_stop(args.home)
         out("asked %s to stop" % plural(len(before), "worker"))
         if not args.wait:
             return EXIT_OK
         deadline = None if args.timeout is None else time.monotonic() + args.timeout
         while True:
-            alive = set(before) & {w["id"] for w in store.workers(time.time())}
+            alive = set(before) & {w["id"] for w in store.workers(time.time(), alive=qhome.worker_alive)}
             if not alive:
                 out("all stopped")
                 return EXIT_OK
@@ -485,7 +446,7 @@ def cmd_worker_stop(args):
 
 def cmd_worker_list(args):
     with open_store(args) as store:
-        live = store.workers(time.time())
+        live = store.workers(time.time(), alive=qhome.worker_alive)
     if args.json:
         print_json([{"id": w["id"], "pid": w["pid"], "host": w["host"], "threads": w["threads"],
                      "started_at": jobs.iso(w["started_at"]), "heartbeat_at": jobs.iso(w["heartbeat_at"]),
@@ -494,7 +455,7 @@ def cmd_worker_list(args):
         now = time.time()
         table(["PID", "HOST", "THREADS", "STARTED", "HEARTBEAT", "RUNNING"],
               [[w["pid"], w["host"], w["threads"], ago(w["started_at"], now), ago(w["heartbeat_at"], now),
-                ", ".join(w["running"]) or "-"] for w in live], flex=5, right=(0, 2))
+                ", ".join(w["running"]) or "-"] for w in live], flex=(5, 1), right=(0, 2))
     else:
         out("no workers running")
     return EXIT_OK
@@ -516,12 +477,16 @@ def add_json(parser):
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="queuectl", description="A background job queue for shell commands.", epilog=COMMAND_GROUPS,
-        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+        prog="queuectl", usage="queuectl [-h] [--version] [--home DIR] COMMAND ...",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'queuectl COMMAND -h' for a command's options and examples.\n\nexample:\n"
+               "  queuectl enqueue --command 'echo hello'\n  queuectl worker start --burst",
+        allow_abbrev=False)
     parser.add_argument("--home", metavar="DIR",
                         help="data directory (default: $QUEUECTL_HOME, else ~/.queuectl)")
     parser.add_argument("--version", action="version", version="queuectl " + __version__)
-    sub = parser.add_subparsers(dest="command_name", metavar="COMMAND")
+    # The flat list of commands is hidden: the description lists them by group instead.
+    sub = parser.add_subparsers(dest="command_name", metavar="COMMAND", help=argparse.SUPPRESS, prog="queuectl")
     sub.required = True
 
     p = add_command(sub, "enqueue", cmd_enqueue, "add a job to the queue",
@@ -536,7 +501,7 @@ def build_parser():
     when = p.add_mutually_exclusive_group()
     when.add_argument("--run-at", metavar="TS", help="ISO 8601 time to run at (no zone = local time)")
     when.add_argument("--delay", metavar="SECONDS", help="run after this long (30, 30s, 5m, 2h, 1d)")
-    p.add_argument("--timeout", metavar="S", help="fail the run after this long")
+    p.add_argument("--timeout", metavar="S", help="fail the run after this long (90, 90s, 5m, 2h)")
     p.add_argument("--cwd", metavar="DIR", help="run in this directory (default: the current one)")
     p.add_argument("--env", action="append", metavar="KEY=VALUE", help="add to the environment (repeatable)")
     p.add_argument("--file", metavar="PATH", help="JSON Lines file of jobs ('-' = stdin), all or nothing")
@@ -559,9 +524,10 @@ def build_parser():
     p.add_argument("id", type=id_arg, metavar="ID")
     p.add_argument("--run", type=int, metavar="N", help="run number, as 'show' lists them")
 
-    p = add_command(sub, "wait", cmd_wait, "wait until jobs are completed or dead (exit 0 all completed, "
-                    "1 some dead, 3 timeout)", "queuectl wait job1 job2 --timeout 5m")
-    p.add_argument("ids", nargs="*", type=id_arg, metavar="ID", help="jobs to wait for (default: all)")
+    p = add_command(sub, "wait", cmd_wait, "wait until jobs are completed or dead",
+                    "queuectl wait job1 job2 --timeout 5m")
+    p.add_argument("ids", nargs="*", type=id_arg, metavar="ID",
+                   help="jobs to wait for (default: all); exit 0 if all completed, 1 if any is dead")
     p.add_argument("--timeout", type=duration_arg, metavar="S", help="give up after this long (exit 3)")
 
     p = add_command(sub, "dlq", None, "the dead letter queue: jobs that ran out of retries",
@@ -580,7 +546,7 @@ def build_parser():
 
     p = add_command(sub, "purge", cmd_purge, "remove completed or dead jobs",
                     "queuectl purge --state completed --older-than 7d")
-    p.add_argument("--state", required=True, choices=jobs.FINISHED_STATES)
+    p.add_argument("--state", required=True, choices=jobs.FINISHED_STATES, help="which finished jobs to remove")
     p.add_argument("--older-than", type=duration_arg, metavar="SECONDS",
                    help="only jobs finished at least this long ago (30, 5m, 2h, 1d)")
 
@@ -617,7 +583,26 @@ def build_parser():
     q = add_command(csub, "list", cmd_config_list, "list settings with defaults and meanings",
                     "queuectl config list")
     add_json(q)
+    parser.description = "A background job queue for shell commands.\n\n" + grouped_commands(sub)
     return parser
+
+
+def grouped_commands(subparsers):
+    """The commands under their COMMAND_GROUPS headings, each with its one-line summary."""
+    summaries = {action.dest: action.help for action in subparsers._choices_actions}
+    grouped = {name for _, names in COMMAND_GROUPS for name in names}
+    groups = list(COMMAND_GROUPS) + [("other", tuple(n for n in summaries if n not in grouped))]
+    width = max(len(name) for name in summaries)
+    lines = []
+    for title, names in groups:
+        names = [name for name in names if name in summaries]
+        if names:
+            lines.append("%s:" % title)
+            for name in names:
+                lines += textwrap.wrap(summaries[name], HELP_WIDTH, initial_indent="  %-*s  " % (width, name),
+                                       subsequent_indent=" " * (width + 4))
+            lines.append("")
+    return "\n".join(lines).rstrip()
 
 
 def main(argv=None):

@@ -356,6 +356,11 @@ class Store:
         (id, new state) pairs. Fenced by the run number, like every transition.
         """
         recovered = []
+        # Read first: almost always there is nothing to do, and then no write lock is taken.
+        if not dead_workers and not self._read(
+                "SELECT 1 FROM jobs WHERE state = ? AND lease_until < ? UNION ALL "
+                "SELECT 1 FROM workers WHERE lease_until < ? LIMIT 1", (PROCESSING, now, now)):
+            return recovered
         with self._write() as con:
             rows = con.execute("SELECT seq, id, attempts, max_retries, runs, worker FROM jobs "
                                "WHERE state = ? AND lease_until < ?", (PROCESSING, now)).fetchall()
@@ -372,10 +377,15 @@ class Store:
             con.execute("DELETE FROM workers WHERE lease_until < ?", (now,))
         return recovered
 
-    def workers(self, now):
-        """Live worker processes (lease not expired), each with the ids of the jobs it runs."""
-        rows = self._read("SELECT id, pid, host, threads, started_at, heartbeat_at FROM workers "
-                          "WHERE lease_until >= ? ORDER BY started_at", (now,))
+    def workers(self, now, *, alive=None):
+        """Live worker processes, each with the ids of the jobs it runs.
+
+        Live means its lease has not expired and, when `alive(host, pid)` is
+        given, that it says so (a worker on this host whose pid is gone is dead).
+        """
+        rows = [r for r in self._read("SELECT id, pid, host, threads, started_at, heartbeat_at FROM workers "
+                                      "WHERE lease_until >= ? ORDER BY started_at", (now,))
+                if alive is None or alive(r[2], r[1])]
         running = {}
         for worker, job_id in self._read("SELECT worker, id FROM jobs WHERE state = ? ORDER BY started_at",
                                          (PROCESSING,)):
@@ -396,8 +406,8 @@ class Store:
             counts[state] = n
         return counts
 
-    def status(self, now):
-        live = self.workers(now)
+    def status(self, now, *, alive=None):
+        live = self.workers(now, alive=alive)
         return {"jobs": self.counts(),
                 "workers": {"processes": len(live), "threads": sum(w["threads"] for w in live)}}
 

@@ -5,6 +5,7 @@ generation a worker compares against), like rq's suspension module.
 """
 
 import os
+import socket
 import stat
 
 from .errors import QueueError, StoreError
@@ -74,10 +75,14 @@ def check_private(home):
 
 # ---------------------------------------------------------------- stop protocol
 
+def stopfile_path(home):
+    return os.path.join(home, STOPFILE_NAME)
+
+
 def stop_generation(home):
     """The generation the stopfile holds (0 when there is none)."""
     try:
-        with open(os.path.join(home, STOPFILE_NAME), encoding="ascii") as fh:
+        with open(stopfile_path(home), encoding="ascii") as fh:
             return int(fh.read().strip() or 0)
     except (OSError, ValueError):
         return 0
@@ -91,7 +96,7 @@ def request_stop(home):
     Written to a temporary file and renamed, so a reader never sees half of it.
     """
     generation = stop_generation(home) + 1
-    path = os.path.join(home, STOPFILE_NAME)
+    path = stopfile_path(home)
     tmp = "%s.%d.tmp" % (path, os.getpid())
     try:
         with open(tmp, "w", encoding="ascii") as fh:
@@ -105,3 +110,26 @@ def request_stop(home):
 def log_path(home):
     return os.path.join(home, LOG_NAME)
 
+
+
+# ---------------------------------------------------------------- worker liveness
+
+HOST = socket.gethostname()
+
+
+def pid_alive(pid):
+    """Whether a process with this pid exists here (POSIX; elsewhere assume it does)."""
+    if not POSIX:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def worker_alive(host, pid):
+    """False for a worker registered from this host whose process is gone; True otherwise."""
+    return host != HOST or pid_alive(pid)

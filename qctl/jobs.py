@@ -10,7 +10,7 @@ import json
 import math
 import os
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from .errors import ConfigError, InvalidJob
 
@@ -35,6 +35,12 @@ JOB_FIELDS = ("id", "command", "max_retries", "priority", "run_at", "delay", "ti
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# YYYY-MM-DD, then optionally T (or a space) and hh[:mm[:ss[.fraction]]], then an optional
+# zone: Z, +hh, +hhmm or +hh:mm. Colons in the time may be left out (basic format).
+_TIMESTAMP_RE = re.compile(
+    r"^\s*(\d{4})-(\d{2})-(\d{2})"
+    r"(?:[Tt ](\d{2})(?::?(\d{2})(?::?(\d{2})(?:[.,](\d+))?)?)?)?"
+    r"\s*([Zz]|[+-]\d{2}(?::?\d{2})?)?\s*$")
 
 
 # ---------------------------------------------------------------- durations and times
@@ -67,17 +73,29 @@ def parse_duration(value, what, *, minimum=0.0, allow_zero=True):
 
 
 def parse_timestamp(value, what="run_at"):
-    """Epoch seconds from ISO 8601 text; no zone means local time, `Z` means UTC."""
+    """Epoch seconds from ISO 8601 text; no zone means local time, `Z` means UTC.
+
+    Parsed by hand, not with datetime.fromisoformat: before Python 3.11 that
+    refuses `Z`, `+0200`, `+02` and fractions that are not 3 or 6 digits, and
+    a job must mean the same thing whichever Python enqueues it.
+    """
     if not isinstance(value, str):
         raise InvalidJob("%s must be an ISO 8601 timestamp string, not %s" % (what, _describe(value)))
-    text = value.strip()
-    # datetime.fromisoformat only learned "Z" in Python 3.11.
-    if text[-1:] in ("Z", "z"):
-        text = text[:-1] + "+00:00"
+    m = _TIMESTAMP_RE.match(value)
     try:
-        if not text or "\x00" in text:
+        if not m:
             raise ValueError
-        stamp = datetime.fromisoformat(text)
+        year, month, day, hour, minute, second, fraction, zone = m.groups()
+        micro = int((fraction or "0")[:6].ljust(6, "0"))
+        tz = None
+        if zone and zone in "Zz":
+            tz = timezone.utc
+        elif zone:
+            sign = -1 if zone[0] == "-" else 1
+            digits = zone[1:].replace(":", "")
+            tz = timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:] or 0)))
+        stamp = datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0),
+                         micro, tz)
         seconds = stamp.timestamp()  # a naive datetime is taken as local time
     except (ValueError, OverflowError, OSError):
         raise InvalidJob("%s must be an ISO 8601 timestamp like 2026-01-31T09:00:00Z, not %r"
@@ -187,7 +205,7 @@ def check_id(job_id):
         raise InvalidJob("id must not be empty")
     if len(job_id) > ID_MAX_CHARS:
         raise InvalidJob("id must be at most %d characters (got %d)" % (ID_MAX_CHARS, len(job_id)))
-    if any(_is_control(ch) for ch in job_id):
+    if any(is_control(ch) for ch in job_id):
         raise InvalidJob("id must not contain control characters: %r" % (job_id[:60],))
     _check_utf8(job_id, "id")
     return job_id
@@ -232,7 +250,7 @@ def _int_field(value, name, low, high):
     return value
 
 
-def _is_control(ch):
+def is_control(ch):
     code = ord(ch)
     return code < 32 or 127 <= code < 160 or code in (0x2028, 0x2029)
 

@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +39,11 @@ SAFETY_WAKE_S = 5.0        # idle threads retry a claim at least this often, wha
 READ_CHUNK = 65536
 SECRET_MIN_CHARS = 4       # env values this long or longer are masked in stored output
 NOT_FOUND_EXIT = 9009 if not POSIX else 127
+# Win32 process creation flags; subprocess defines them only on Windows, and the
+# Windows branches are built (and tested) on every platform.
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+DETACHED_PROCESS = 0x00000008
+CREATE_NO_WINDOW = 0x08000000
 
 
 # ---------------------------------------------------------------- running one command
@@ -115,11 +119,24 @@ class Result:
         self.exit_code, self.error, self.stdout, self.stderr = exit_code, error, stdout, stderr
 
 
-def popen_options():
-    """Popen arguments that put the command in a process tree we can kill as a whole."""
-    if POSIX:
+def popen_options(posix=POSIX):
+    """Popen arguments that put the command in a process tree we can kill as a whole.
+
+    POSIX: its own session, so the terminal's Ctrl-C reaches only the worker.
+    Windows: its own process group (Ctrl-C stays with the worker, as on POSIX)
+    and no console window: a detached worker has no console, and every command
+    would otherwise pop up one of its own.
+    """
+    if posix:
         return {"start_new_session": True}
-    return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    return {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
+
+
+def detach_options(posix=POSIX):
+    """Popen arguments for a worker that outlives the terminal (or console) that started it."""
+    if posix:
+        return {"start_new_session": True}
+    return {"creationflags": CREATE_NEW_PROCESS_GROUP | DETACHED_PROCESS}
 
 
 def kill_tree_argv(pid):
@@ -130,7 +147,11 @@ def kill_tree_argv(pid):
 def kill_tree(proc, *, grace_s=KILL_GRACE_S):
     """TERM the command's process group, then KILL it after `grace_s` (POSIX); taskkill /T /F (Windows)."""
     if not POSIX:
-        subprocess.run(kill_tree_argv(proc.pid), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            subprocess.run(kill_tree_argv(proc.pid), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           creationflags=CREATE_NO_WINDOW)
+        except OSError:  # no taskkill (a stripped-down Windows): the shell at least
+            proc.kill()
         return
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 0)):
         try:
@@ -250,19 +271,6 @@ def _read_threads(proc, out, err, deadline):
 
 # ---------------------------------------------------------------- the worker process
 
-def pid_alive(pid):
-    """Whether a process with this pid exists on this host (POSIX; elsewhere assume it does)."""
-    if not POSIX:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Worker:
     """One worker process serving `home` with `threads` threads.
 
@@ -273,7 +281,7 @@ class Worker:
     def __init__(self, home, *, threads=None, burst=False):
         self.home = home
         self.db_path = qhome.ensure(home)
-        self.host = socket.gethostname()
+        self.host = qhome.HOST
         self.pid = os.getpid()
         self.id = "%s:%d:%s" % (self.host, self.pid, os.urandom(3).hex())
         self.burst = burst
@@ -282,6 +290,8 @@ class Worker:
         self.threads = threads or self.settings["worker-count"]
         self.started_at = time.time()
         self.stop_generation = qhome.stop_generation(home)
+        self._stopfile = qhome.stopfile_path(home)
+        self._stopfile_seen = ()
         self._stopping = threading.Event()   # claim nothing more
         self._done = threading.Event()       # every pool thread has returned
         self._killing = False                # kill running commands and release their jobs
@@ -359,7 +369,7 @@ class Worker:
                 elif self._signals > 1 and not self._killing:
                     log.info("worker %s killing running jobs; they go back to the queue", self.id)
                     self.kill()
-                if not self._stopping.is_set() and qhome.stop_generation(self.home) > self.stop_generation:
+                if not self._stopping.is_set() and self._stop_requested():
                     log.info("worker %s stopping: stop requested", self.id)
                     self.stop()
                 with self._cond:
@@ -383,8 +393,24 @@ class Worker:
         finally:
             watch.close()
 
+    def _stop_requested(self):
+        """Whether the stopfile's generation grew since we started; reads it only when it changed."""
+        try:
+            st = os.stat(self._stopfile)
+            signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            signature = None
+        if signature == self._stopfile_seen:
+            return False
+        self._stopfile_seen = signature
+        return qhome.stop_generation(self.home) > self.stop_generation
+
     def _thread_main(self):
-        store = Store(self.db_path, durable=False, autocheckpoint=False)
+        try:
+            store = Store(self.db_path, durable=False, autocheckpoint=False)
+        except QueueError as exc:
+            log.error("worker %s: a thread could not open the queue: %s", self.id, exc)
+            return
         finish = None
         try:
             while not self._stopping.is_set():
@@ -402,14 +428,17 @@ class Worker:
                 if job is None:
                     self._wait_for_work(generation)
                     continue
-                finish = self.step(job)
-        except Exception:
-            log.exception("worker %s: thread crashed; its job will be recovered", self.id)
+                try:
+                    finish = self.step(job)
+                except Exception as exc:  # a bug: fail the job rather than hold its lease forever
+                    log.exception("worker %s: error running job %s", self.id, job["id"])
+                    finish = ("fail", dict(job=job, worker=self.id, now=time.time(), error="worker error: %s" % exc,
+                                           exit_code=None, retry_delay_s=self._backoff(job["attempts"])))
         finally:
             try:
                 if finish is not None and not store.record(finish):
                     self._log_lost(finish)
-            except Exception as exc:
+            except QueueError as exc:
                 log.error("worker %s: could not record a result: %s; the job will be recovered", self.id, exc)
             store.close()
 
@@ -496,8 +525,7 @@ class Worker:
     def _recover(self):
         """Jobs of workers whose lease expired, or that died on this host, back to the queue."""
         store, now = self._heartbeat_store, time.time()
-        dead = [w["id"] for w in store.workers(now)
-                if w["host"] == self.host and w["pid"] != self.pid and not pid_alive(w["pid"])]
+        dead = [w["id"] for w in store.workers(now) if not qhome.worker_alive(w["host"], w["pid"])]
         for job_id, state in store.recover(now, self._backoff, dead_workers=dead):
             log.info("job %s recovered from a lost worker: now %s", job_id, state)
 
@@ -509,10 +537,8 @@ def start_detached(argv, log_file):
     """Start `argv` (a worker command line) in the background; return its pid."""
     out = open(log_file, "ab")
     try:
-        kwargs = {"start_new_session": True} if POSIX else {
-            "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "DETACHED_PROCESS", 0)}
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                close_fds=True, **kwargs)
+                                close_fds=True, **detach_options())
     finally:
         out.close()
     return proc.pid

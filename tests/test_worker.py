@@ -12,6 +12,7 @@ import tracemalloc
 import unittest
 
 from tests.base import HomeTestCase, wait_until
+from qctl import home as qhome
 from qctl import worker as qworker
 from qctl.db import Store
 from qctl.worker import Worker, run_command
@@ -28,7 +29,7 @@ def pid_gone(pid):
     except FileNotFoundError:
         return True
     except OSError:
-        return not qworker.pid_alive(pid)
+        return not qhome.pid_alive(pid)
 
 
 def read(path):
@@ -296,7 +297,7 @@ class WorkerProcessTest(WorkerTestCase):
         result = self.run_cli("worker", "start", "--detach")
         self.assertEqual(result.code, 0, result)
         pid = int(result.stdout.split("pid ")[1].split(",")[0])
-        self.addCleanup(lambda: qworker.pid_alive(pid) and os.kill(pid, signal.SIGKILL))
+        self.addCleanup(lambda: POSIX and qhome.pid_alive(pid) and os.kill(pid, signal.SIGKILL))
         good = self.enqueue("true")
         self.assertEqual(self.run_cli("wait", good, "--timeout", "60").code, 0)
         bad = self.enqueue("exit 1", max_retries=0)
