@@ -82,7 +82,7 @@ class ReliabilityCase(HomeTestCase):
 @posix_only
 class ContentionTest(ReliabilityCase):
     def test_four_processes_of_four_threads_run_each_job_exactly_once(self):
-        total = 2000
+        total = sized(2000, 10000)
         marks = os.path.join(self.tmp, "marks")
         self.enqueue_file([{"id": "j%d" % i, "command": "echo j%d >> %s" % (i, marks)} for i in range(total)])
         started = time.monotonic()
@@ -136,11 +136,15 @@ class CrashTest(ReliabilityCase):
                 job = store.get("c%d" % i)
                 runs = store.job_runs(job)
                 self.assertEqual(job["attempts"], len(runs), job)
-                self.assertEqual(started.count(job["id"]), len(runs), "each run started the command once")
                 for run in runs[:-1]:
                     self.assertEqual(run["error"], "worker lost", runs)
                     lost += 1
                 self.assertEqual(runs[-1]["exit_code"], 0, runs)
+                # No run went unrecorded. A lost run may have died before its command began.
+                self.assertLessEqual(started.count(job["id"]), len(runs), runs)
+                self.assertGreaterEqual(started.count(job["id"]), 1)
+                if len(runs) == 1:
+                    self.assertEqual(started.count(job["id"]), 1)
         self.assertGreater(lost, 0, "no kill landed on a running job: the storm proved nothing")
         sys.stderr.write("[%d kills, %d runs lost and re-run] " % (kills, lost))
 
@@ -250,8 +254,8 @@ class ClockTest(ReliabilityCase):
         from qctl.worker import Worker
         self.ok("config", "set", "backoff-base", "1000")
         self.ok("config", "set", "backoff-max", "3")
-        self.ok("enqueue", json.dumps({"id": "past", "command": "true", "run_at": "2001-01-01T00:00:00Z"}))
-        self.ok("enqueue", json.dumps({"id": "future", "command": "true", "run_at": "2999-01-01T00:00:00Z"}))
+        self.ok("enqueue", json.dumps({"id": "past", "command": "exit 0", "run_at": "2001-01-01T00:00:00Z"}))
+        self.ok("enqueue", json.dumps({"id": "future", "command": "exit 0", "run_at": "2999-01-01T00:00:00Z"}))
         self.ok("enqueue", json.dumps({"id": "fails", "command": "exit 1", "max_retries": 3}))
         Worker(self.home, threads=2, burst=True).run()
         self.assertEqual(self.job("past")["state"], jobs.COMPLETED)
