@@ -218,6 +218,35 @@ class TornBatchTest(ReliabilityCase):
         self.assertEqual(sum(self.counts().values()), total)
 
 
+class TornWalTest(ReliabilityCase):
+    def test_a_commit_torn_by_a_power_cut_vanishes_whole(self):
+        """A power cut during a commit leaves a WAL whose last frames are cut short. A copy
+        of the files taken then (as the disk would hold them) must open with every earlier
+        commit and nothing of the torn one."""
+        holder = sqlite3.connect(self.db_path)  # keeps the WAL from being checkpointed away
+        self.addCleanup(holder.close)
+        self.ok("enqueue", "--command", "true", "--id", "before")
+        holder.execute("SELECT count(*) FROM jobs").fetchone()
+        wal = self.db_path + "-wal"
+        size_before = os.path.getsize(wal)
+        self.enqueue_file([{"id": "torn%d" % i, "command": "echo %d" % i} for i in range(200)])
+        size_after = os.path.getsize(wal)
+        self.assertGreater(size_after, size_before)
+        with open(wal, "rb") as fh:
+            frames = fh.read()
+        for cut in (size_before + (size_after - size_before) // 2, size_after - 1):
+            with self.subTest(cut=cut):
+                copy = os.path.join(self.tmp, "cut-%d" % cut)
+                os.mkdir(copy)
+                with open(self.db_path, "rb") as src, open(os.path.join(copy, "queue.db"), "wb") as dst:
+                    dst.write(src.read())
+                with open(os.path.join(copy, "queue.db-wal"), "wb") as dst:
+                    dst.write(frames[:cut])
+                self.assertEqual(integrity(os.path.join(copy, "queue.db")), "ok")
+                with Store(os.path.join(copy, "queue.db")) as store:
+                    self.assertEqual([job["id"] for job in store.list_jobs(limit=0)], ["before"])
+
+
 @posix_only
 class BusyDatabaseTest(ReliabilityCase):
     def test_sixteen_enqueuers_and_two_workers_on_a_fresh_database(self):
