@@ -112,6 +112,16 @@ def count_arg(value):
     return number
 
 
+def port_arg(value):
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a whole number, not %r" % value)
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError("must be from 0 to 65535, not %d" % number)
+    return number
+
+
 # ---------------------------------------------------------------- commands
 
 def open_store(args):
@@ -349,6 +359,64 @@ def cmd_purge(args):
     return EXIT_OK
 
 
+def seconds_text(value):
+    return "-" if value is None else "%.2fs" % value
+
+
+def percent(rate):
+    return "-" if rate is None else "%.1f%%" % (rate * 100)
+
+
+def cmd_stats(args):
+    from qctl import stats as qstats
+    with open_store(args) as store:
+        figures = qstats.collect(store, time.time())
+    if args.json:
+        print_json(figures)
+        return EXIT_OK
+    runs, run_time, workers = figures["runs"], figures["run_time"], figures["workers"]
+    rows = [
+        ("jobs", "  ".join("%s %d" % (colour_state(s), n) for s, n in figures["jobs"].items())),
+        ("workers", "%s, %s" % (plural(workers["processes"], "process").replace("processs", "processes"),
+                                plural(workers["threads"], "thread"))),
+        ("oldest pending", "-" if figures["oldest_pending_age"] is None
+         else "waiting %s" % seconds_text(figures["oldest_pending_age"])),
+        ("runs", "%d: %d completed, %d failed, %s; success rate %s"
+         % (runs["total"], runs["completed"], runs["failed"], "%d %s" % (runs["retries"], "retry" if runs["retries"] == 1 else "retries"), percent(runs["success_rate"]))),
+    ]
+    for name in ("last_minute", "last_hour"):
+        window = figures[name]
+        rows.append((name.replace("_", " "), "%s, %s; success rate %s"
+                     % (plural(window["runs"], "run"), plural(window["failures"], "failure"),
+                        percent(window["success_rate"]))))
+    rows.append(("throughput", "%d completed/min" % figures["throughput_per_minute"]))
+    rows.append(("run time", "avg %s  p50 %s  p95 %s  max %s  (%s in the last hour)"
+                 % (seconds_text(run_time["avg"]), seconds_text(run_time["p50"]), seconds_text(run_time["p95"]),
+                    seconds_text(run_time["max"]), plural(run_time["count"], "run"))))
+    for name, value in rows:
+        out("%-15s %s" % (name, value))
+    return EXIT_OK
+
+
+def cmd_dashboard(args):
+    from qctl import dashboard
+    server = dashboard.make_server(qhome.ensure(args.home), host=args.host, port=args.port,
+                                   read_only=args.read_only)
+    try:
+        if not dashboard.is_loopback(args.host):
+            sys.stderr.write("queuectl: warning: serving on %s, not loopback: anyone who can reach this "
+                             "address can see every job%s\n"
+                             % (args.host, "" if args.read_only else " and retry dead ones (try --read-only)"))
+        out("dashboard: %s%s (Ctrl-C to stop)" % (server.url, " read-only" if args.read_only else ""))
+        sys.stdout.flush()
+        server.serve_forever()
+    except KeyboardInterrupt:
+        out("dashboard stopped")
+    finally:
+        server.server_close()
+    return EXIT_OK
+
+
 def format_value(value):
     return jobs.format_seconds(value) if isinstance(value, float) else str(value)
 
@@ -448,9 +516,7 @@ def cmd_worker_list(args):
     with open_store(args) as store:
         live = store.workers(time.time(), alive=qhome.worker_alive)
     if args.json:
-        print_json([{"id": w["id"], "pid": w["pid"], "host": w["host"], "threads": w["threads"],
-                     "started_at": jobs.iso(w["started_at"]), "heartbeat_at": jobs.iso(w["heartbeat_at"]),
-                     "running": w["running"]} for w in live])
+        print_json([jobs.public_worker(w) for w in live])
     elif live:
         now = time.time()
         table(["PID", "HOST", "THREADS", "STARTED", "HEARTBEAT", "RUNNING"],
@@ -568,6 +634,16 @@ def build_parser():
     q.add_argument("--timeout", type=duration_arg, metavar="S", help="with --wait: give up after this long (exit 3)")
     q = add_command(wsub, "list", cmd_worker_list, "list live worker processes", "queuectl worker list --json")
     add_json(q)
+
+    p = add_command(sub, "stats", cmd_stats, "show run counts, failure rates, run times, oldest pending age",
+                    "queuectl stats\nqueuectl stats --json")
+    add_json(p)
+
+    p = add_command(sub, "dashboard", cmd_dashboard, "serve a monitoring web page, a JSON API and /metrics",
+                    "queuectl dashboard\nqueuectl dashboard --port 9000 --read-only")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=port_arg, default=8765, help="port to listen on (default 8765, 0 = any free one)")
+    p.add_argument("--read-only", action="store_true", help="refuse every action (retry): look, don't touch")
 
     p = add_command(sub, "config", None, "get, set or list settings", "queuectl config set max-retries 5")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")

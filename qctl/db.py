@@ -411,14 +411,14 @@ class Store:
         return {"jobs": self.counts(),
                 "workers": {"processes": len(live), "threads": sum(w["threads"] for w in live)}}
 
-    def list_jobs(self, *, state=None, limit=100):
-        """Jobs in enqueue order (oldest first), at most `limit` (0 = all)."""
+    def list_jobs(self, *, state=None, limit=100, newest_first=False):
+        """Jobs in enqueue order (oldest first, or newest first), at most `limit` (0 = all)."""
         sql = "SELECT " + JOB_COLUMNS + " FROM jobs"
         params = []
         if state is not None:
             sql += " WHERE state = ?"
             params.append(state)
-        sql += " ORDER BY seq"
+        sql += " ORDER BY seq DESC" if newest_first else " ORDER BY seq"
         if limit:
             sql += " LIMIT ?"
             params.append(limit)
@@ -446,6 +446,38 @@ class Store:
                 latest.update(stdout=None, stderr=None)
             runs.append(latest)
         return runs
+
+    def run_totals(self):
+        """Every finished run of the stored jobs, per outcome: (runs, seconds run, retries) each.
+
+        Returns {"completed": (n, s, r), "failed": (n, s, r)}; a retry is a run
+        with attempt > 1. Silent successes have no runs row: they come from
+        completed jobs' own times.
+        """
+        totals = {COMPLETED: (0, 0.0, 0), FAILED: (0, 0.0, 0)}
+        for failed, n, seconds, retries in self._read(
+                "SELECT error IS NOT NULL, count(*), total(finished_at - started_at), total(attempt > 1) "
+                "FROM runs GROUP BY error IS NOT NULL"):
+            totals[FAILED if failed else COMPLETED] = (n, seconds, int(retries))
+        n, seconds, retries = self._read(
+            "SELECT count(*), total(finished_at - started_at), total(attempts > 1) FROM jobs "
+            "WHERE state = ? AND " + _SILENT_SUCCESS, (COMPLETED,))[0]
+        done = totals[COMPLETED]
+        totals[COMPLETED] = (done[0] + n, done[1] + seconds, done[2] + int(retries))
+        return totals
+
+    def runs_since(self, since):
+        """Runs finished at or after `since`: a list of (finished_at, duration or None, failed, attempt)."""
+        return [(r[0], r[1], bool(r[2]), r[3]) for r in self._read(
+            "SELECT finished_at, finished_at - started_at, error IS NOT NULL, attempt FROM runs "
+            "WHERE finished_at >= ? "
+            "UNION ALL SELECT finished_at, finished_at - started_at, 0, attempts FROM jobs "
+            "WHERE state = ? AND finished_at >= ? AND " + _SILENT_SUCCESS, (since, COMPLETED, since))]
+
+    def oldest_due_pending(self, now):
+        """When the longest-waiting runnable pending job became runnable, or None."""
+        return self._read("SELECT min(next_run_at) FROM jobs WHERE state = ? AND next_run_at <= ?",
+                          (PENDING, now))[0][0]
 
     # ------------------------------------------------------------ user actions
 
@@ -512,6 +544,8 @@ class Store:
         return [row[3] for row in self._read("EXPLAIN QUERY PLAN " + _CLAIM_SELECT, (0.0,))]
 
 
+# A completed job whose latest run wrote no runs row: it succeeded without output.
+_SILENT_SUCCESS = "NOT EXISTS (SELECT 1 FROM runs WHERE runs.job_seq = jobs.seq AND runs.run = jobs.runs)"
 _CLAIM_SELECT = ("SELECT seq FROM jobs INDEXED BY jobs_ready WHERE state IN ('pending', 'failed') AND next_run_at <= ? "
                  "ORDER BY priority DESC, next_run_at, seq LIMIT 1")
 _CLAIM_SQL = ("UPDATE jobs SET state = 'processing', attempts = attempts + 1, runs = runs + 1, worker = ?, "

@@ -374,6 +374,13 @@ def public_job(row):
     }
 
 
+def public_worker(worker):
+    """A live worker as `worker list --json` prints it."""
+    return {"id": worker["id"], "pid": worker["pid"], "host": worker["host"], "threads": worker["threads"],
+            "started_at": iso(worker["started_at"]), "heartbeat_at": iso(worker["heartbeat_at"]),
+            "running": worker["running"]}
+
+
 def public_run(run):
     """One run as `show --json` prints it."""
     duration = None

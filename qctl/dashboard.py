@@ -1,0 +1,343 @@
+"""The web dashboard: one page, a JSON API and Prometheus metrics, served by `http.server`.
+
+The page's HTML, CSS and JS live beside this module in `dashboard/` and are
+served by the dashboard itself, under a Content-Security-Policy that allows
+nothing inline and nothing from elsewhere.
+
+Safety rules (Flower, rq-dashboard and Sidekiq all had holes here):
+- a request whose Host header is not the address we serve gets 400: a page on
+  another site cannot reach us by rebinding its DNS name to 127.0.0.1;
+- every POST carries the per-server token the page embeds, else 403; a page on
+  another origin can neither read the token nor send the header without CORS;
+- `read_only` refuses every POST;
+- job data reaches the page as JSON and the page only ever sets textContent;
+- env values never leave the store: `jobs.public_job` masks them.
+"""
+
+import hmac
+import ipaddress
+import json
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from . import home as qhome
+from . import jobs
+from . import stats as qstats
+from .db import Store
+from .errors import InvalidJob, InvalidState, JobNotFound, QueueError, StoreError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+TOKEN_HEADER = "X-Queuectl-Token"
+DEFAULT_LIST_LIMIT = 100
+OUTPUT_TAIL_CHARS = 4096
+MAX_BODY_BYTES = 65536
+STATS_COST_FACTOR = 5  # see DashboardServer.stats
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard")
+STATIC_FILES = {
+    "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/static/app.css": ("app.css", "text/css; charset=utf-8"),
+    "/static/favicon.svg": ("favicon.svg", "image/svg+xml"),
+}
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+SECURITY_HEADERS = (
+    ("Content-Security-Policy", CSP),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cache-Control", "no-store"),
+)
+_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
+class HttpError(Exception):
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+def is_loopback(host):
+    """Whether `host` (a name or an address) only listens on this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_wildcard(host):
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False
+
+
+def allowed_hosts(host, port):
+    """The Host header values a request may carry (lower case) when we serve `host`:`port`.
+
+    A loopback address also answers to localhost. An address bound to every
+    interface answers to any IP literal and to this machine's name: DNS
+    rebinding needs a name that an attacker controls, which is none of these.
+    """
+    names = {host.lower().strip("[]")}
+    if is_loopback(host):
+        names |= {"localhost", "127.0.0.1", "::1"}
+    if _is_wildcard(host):
+        names |= {"localhost", socket.gethostname().lower(), socket.getfqdn().lower()}
+    allowed = set()
+    for name in names:
+        shown = "[%s]" % name if ":" in name else name
+        allowed.add("%s:%d" % (shown, port))
+        if port == 80:
+            allowed.add(shown)
+    return allowed
+
+
+def host_allowed(header, server):
+    if not header:
+        return False
+    header = header.strip().lower()
+    if header in server.allowed_hosts:
+        return True
+    if not server.wildcard:
+        return False
+    name, _, port = header.rpartition(":")
+    if not name or port != str(server.port):
+        return False
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+class DashboardServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer that knows its home, token and rules; see `make_server`."""
+
+    daemon_threads = True
+    request_queue_size = 64  # a page asks for six things at once; the default backlog of 5 drops some
+
+    def __init__(self, db_path, host, port, *, read_only=False):
+        if ":" in host.strip("[]"):
+            self.address_family = socket.AF_INET6
+        self.db_path = db_path
+        self.read_only = read_only
+        self.token = secrets.token_urlsafe(32)
+        self._stats_lock = threading.Lock()
+        self._stats_cache = (0.0, 0.0, None)
+        super().__init__((host.strip("[]"), port), Handler)
+        self.host = host.strip("[]")
+        self.port = self.server_address[1]
+        self.wildcard = _is_wildcard(self.host)
+        self.allowed_hosts = allowed_hosts(self.host, self.port)
+
+    def stats(self, store):
+        """`stats --json`, recomputed only once the last copy is older than STATS_COST_FACTOR times
+        what it cost: fresh on a small queue, at most a fifth of a core on a huge one."""
+        with self._stats_lock:
+            started = time.monotonic()
+            computed_at, cost, value = self._stats_cache
+            if value is None or started - computed_at >= STATS_COST_FACTOR * cost:
+                value = qstats.collect(store, time.time())
+                self._stats_cache = (started, time.monotonic() - started, value)
+            return value
+
+    @property
+    def url(self):
+        shown = "localhost" if self.wildcard else self.host
+        return "http://%s:%d/" % ("[%s]" % shown if ":" in shown else shown, self.port)
+
+    def handle_error(self, request, client_address):
+        # A client that hangs up mid-response is routine; anything else is a bug worth a line.
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, _CLIENT_GONE):
+            sys.stderr.write("queuectl: dashboard: error serving %s: %s: %s\n"
+                             % (client_address[0], type(exc).__name__, exc))
+
+
+def make_server(db_path, *, host=DEFAULT_HOST, port=DEFAULT_PORT, read_only=False):
+    """A bound, not yet serving, dashboard server for the database at `db_path`."""
+    try:
+        return DashboardServer(db_path, host, port, read_only=read_only)
+    except OSError as exc:
+        raise QueueError("cannot serve the dashboard on %s:%s: %s" % (host, port, exc.strerror or exc)) from None
+
+
+def _read_static(name):
+    with open(os.path.join(STATIC_DIR, name), "rb") as fh:
+        return fh.read()
+
+
+class Handler(BaseHTTPRequestHandler):
+    def version_string(self):
+        return "queuectl"
+
+    # ------------------------------------------------------------ plumbing
+
+    def log_message(self, format, *args):
+        """Quiet: the page polls every 2 s, a line per request would bury everything else."""
+
+    def _send(self, status, body, content_type):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in SECURITY_HEADERS:
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status, value):
+        self._send(status, json.dumps(value).encode("ascii"), "application/json")
+
+    def _dispatch(self, route):
+        try:
+            if not host_allowed(self.headers.get("Host"), self.server):
+                raise HttpError(400, "unexpected Host header: use %s" % self.server.url)
+            parts = urlsplit(self.path)
+            # Split before unquoting, so an id may hold a "/" sent as %2F.
+            segments = [unquote(s) for s in parts.path.split("/")[1:]]
+            handler = route(segments, parse_qs(parts.query))
+            if handler is None:
+                raise HttpError(404, "not found")
+            handler()
+        except _CLIENT_GONE:
+            return
+        except HttpError as exc:
+            self._json(exc.status, {"error": str(exc)})
+        except JobNotFound as exc:
+            self._json(404, {"error": str(exc)})
+        except InvalidState as exc:
+            self._json(409, {"error": str(exc)})
+        except StoreError as exc:
+            self._json(503, {"error": str(exc)})
+        except QueueError as exc:
+            self._json(400, {"error": str(exc)})
+        except Exception:
+            # A bug: answer, then let handle_error report it in one line.
+            self._json(500, {"error": "internal error (see the dashboard's stderr)"})
+            raise
+
+    def _store(self):
+        return Store(self.server.db_path)
+
+    # ------------------------------------------------------------ methods
+
+    def do_GET(self):
+        self._dispatch(self._get_route)
+
+    do_HEAD = do_GET
+
+    def do_POST(self):
+        self._dispatch(self._post_route)
+
+    def _refuse(self, *_):
+        self._json(405, {"error": "method not allowed"})
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
+
+    def _get_route(self, seg, query):
+        """The handler for a GET of path segments `seg`, or None (404)."""
+        if seg == [""]:
+            return self._page
+        if "/" + "/".join(seg) in STATIC_FILES:
+            return lambda: self._static("/" + "/".join(seg))
+        if seg == ["metrics"]:
+            return self._metrics
+        if seg[:1] != ["api"]:
+            return None
+        rest = seg[1:]
+        if rest == ["status"]:
+            return lambda: self._with_store(lambda store: store.status(time.time(), alive=qhome.worker_alive))
+        if rest == ["stats"]:
+            return lambda: self._with_store(self.server.stats)
+        if rest == ["workers"]:
+            return lambda: self._with_store(lambda store: [jobs.public_worker(w) for w in store.workers(time.time(), alive=qhome.worker_alive)])
+        if rest == ["jobs"]:
+            return lambda: self._list(query)
+        if len(rest) == 2 and rest[0] == "jobs":
+            return lambda: self._with_store(lambda store: job_detail(store, rest[1]))
+        return None
+
+    def _post_route(self, seg, query):
+        if len(seg) == 4 and seg[:2] == ["api", "jobs"] and seg[3] == "retry":
+            return lambda: self._retry(seg[2])
+        return None
+
+    # ------------------------------------------------------------ handlers
+
+    def _page(self):
+        page = _read_static("index.html").decode("utf-8")
+        page = page.replace("{{token}}", "" if self.server.read_only else self.server.token)
+        page = page.replace("{{read_only}}", "1" if self.server.read_only else "0")
+        self._send(200, page.encode("utf-8"), "text/html; charset=utf-8")
+
+    def _static(self, path):
+        name, content_type = STATIC_FILES[path]
+        self._send(200, _read_static(name), content_type)
+
+    def _with_store(self, query):
+        with self._store() as store:
+            value = query(store)
+        self._json(200, value)
+
+    def _list(self, query):
+        state = (query.get("state") or [""])[-1] or None
+        if state is not None and state not in jobs.STATES:
+            raise HttpError(400, "unknown state %r (valid states: %s)" % (state, ", ".join(jobs.STATES)))
+        limit_text = (query.get("limit") or [""])[-1]
+        try:
+            limit = int(limit_text) if limit_text else DEFAULT_LIST_LIMIT
+        except ValueError:
+            raise HttpError(400, "limit must be a whole number, not %r" % limit_text) from None
+        if limit < 0:
+            raise HttpError(400, "limit must be 0 (all) or more, not %d" % limit)
+        newest_first = (query.get("newest") or [""])[-1] in ("1", "true")
+        self._with_store(lambda store: [jobs.public_job(r) for r in store.list_jobs(
+            state=state, limit=limit, newest_first=newest_first)])
+
+    def _metrics(self):
+        with self._store() as store:
+            text = qstats.prometheus(self.server.stats(store))
+        self._send(200, text.encode("utf-8"), "text/plain; version=0.0.4; charset=utf-8")
+
+    def _retry(self, job_id):
+        # No action takes a body, but one left unread would make our close() a reset that eats the answer.
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise HttpError(400, "bad Content-Length header") from None
+        self.rfile.read(max(0, min(length, MAX_BODY_BYTES)))
+        if self.server.read_only:
+            raise HttpError(403, "the dashboard is read-only")
+        token = self.headers.get(TOKEN_HEADER) or ""
+        if not hmac.compare_digest(token.encode("utf-8", "replace"), self.server.token.encode("ascii")):
+            raise HttpError(403, "missing or wrong %s header: reload the page" % TOKEN_HEADER)
+        with self._store() as store:
+            store.retry_dead(job_id, time.time())
+            self._json(200, jobs.public_job(store.get(job_id)))
+
+
+def job_detail(store, job_id):
+    """A job as `show --json` prints it, each run with the tail of its output for the page."""
+    try:
+        job_id = jobs.check_id(job_id)
+    except InvalidJob:
+        raise JobNotFound(job_id) from None
+    row = store.get(job_id)
+    detail = jobs.public_job(row)
+    detail["runs"] = []
+    for run in store.job_runs(row, with_output=True):
+        shown = jobs.public_run(run)
+        for name in ("stdout", "stderr"):
+            shown[name] = (run[name] or b"")[-OUTPUT_TAIL_CHARS * 4:].decode("utf-8", "replace")[-OUTPUT_TAIL_CHARS:]
+        detail["runs"].append(shown)
+    return detail

@@ -1,0 +1,308 @@
+"""The dashboard: JSON API and metrics over real HTTP, its safety rules, and the page in a real browser."""
+
+import contextlib
+import http.client
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+from qctl import dashboard
+from qctl import jobs
+from tests.base import DEADLINE_S, SCRIPT, HomeTestCase
+
+XSS_COMMAND = "<img src=x onerror=alert(1)>"
+# The command holds no markup; its output does: printf writes <script>alert(2)</script>.
+XSS_OUTPUT_COMMAND = r"printf '\074script\076alert(2)\074/script\076\n'"
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+class DashboardCase(HomeTestCase):
+    read_only = False
+
+    def setUp(self):
+        super().setUp()
+        self.server = self.serve(read_only=self.read_only)
+
+    def serve(self, **kwargs):
+        server = dashboard.make_server(self.db_path, host="127.0.0.1", port=0, **kwargs)
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(thread.join, DEADLINE_S)
+        self.addCleanup(server.shutdown)
+        return server
+
+    def request(self, method, path, *, headers=None, server=None):
+        server = server or self.server
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=DEADLINE_S)
+        try:
+            conn.request(method, path, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            conn.close()
+
+    def get_json(self, path, status=200):
+        code, headers, body = self.request("GET", path)
+        self.assertEqual(code, status, body)
+        self.assertEqual(headers["Content-Type"], "application/json")
+        return json.loads(body)
+
+    def page_token(self, server=None):
+        code, _, body = self.request("GET", "/", server=server)
+        self.assertEqual(code, 200)
+        return re.search(r'<meta name="queuectl-token" content="([^"]*)">', body.decode()).group(1)
+
+    def finish(self, job_id, *, fail=False, output=b""):
+        """Run the next due job (which must be `job_id`) to an outcome, through the store."""
+        store = self.store()
+        job = store.claim("test-worker", time.time(), 30.0)
+        self.assertEqual(job["id"], job_id)
+        if fail:
+            store.fail(job, "test-worker", time.time(), error="exit code 1", exit_code=1, retry_delay_s=0,
+                       stdout=output)
+        else:
+            store.complete(job, "test-worker", time.time(), stdout=output)
+
+    def dead_job(self, job_id="doomed"):
+        self.ok("enqueue", json.dumps({"id": job_id, "command": "exit 1", "max_retries": 0}))
+        self.finish(job_id, fail=True)
+
+
+class ApiTest(DashboardCase):
+    def test_api_answers_as_the_cli_prints(self):
+        self.dead_job()
+        self.ok("enqueue", "--id", "later", "--command", "echo later", "--delay", "1h")
+        self.ok("enqueue", "--id", "a/b", "--command", "echo slash", "--delay", "1h")
+        self.assertEqual(self.get_json("/api/status"), json.loads(self.ok("status", "--json").stdout))
+        self.assertEqual(self.get_json("/api/jobs"), json.loads(self.ok("list", "--json").stdout))
+        self.assertEqual(self.get_json("/api/jobs?state=pending&limit=1"),
+                         json.loads(self.ok("list", "--state", "pending", "--limit", "1", "--json").stdout))
+        newest = self.get_json("/api/jobs?newest=1")
+        self.assertEqual([j["id"] for j in newest], ["a/b", "later", "doomed"])
+        self.assertEqual(self.get_json("/api/stats"), json.loads(self.ok("stats", "--json").stdout))
+        detail = self.get_json("/api/jobs/doomed")
+        shown = json.loads(self.ok("show", "doomed", "--json").stdout)
+        for run in detail["runs"]:  # the page also gets each run's output tail
+            self.assertEqual(run.pop("stdout"), "")
+            self.assertEqual(run.pop("stderr"), "")
+        self.assertEqual(detail, shown)
+        self.assertEqual(self.get_json("/api/jobs/a%2Fb")["command"], "echo slash")
+
+    def test_workers_as_worker_list_prints(self):
+        self.assertEqual(self.get_json("/api/workers"), [])
+
+    def test_unknown_paths_ids_and_bad_queries(self):
+        for path in ("/nope", "/api", "/api/nope", "/api/jobs/nope", "/api/jobs/%01", "/api/jobs/" + "x" * 300,
+                     "/api/jobs/a/b", "/static/../dashboard.py", "/static/index.html", "/metrics/x"):
+            with self.subTest(path=path):
+                code, headers, body = self.request("GET", path)
+                self.assertEqual(code, 404, body)
+                self.assertIn("error", json.loads(body))
+        for query in ("state=bogus", "limit=-1", "limit=x"):
+            with self.subTest(query=query):
+                self.assertIn("error", self.get_json("/api/jobs?" + query, status=400))
+        self.assertEqual(self.request("DELETE", "/api/jobs/x")[0], 405)
+
+    def test_metrics(self):
+        self.dead_job()
+        code, headers, body = self.request("GET", "/metrics")
+        self.assertEqual(code, 200)
+        self.assertTrue(headers["Content-Type"].startswith("text/plain; version=0.0.4"))
+        text = body.decode()
+        for state in jobs.STATES:
+            self.assertIn('queuectl_jobs{state="%s"} %d' % (state, 1 if state == "dead" else 0), text)
+        self.assertIn('queuectl_runs_total{outcome="failed"} 1', text)
+        self.assertIn("queuectl_workers 0", text)
+        self.assertIn("queuectl_run_duration_seconds_count 1", text)
+
+    def test_env_values_never_leave(self):
+        self.ok("enqueue", json.dumps({"id": "secret", "command": "true", "env": {"API_KEY": "hunter2"}}))
+        for path in ("/api/jobs", "/api/jobs/secret", "/", "/metrics", "/api/stats"):
+            with self.subTest(path=path):
+                self.assertNotIn(b"hunter2", self.request("GET", path)[2])
+        self.assertEqual(self.get_json("/api/jobs/secret")["env"], {"API_KEY": "***"})
+
+    def test_survives_a_client_that_hangs_up_mid_response(self):
+        # About 4 MB of JSON: far more than the socket buffers hold, so the server is mid-write when we reset.
+        store = self.store()
+        store.enqueue([jobs.validate_job({"command": "x" * 2000, "delay": 3600}, now=0, cwd="/", default_max_retries=0)
+                       for _ in range(2000)], 0)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            for _ in range(3):
+                sock = socket.create_connection(("127.0.0.1", self.server.port), timeout=DEADLINE_S)
+                sock.sendall(b"GET /api/jobs?limit=0 HTTP/1.0\r\nHost: 127.0.0.1:%d\r\n\r\n" % self.server.port)
+                self.assertTrue(sock.recv(1024).startswith(b"HTTP/1.0 200"))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, not FIN
+                sock.close()
+            self.assertEqual(self.get_json("/api/status")["jobs"]["pending"], 2000)
+        self.assertEqual(err.getvalue(), "")
+
+
+class SafetyTest(DashboardCase):
+    def test_host_header_must_name_the_served_address(self):
+        port = self.server.port
+        for host in ("evil.example:%d" % port, "evil.example", "127.0.0.1:%d" % (port + 1), "127.0.0.1",
+                     "localhost.evil.example:%d" % port, "10.0.0.1:%d" % port):
+            with self.subTest(host=host):
+                code, _, body = self.request("GET", "/api/status", headers={"Host": host})
+                self.assertEqual(code, 400, body)
+                self.assertNotIn(b"pending", body)
+        for host in ("127.0.0.1:%d" % port, "localhost:%d" % port, "LOCALHOST:%d" % port):
+            with self.subTest(host=host):
+                self.assertEqual(self.request("GET", "/api/status", headers={"Host": host})[0], 200)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=DEADLINE_S)
+        self.addCleanup(conn.close)
+        conn.putrequest("GET", "/api/status", skip_host=True)
+        conn.endheaders()
+        self.assertEqual(conn.getresponse().status, 400)
+
+    def test_wildcard_address_accepts_ip_literals_and_this_machine_only(self):
+        allowed = dashboard.allowed_hosts("0.0.0.0", 8765)
+        self.assertIn("localhost:8765", allowed)
+        self.assertIn(socket.gethostname().lower() + ":8765", allowed)
+        self.assertNotIn("evil.example:8765", allowed)
+        self.assertTrue(dashboard.is_loopback("::1"))
+        self.assertTrue(dashboard.is_loopback("127.0.0.1"))
+        self.assertFalse(dashboard.is_loopback("0.0.0.0"))
+        self.assertFalse(dashboard.is_loopback("192.168.1.10"))
+
+    def test_post_needs_the_page_token(self):
+        self.dead_job()
+        for headers in ({}, {dashboard.TOKEN_HEADER: "guess"}, {dashboard.TOKEN_HEADER: ""}):
+            with self.subTest(headers=headers):
+                code, _, body = self.request("POST", "/api/jobs/doomed/retry", headers=headers)
+                self.assertEqual(code, 403, body)
+                self.assertEqual(self.job("doomed")["state"], jobs.DEAD)
+        token = self.page_token()
+        self.assertEqual(token, self.server.token)
+        self.assertGreaterEqual(len(token), 32)
+        code, _, body = self.request("POST", "/api/jobs/doomed/retry", headers={dashboard.TOKEN_HEADER: token})
+        self.assertEqual(code, 200, body)
+        self.assertEqual(json.loads(body)["state"], jobs.PENDING)
+        self.assertEqual(self.job("doomed")["attempts"], 0)
+        code, _, body = self.request("POST", "/api/jobs/doomed/retry", headers={dashboard.TOKEN_HEADER: token})
+        self.assertEqual(code, 409, body)  # not dead any more
+        code, _, _ = self.request("POST", "/api/jobs/nope/retry", headers={dashboard.TOKEN_HEADER: token})
+        self.assertEqual(code, 404)
+        code, _, _ = self.request("POST", "/api/jobs/doomed/nope", headers={dashboard.TOKEN_HEADER: token})
+        self.assertEqual(code, 404)
+        code, _, _ = self.request("POST", "/api/jobs/doomed/retry",
+                                  headers={dashboard.TOKEN_HEADER: token, "Content-Length": "x"})
+        self.assertEqual(code, 400)
+        self.assertNotEqual(self.serve().token, token)  # per server
+
+    def test_csp_and_no_inline_code(self):
+        for path in ("/", "/static/app.js", "/api/status", "/nope"):
+            with self.subTest(path=path):
+                csp = self.request("GET", path)[1]["Content-Security-Policy"]
+                self.assertIn("default-src 'none'", csp)
+                self.assertIn("script-src 'self'", csp)
+                self.assertIn("connect-src 'self'", csp)
+                self.assertNotIn("unsafe-inline", csp)
+                self.assertNotIn("unsafe-eval", csp)
+        page = self.request("GET", "/")[2].decode()
+        self.assertNotRegex(page, r"<script(?![^>]*\bsrc=)")  # every script is a file
+        self.assertNotRegex(page, r"<style|\sstyle=|\son[a-z]+=")
+        self.assertNotRegex(page, r"(src|href)=\"(https?:)?//")  # nothing from elsewhere
+        script = self.request("GET", "/static/app.js")[2].decode()
+        self.assertNotRegex(script, r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|eval\(")
+
+    def test_job_data_is_json_not_html(self):
+        self.ok("enqueue", json.dumps({"id": "xss", "command": XSS_COMMAND}))
+        code, headers, body = self.request("GET", "/api/jobs/xss")
+        self.assertEqual(headers["X-Content-Type-Options"], "nosniff")
+        self.assertEqual(json.loads(body)["command"], XSS_COMMAND)
+        self.assertNotIn(b"<img", self.request("GET", "/")[2])
+
+    def test_port_in_use_is_a_one_line_error(self):
+        result = self.cli("dashboard", "--port", self.server.port)
+        self.assertEqual(result.code, 1)
+        self.assertRegex(result.stderr, r"^queuectl: error: cannot serve the dashboard on 127\.0\.0\.1:\d+: .+\n$")
+
+
+class ReadOnlyTest(DashboardCase):
+    read_only = True
+
+    def test_every_post_is_refused(self):
+        self.dead_job()
+        self.assertEqual(self.page_token(), "")
+        code, _, body = self.request("POST", "/api/jobs/doomed/retry",
+                                     headers={dashboard.TOKEN_HEADER: self.server.token})
+        self.assertEqual(code, 403, body)
+        self.assertIn(b"read-only", body)
+        self.assertEqual(self.job("doomed")["state"], jobs.DEAD)
+        self.assertEqual(self.get_json("/api/jobs/doomed")["state"], jobs.DEAD)
+
+
+@unittest.skipUnless(hasattr(signal, "SIGINT") and os.name == "posix", "needs POSIX signals")
+class CommandTest(HomeTestCase):
+    def test_ctrl_c_stops_it_cleanly(self):
+        env = dict(os.environ, QUEUECTL_HOME=self.home, PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen([sys.executable, SCRIPT, "dashboard", "--port", "0"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+        self.addCleanup(proc.wait)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        line = proc.stdout.readline()
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", line).group(1))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=DEADLINE_S)
+        conn.request("GET", "/api/status")
+        self.assertEqual(conn.getresponse().status, 200)
+        conn.close()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=DEADLINE_S)
+        self.assertEqual(proc.returncode, 0, err)
+        self.assertIn("dashboard stopped", out)
+        self.assertEqual(err, "")
+
+
+def find_browser():
+    for name in BROWSERS:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@unittest.skipUnless(find_browser(), "no chromium / google-chrome on PATH")
+class BrowserTest(DashboardCase):
+    def dump_dom(self, path):
+        profile = tempfile.mkdtemp(prefix="qctl-chrome-", dir=self.tmp)
+        argv = [find_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--user-data-dir=" + profile, "--virtual-time-budget=5000", "--dump-dom",
+                "http://127.0.0.1:%d%s" % (self.server.port, path)]
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=120)
+        self.assertEqual(proc.returncode, 0)
+        return proc.stdout
+
+    def test_page_renders_counts_and_job_data_as_text(self):
+        self.ok("enqueue", json.dumps({"id": "xss", "command": XSS_COMMAND, "max_retries": 0}))
+        self.finish("xss", fail=True)
+        self.ok("enqueue", json.dumps({"id": "xss-out", "command": XSS_OUTPUT_COMMAND}))
+        self.finish("xss-out", output=b"<script>alert(2)</script>\n")
+        for n in range(3):
+            self.ok("enqueue", "--command", "echo %d" % n, "--delay", "1h")
+        dom = self.dump_dom("/#job=xss-out")
+        self.assertIn('id="count-pending">3<', dom)
+        self.assertIn('id="count-completed">1<', dom)
+        self.assertIn('id="count-dead">1<', dom)
+        self.assertIn('id="dlq-count">1<', dom)
+        self.assertIn("&lt;img src=x onerror=alert(1)&gt;", dom)  # the command, shown as characters
+        self.assertIn("&lt;script&gt;alert(2)&lt;/script&gt;", dom)  # the output tail, likewise
+        self.assertNotRegex(dom, r"<img[^>]*onerror")
+        self.assertNotIn("<script>alert", dom)
+        self.assertIn(">Retry<", dom)
+        self.assertIn("updated ", dom)  # the script ran and the API answered
