@@ -20,7 +20,6 @@ from qctl import jobs
 from qctl.errors import InvalidJob, QueueError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
-SQLITE_MAX_INT = 2 ** 63 - 1
 WAIT_POLL_S = 0.1
 HELP_WIDTH = 79  # the grouped command list in `queuectl -h` fits an 80-column terminal
 
@@ -84,7 +83,7 @@ def limit_arg(value):
         raise argparse.ArgumentTypeError("must be a whole number, not %r" % value)
     if number < 0:
         raise argparse.ArgumentTypeError("must be 0 (all) or more, not %d" % number)
-    return min(number, SQLITE_MAX_INT)  # a larger limit means "all" as well; SQLite cannot take it
+    return number
 
 
 def id_arg(value):

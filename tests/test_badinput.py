@@ -255,3 +255,36 @@ class BrokenEnvironmentTest(HomeTestCase):
             con.close()
         # The queue still works once the disk has room: the failed batch left no debris behind.
         self.ok("--home", home, "enqueue", "--command", "true", "--id", "second")
+
+
+class DashboardBadInputTest(HomeTestCase):
+    def test_hostile_requests_get_a_4xx_and_change_nothing(self):
+        import http.client
+        import threading
+        from qctl import dashboard
+        self.ok("enqueue", J({"id": "p1", "command": "true"}))
+        before = dump(self.db_path)
+        server = dashboard.make_server(self.db_path, host="127.0.0.1", port=0)
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        self.addCleanup(thread.join, 30)
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        cases = [("GET", "/api/jobs?limit=99999999999999999999999", 200),
+                 ("GET", "/api/jobs?limit=-1", 400), ("GET", "/api/jobs?limit=1e3", 400),
+                 ("GET", "/api/jobs?state=bogus", 400), ("GET", "/api/jobs/" + "x" * 10000, 404),
+                 ("GET", "/api/jobs/a%00b", 404), ("GET", "/api/jobs/%ff%fe", 404), ("GET", "/api/jobs/nope", 404),
+                 ("POST", "/api/jobs/p1/retry", 403), ("DELETE", "/api/jobs/p1", 405), ("GET", "/../etc/passwd", 404)]
+        for method, path, status in cases:
+            with self.subTest(path=path[:60]):
+                conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+                try:
+                    conn.request(method, path)
+                    response = conn.getresponse()
+                    body = response.read()
+                finally:
+                    conn.close()
+                self.assertEqual(response.status, status, body[:300])
+                if status != 200:
+                    self.assertIn("error", json.loads(body))
+                self.assertEqual(dump(self.db_path), before)

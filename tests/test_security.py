@@ -2,12 +2,13 @@
 output cannot flood a worker, and env values (secrets) are never shown or stored."""
 
 import ast
+import http.client
 import json
 import os
 import stat
 import subprocess
 import sys
-import time
+import threading
 import unittest
 
 from tests.base import ROOT, SCRIPT, HomeTestCase, wait_until
@@ -208,6 +209,28 @@ class SecretTest(HomeTestCase):
                     got = tail.value()
                     self.assertEqual(got, expected.replace(secret[:6], b"***")[-limit:])
 
+    def dashboard_pages(self, *paths):
+        from qctl import dashboard
+        server = dashboard.make_server(self.db_path, host="127.0.0.1", port=0)
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        bodies = []
+        try:
+            for path in paths:
+                conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+                try:
+                    conn.request("GET", path)
+                    response = conn.getresponse()
+                    self.assertEqual(response.status, 200, path)
+                    bodies.append(response.read().decode("utf-8"))
+                finally:
+                    conn.close()
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(30)
+        return bodies
+
     @posix_only
     def test_env_values_never_appear_in_any_output(self):
         env = {"API_TOKEN": self.SECRET, "SHORT": "ab"}
@@ -227,9 +250,14 @@ class SecretTest(HomeTestCase):
         for argv in (["list"], ["list", "--json"], ["show", "s1"], ["show", "s1", "--json"], ["logs", "s1"],
                      ["logs", "s2"], ["dlq", "list"], ["dlq", "list", "--json"], ["status", "--json"]):
             shown.append(self.ok(*argv).stdout)
+        pages = self.dashboard_pages("/", "/api/jobs?limit=0", "/api/jobs/s1", "/api/jobs/s2", "/api/status",
+                                     "/api/stats", "/metrics")
+        self.assertTrue('"stdout": "***"' in pages[3], "the dashboard shows the job's output, masked")
+        shown += pages
         everything = "\n".join(shown)
-        self.assertNotIn(self.SECRET, everything)
-        self.assertNotIn(self.SECRET[:8], everything)
+        for leak in (self.SECRET, self.SECRET[:8], self.SECRET[-8:]):
+            where = [n for n, text in enumerate(shown) if leak in text]
+            self.assertEqual(where, [], "%r leaked (outputs %s)" % (leak, where))
         self.assertIn("token=***", everything)
         self.assertIn('"API_TOKEN": "***"', everything)
         logs = self.ok("logs", "s1").stdout
