@@ -359,7 +359,7 @@ class Worker:
         watch = Store(self.db_path, durable=False, autocheckpoint=False)
         try:
             version = watch.data_version()
-            next_due = None
+            next_due = watch.next_due()  # jobs already waiting (delay, retry backoff) wake us on time too
             last_wake = time.monotonic()
             while not all(f.done() for f in futures):
                 poll = self.settings["poll-interval"]

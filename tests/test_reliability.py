@@ -293,3 +293,11 @@ class ClockTest(ReliabilityCase):
         self.assertEqual(fails["state"], jobs.FAILED)
         self.assertAlmostEqual(fails["next_run_at"] - fails["finished_at"], 3.0, places=3)
         self.assertEqual(jobs.backoff_delay(5000, 1000, 3600), 3600.0)  # 1000 ** 5000 overflows a float
+
+    def test_a_delayed_job_waiting_when_the_worker_starts_runs_on_time(self):
+        self.ok("enqueue", "--command", "exit 0", "--id", "later", "--delay", "1")
+        self.spawn_worker("--count", 1)
+        wait_until(lambda: self.job("later")["state"] == jobs.COMPLETED, message="the delayed job done")
+        job = self.job("later")
+        # An idle worker looks again at least every 5 s whatever happens; on time means well before that.
+        self.assertLess(job["started_at"] - job["run_at"], 2.0)
