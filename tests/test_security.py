@@ -109,6 +109,21 @@ class SqlSourceTest(unittest.TestCase):
         self.assertGreater(checked, 30, "the scan found too few statements: is it still looking?")
         self.assertEqual(bad, [])
 
+    def test_no_other_module_runs_sql(self):
+        names = [os.path.join("qctl", n) for n in os.listdir(os.path.join(ROOT, "qctl")) if n.endswith(".py")]
+        for name in names + ["queuectl.py"]:
+            if name == os.path.join("qctl", "db.py"):
+                continue
+            with self.subTest(name), open(os.path.join(ROOT, name), encoding="utf-8") as fh:
+                tree = ast.parse(fh.read())
+            imported = {alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                        for alias in node.names} | {node.module for node in ast.walk(tree)
+                                                    if isinstance(node, ast.ImportFrom)}
+            self.assertNotIn("sqlite3", imported, name)
+            calls = [node.func.attr for node in ast.walk(tree) if isinstance(node, ast.Call)
+                     and isinstance(node.func, ast.Attribute) and node.func.attr in ("execute", "executemany")]
+            self.assertEqual(calls, [], name)
+
     def test_the_scan_catches_formatted_sql(self):
         for snippet in ['def f(con, job_id):\n    con.execute("SELECT * FROM jobs WHERE id = \'%s\'" % job_id)\n',
                         'def f(con, job_id):\n    con.execute(f"DELETE FROM jobs WHERE id = {job_id}")\n',
