@@ -17,7 +17,7 @@ from qctl import __version__
 from qctl import display
 from qctl import home as qhome
 from qctl import jobs
-from qctl.errors import InvalidJob, QueueError
+from qctl.errors import DuplicateJob, InvalidJob, QueueError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 WAIT_POLL_S = 0.1
@@ -44,7 +44,8 @@ def print_json(value):
 
 
 def error_line(message):
-    text = " ".join(str(message).split("\n"))
+    # splitlines, not split("\n"): a \r in a path the user typed must not break the one line either.
+    text = " ".join(str(message).splitlines())
     sys.stderr.write("queuectl: error: %s\n" % text)
 
 
@@ -83,16 +84,16 @@ def limit_arg(value):
         raise argparse.ArgumentTypeError("must be a whole number, not %r" % value)
     if number < 0:
         raise argparse.ArgumentTypeError("must be 0 (all) or more, not %d" % number)
-    return number
+    # More than SQLite's largest integer (it would overflow binding) means all of them anyway.
+    return min(number, 2 ** 63 - 1)
 
 
 def id_arg(value):
     """A job id as typed; undecodable bytes (lone surrogates) cannot name any stored job."""
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise argparse.ArgumentTypeError("%r is not valid UTF-8 text" % value)
-    return value
+        return jobs.check_unicode(value, "ID")
+    except InvalidJob as exc:
+        raise argparse.ArgumentTypeError(str(exc))
 
 
 def state_arg(value):
@@ -141,10 +142,16 @@ def cmd_enqueue(args):
                           % given[0].replace("_", "-"))
     with open_store(args) as store:
         default_retries = store.config()["max-retries"]
-        cwd = os.getcwd()
+        try:
+            cwd = os.getcwd()
+        except OSError:  # deleted under us: only jobs with an absolute cwd can go in
+            cwd = None
         if args.file is not None:
-            new = read_job_lines(args.file, now=now, cwd=cwd, default_max_retries=default_retries)
-            ids = store.enqueue(new, now)
+            new, numbers = read_job_lines(args.file, now=now, cwd=cwd, default_max_retries=default_retries)
+            try:
+                ids = store.enqueue(new, now)
+            except DuplicateJob as exc:
+                raise QueueError("line %d: %s (nothing was enqueued)" % (numbers[exc.index], exc)) from None
             if args.json:
                 print_json({"count": len(ids), "ids": ids})
             else:
@@ -174,7 +181,9 @@ def parse_env_pair(pair):
 
 
 def read_job_lines(path, *, now, cwd, default_max_retries):
-    """Every job of a JSON Lines file (or stdin), validated; the first bad line raises."""
+    """Every job of a JSON Lines file (or stdin), validated, and the line number of each.
+
+    The first bad line raises."""
     try:
         if path == "-":
             data = sys.stdin.buffer.read()
@@ -187,17 +196,20 @@ def read_job_lines(path, *, now, cwd, default_max_retries):
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InvalidJob("%s is not UTF-8 text (byte %d)" % (path if path != "-" else "stdin", exc.start)) from None
-    new = []
-    for number, line in enumerate(text.splitlines(), 1):
+    new, numbers = [], []
+    # JSON Lines ends lines at \n only: splitlines() would also cut at U+2028, \x1c, \x85 ...
+    # which JSON allows raw inside strings. A \r before the \n is whitespace to json.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
             new.append(jobs.parse_job_json(line, now=now, cwd=cwd, default_max_retries=default_max_retries))
         except InvalidJob as exc:
             raise InvalidJob("line %d: %s (nothing was enqueued)" % (number, exc)) from None
+        numbers.append(number)
     if not new:
         raise InvalidJob("%s holds no jobs" % (path if path != "-" else "stdin"))
-    return new
+    return new, numbers
 
 
 def cmd_status(args):
@@ -693,8 +705,8 @@ def main(argv=None):
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    args.home = qhome.resolve(args.home)
     try:
+        args.home = qhome.resolve(args.home)
         return args.func(args)
     except SystemExit as exc:  # parser.error() inside a command
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE

@@ -18,6 +18,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 
 from . import jobs
@@ -25,6 +26,7 @@ from .errors import DuplicateJob, InvalidJob, InvalidState, JobNotFound, StoreEr
 from .jobs import COMPLETED, DEAD, FAILED, PENDING, PROCESSING, STATES
 
 BUSY_TIMEOUT_S = 30.0
+WAL_RETRY_S = 0.005
 HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 SQLITE_MAX_INT = 2 ** 63 - 1
 
@@ -117,6 +119,12 @@ def _sqlite_message(exc, path):
     return "database error on %s: %s" % (path, text)
 
 
+def _not_unicode(exc):
+    # A value typed by the user (a job id from argv) held bytes that are not UTF-8:
+    # Python passes them on as lone surrogates, which SQLite cannot bind.
+    return InvalidJob("%r is not valid Unicode text (it holds bytes that are not UTF-8)" % (exc.object[:60],))
+
+
 class Store:
     """One connection to the queue database. Not shared between threads: each opens its own.
 
@@ -167,7 +175,7 @@ class Store:
             raise StoreError("the database %s has schema version %d; this queuectl knows up to %d: upgrade queuectl"
                              % (self.path, version, SCHEMA_VERSION))
         if self.con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            mode = self.con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._switch_to_wal()
             if mode.lower() != "wal":
                 raise StoreError("cannot put %s in WAL mode (got %s): is it on a network filesystem?"
                                  % (self.path, mode))
@@ -178,6 +186,22 @@ class Store:
                 for statement in MIGRATIONS[step]:
                     con.execute(statement)
             con.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
+
+    def _switch_to_wal(self):
+        """PRAGMA journal_mode = WAL, retried while another connection holds a lock.
+
+        SQLite answers this switch with "database is locked" at once, without its
+        busy handler, when another connection holds a write lock: which happens
+        when two processes open a new database together (each then migrates).
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                return self.con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc).lower() or time.monotonic() >= deadline:
+                    raise
+            time.sleep(WAL_RETRY_S)
 
     @contextmanager
     def _write(self):
@@ -193,6 +217,8 @@ class Store:
             except BaseException as exc:
                 if self.con.in_transaction:
                     self.con.execute("ROLLBACK")
+                if isinstance(exc, UnicodeEncodeError):
+                    raise _not_unicode(exc) from None
                 if isinstance(exc, sqlite3.IntegrityError) or not isinstance(exc, sqlite3.Error):
                     raise
                 raise StoreError(_sqlite_message(exc, self.path)) from None
@@ -202,6 +228,8 @@ class Store:
             return self.con.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(_sqlite_message(exc, self.path)) from None
+        except UnicodeEncodeError as exc:
+            raise _not_unicode(exc) from None
 
     def data_version(self):
         """A number that changes whenever another connection commits (cheap: no disk read)."""
@@ -217,7 +245,7 @@ class Store:
         """Store validated jobs (from `jobs.validate_job`) as `pending`, all or none.
 
         Returns their ids in order. A duplicate id (stored or within the batch)
-        raises DuplicateJob and stores nothing.
+        raises DuplicateJob, naming the first job that repeats one, and stores nothing.
         """
         rows = []
         for job in new_jobs:
@@ -231,16 +259,19 @@ class Store:
                     "timeout, cwd, env, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows)
         except sqlite3.IntegrityError:
-            raise DuplicateJob(self._first_duplicate([row[0] for row in rows])) from None
+            ids = [row[0] for row in rows]
+            index = self._first_duplicate(ids)
+            raise DuplicateJob(ids[index], index) from None
         return [row[0] for row in rows]
 
     def _first_duplicate(self, ids):
+        """The position of the first id that is stored already or repeats an earlier one."""
         seen = set()
-        for job_id in ids:
+        for index, job_id in enumerate(ids):
             if job_id in seen or self._read("SELECT 1 FROM jobs WHERE id = ?", (job_id,)):
-                return job_id
+                return index
             seen.add(job_id)
-        return ids[0]
+        return 0
 
     # ------------------------------------------------------------ the worker's transitions
 
@@ -338,9 +369,9 @@ class Store:
         """Renew this worker's row and the leases of every job it is running."""
         with self._write() as con:
             con.execute(
-                "INSERT INTO workers (id, pid, host, threads, started_at, heartbeat_at, lease_until) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, "
-                "lease_until = excluded.lease_until",
+                # Plain INSERT OR REPLACE, not an upsert: ON CONFLICT DO UPDATE needs SQLite 3.24.
+                "INSERT OR REPLACE INTO workers (id, pid, host, threads, started_at, heartbeat_at, lease_until) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (worker, pid, host, threads, started_at, now, now + lease_s))
             con.execute("UPDATE jobs SET lease_until = ? WHERE state = ? AND worker = ?",
                         (now + lease_s, PROCESSING, worker))
@@ -365,7 +396,7 @@ class Store:
         with self._write() as con:
             rows = con.execute("SELECT seq, id, attempts, max_retries, runs, worker FROM jobs "
                                "WHERE state = ? AND lease_until < ?", (PROCESSING, now)).fetchall()
-            for worker in dead_workers:
+            for worker in set(dead_workers):
                 rows += con.execute("SELECT seq, id, attempts, max_retries, runs, worker FROM jobs "
                                     "WHERE state = ? AND worker = ? AND lease_until >= ?",
                                     (PROCESSING, worker, now)).fetchall()
@@ -535,8 +566,7 @@ class Store:
     def set_config(self, key, value):
         """Store a value already checked by `jobs.config_value`."""
         with self._write() as con:
-            con.execute("INSERT INTO config (key, value) VALUES (?, ?) "
-                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, json.dumps(value)))
+            con.execute("INSERT OR REPLACE INTO config (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     # ------------------------------------------------------------ explain (tests and bench)
 

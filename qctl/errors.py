@@ -19,9 +19,12 @@ class JobNotFound(QueueError):
 
 
 class DuplicateJob(QueueError):
-    def __init__(self, job_id):
+    """`index`: the position of the offending job in the batch given to `Store.enqueue`."""
+
+    def __init__(self, job_id, index=0):
         super().__init__("a job with id %r already exists" % (job_id,))
         self.job_id = job_id
+        self.index = index
 
 
 class InvalidState(QueueError):

@@ -19,7 +19,10 @@ POSIX = os.name == "posix"
 def resolve(home=None):
     """`--home` > $QUEUECTL_HOME > ~/.queuectl, as an absolute path."""
     chosen = home or os.environ.get("QUEUECTL_HOME") or os.path.join(os.path.expanduser("~"), ".queuectl")
-    return os.path.abspath(chosen)
+    try:
+        return os.path.abspath(chosen)
+    except OSError as exc:  # a relative home, and the working directory was deleted
+        raise StoreError("cannot find the queuectl home %s: %s" % (chosen, exc.strerror or exc)) from None
 
 
 def ensure(home):

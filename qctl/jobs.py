@@ -55,7 +55,10 @@ def parse_duration(value, what, *, minimum=0.0, allow_zero=True):
         raise InvalidJob("%s must be a number of seconds or a duration like 30s, 5m, 2h, 1d, not %s"
                          % (what, json.dumps(value)))
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float (JSON allows any number of digits)
+            seconds = math.inf
     elif isinstance(value, str):
         m = _DURATION_RE.match(value)
         if not m:
@@ -160,7 +163,7 @@ def validate_job(raw, *, now, cwd=None, default_max_retries):
         raise InvalidJob("command must not be empty")
     if "\x00" in command:
         raise InvalidJob("command must not contain a NUL character")
-    _check_utf8(command, "command")
+    check_unicode(command, "command")
 
     max_retries = raw.get("max_retries")
     max_retries = default_max_retries if max_retries is None else _int_field(
@@ -182,19 +185,30 @@ def validate_job(raw, *, now, cwd=None, default_max_retries):
 
     job_cwd = raw.get("cwd")
     if job_cwd is None:
-        job_cwd = cwd if cwd is not None else os.getcwd()
+        job_cwd = _base_dir(cwd)
     elif not isinstance(job_cwd, str) or not job_cwd or "\x00" in job_cwd:
         raise InvalidJob("cwd must be a non-empty path string")
-    else:
-        job_cwd = os.path.join(cwd if cwd is not None else os.getcwd(), job_cwd)
+    elif not os.path.isabs(job_cwd):
+        job_cwd = os.path.join(_base_dir(cwd), job_cwd)
+    check_unicode(job_cwd, "cwd")
 
     env = raw.get("env")
     if env is not None:
         env = json.dumps(_check_env(env), sort_keys=True)
-    _check_utf8(job_cwd, "cwd")  # the default too: os.getcwd() may hold undecodable bytes
 
     return {"id": job_id, "command": command, "max_retries": max_retries, "priority": priority,
             "run_at": run_at, "timeout": timeout, "cwd": job_cwd, "env": env}
+
+
+def _base_dir(cwd):
+    """`cwd` if given, else this process's working directory."""
+    if cwd is not None:
+        return cwd
+    try:
+        return os.getcwd()
+    except OSError as exc:  # it was deleted under us
+        raise InvalidJob("cannot read the current directory (%s): give the job an absolute cwd"
+                         % (exc.strerror or exc,)) from None
 
 
 def check_id(job_id):
@@ -207,8 +221,19 @@ def check_id(job_id):
         raise InvalidJob("id must be at most %d characters (got %d)" % (ID_MAX_CHARS, len(job_id)))
     if any(is_control(ch) for ch in job_id):
         raise InvalidJob("id must not contain control characters: %r" % (job_id[:60],))
-    _check_utf8(job_id, "id")
-    return job_id
+    return check_unicode(job_id, "id")
+
+
+def check_unicode(text, what, *, secret=False):
+    """`text` if it can be stored. Bytes that are not UTF-8 reach Python as lone surrogates
+    (from argv, a file name, or a JSON \\ud800 escape) and SQLite cannot store those.
+    A `secret` (an env value) is not quoted in the error."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidJob("%s is not valid Unicode text (it holds bytes that are not UTF-8)%s"
+                         % (what, "" if secret else ": %r" % (text[:60],))) from None
+    return text
 
 
 def mask_env(env_json):
@@ -222,24 +247,16 @@ def _check_env(env):
     if not isinstance(env, dict):
         raise InvalidJob("env must be an object of strings, not %s" % _describe(env))
     for key, value in env.items():
-        if not key or "=" in key or "\x00" in key:
+        # A control character in a name would also break the lines of list and show.
+        if not key or "=" in key or any(is_control(ch) for ch in key):
             raise InvalidJob("env key %r is not a valid variable name" % (key,))
         if not isinstance(value, str):
             raise InvalidJob("env value of %r must be a string, not %s" % (key, _describe(value)))
         if "\x00" in value:
             raise InvalidJob("env value of %r must not contain a NUL character" % (key,))
-        _check_utf8(key, "env key %r" % (key,))
-        _check_utf8(value, "env value of %r" % (key,))
+        check_unicode(key, "env key")
+        check_unicode(value, "env value of %r" % (key,), secret=True)
     return env
-
-
-def _check_utf8(text, what):
-    """Reject lone surrogates (from JSON escapes or undecodable argv bytes): SQLite and the
-    platform's environment can only take text that encodes as UTF-8."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidJob("%s is not valid Unicode text (a lone surrogate at position %d)" % (what, exc.start)) from None
 
 
 def _int_field(value, name, low, high):
