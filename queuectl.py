@@ -88,14 +88,6 @@ def limit_arg(value):
     return min(number, 2 ** 63 - 1)
 
 
-def id_arg(value):
-    """A job id as typed; undecodable bytes (lone surrogates) cannot name any stored job."""
-    try:
-        return jobs.check_unicode(value, "ID")
-    except InvalidJob as exc:
-        raise argparse.ArgumentTypeError(str(exc))
-
-
 def state_arg(value):
     if value not in jobs.STATES:
         raise argparse.ArgumentTypeError("unknown state %r (valid states: %s)" % (value, ", ".join(jobs.STATES)))
@@ -593,17 +585,17 @@ def build_parser():
     add_json(p)
 
     p = add_command(sub, "show", cmd_show, "show one job with every run", "queuectl show job1")
-    p.add_argument("id", type=id_arg, metavar="ID")
+    p.add_argument("id", metavar="ID")
     add_json(p)
 
     p = add_command(sub, "logs", cmd_logs, "print the output of a job's latest run (or the N-th)",
                     "queuectl logs job1 --run 2")
-    p.add_argument("id", type=id_arg, metavar="ID")
+    p.add_argument("id", metavar="ID")
     p.add_argument("--run", type=int, metavar="N", help="run number, as 'show' lists them")
 
     p = add_command(sub, "wait", cmd_wait, "wait until jobs are completed or dead",
                     "queuectl wait job1 job2 --timeout 5m")
-    p.add_argument("ids", nargs="*", type=id_arg, metavar="ID",
+    p.add_argument("ids", nargs="*", metavar="ID",
                    help="jobs to wait for (default: all); exit 0 if all completed, 1 if any is dead")
     p.add_argument("--timeout", type=duration_arg, metavar="S", help="give up after this long (exit 3)")
 
@@ -615,11 +607,11 @@ def build_parser():
     add_json(q)
     q = add_command(dlq, "retry", cmd_dlq_retry, "put dead jobs back to pending with attempts reset",
                     "queuectl dlq retry job1\nqueuectl dlq retry --all")
-    q.add_argument("id", nargs="?", type=id_arg, metavar="ID")
+    q.add_argument("id", nargs="?", metavar="ID")
     q.add_argument("--all", action="store_true", help="retry every dead job")
 
     p = add_command(sub, "delete", cmd_delete, "remove a job that is not processing", "queuectl delete job1")
-    p.add_argument("id", type=id_arg, metavar="ID")
+    p.add_argument("id", metavar="ID")
 
     p = add_command(sub, "purge", cmd_purge, "remove completed or dead jobs",
                     "queuectl purge --state completed --older-than 7d")
