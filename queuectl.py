@@ -279,10 +279,10 @@ def cmd_logs(args):
     with open_store(args) as store:
         row = store.get(args.id)
         runs = store.job_runs(row, with_output=True)
-    if not runs:
-        out("job %s has not run yet" % args.id)
-        return EXIT_OK
     if args.run is None:
+        if not runs:
+            out("job %s has not run yet" % args.id)
+            return EXIT_OK
         run = runs[-1]
     else:
         matching = [r for r in runs if r["run"] == args.run]

@@ -27,6 +27,7 @@ from .jobs import COMPLETED, DEAD, FAILED, PENDING, PROCESSING, STATES
 BUSY_TIMEOUT_S = 30.0
 WAL_RETRY_S = 0.005
 HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+SQLITE_MAX_INT = 2 ** 63 - 1
 
 # ---------------------------------------------------------------- schema
 
@@ -448,7 +449,7 @@ class Store:
             sql += " WHERE state = ?"
             params.append(state)
         sql += " ORDER BY seq DESC" if newest_first else " ORDER BY seq"
-        if limit:
+        if 0 < limit <= SQLITE_MAX_INT:  # a larger limit means all, as 0 does: SQLite cannot bind it
             sql += " LIMIT ?"
             params.append(limit)
         return [_job_dict(row) for row in self._read(sql, params)]

@@ -48,7 +48,8 @@ def ensure(home):
 
 
 def check_private(home):
-    """Refuse a home or database that group or others can write (they could run commands as us).
+    """Refuse a home or database that another user owns, or group or others can write
+    (they could run commands as us).
 
     Returns nothing; raises QueueError with what to fix. POSIX only: Windows
     homes live in the user's profile, protected by its ACL.
@@ -57,9 +58,15 @@ def check_private(home):
         return
     for path in (home, os.path.join(home, DB_NAME)):
         try:
-            mode = stat.S_IMODE(os.stat(path).st_mode)
+            info = os.stat(path)
         except FileNotFoundError:
             continue
+        mode = stat.S_IMODE(info.st_mode)
+        if info.st_uid != os.geteuid():
+            # Its owner can always chmod it and write jobs: same danger as a writable mode.
+            raise QueueError(
+                "%s belongs to another user (uid %d): they could run commands as you. Use a home of "
+                "your own (--home or QUEUECTL_HOME), or pass --allow-shared-home" % (path, info.st_uid))
         if mode & 0o022:
             raise QueueError(
                 "%s is writable by %s (mode %03o): anyone who can write the queue can run commands "

@@ -15,6 +15,7 @@ and kills the whole tree on timeout.
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,6 +37,7 @@ ORPHAN_PIPE_GRACE_S = 1.0  # read this long after the shell exits if a grandchil
 TICK_S = 0.5               # heartbeat thread's period for config reload, recovery, checkpoint
 SAFETY_WAKE_S = 5.0        # idle threads retry a claim at least this often, whatever the signals say
 READ_CHUNK = 65536
+SECRET_MIN_CHARS = 4       # env values this long or longer are masked in stored output
 NOT_FOUND_EXIT = 9009 if not POSIX else 127
 # Win32 process creation flags; subprocess defines them only on Windows, and the
 # Windows branches are built (and tested) on every platform.
@@ -62,6 +64,52 @@ class Tail:
 
     def value(self):
         return bytes(self.buf[-self.limit:]) if self.limit else b""
+
+
+class RedactedTail(Tail):
+    """A Tail that replaces every occurrence of each secret with `***` before keeping it.
+
+    Only a match that starts at least len(longest secret) - 1 bytes before the
+    end of what has arrived is decided; the rest waits for more, so a secret
+    split across two reads is still caught (and not cut short by a shorter
+    secret that is its prefix). The tail is cut only after redaction: no part of
+    a secret survives at its front either.
+    """
+
+    MASK = b"***"
+
+    def __init__(self, limit, secrets):
+        super().__init__(limit)
+        longest_first = sorted(set(secrets), key=len, reverse=True)
+        self.pattern = re.compile(b"|".join(re.escape(s) for s in longest_first))
+        self.hold = len(longest_first[0]) - 1
+        self.pending = b""
+
+    def add(self, data):
+        data = self.pending + data
+        cut = len(data) - self.hold
+        done, kept = 0, []
+        for match in self.pattern.finditer(data):
+            if match.start() >= cut:
+                break
+            kept += [data[done:match.start()], self.MASK]
+            done = match.end()
+        end = max(done, cut)
+        kept.append(data[done:end])
+        self.pending = data[end:]
+        super().add(b"".join(kept))
+
+    def value(self):
+        if self.pending:
+            super().add(self.pattern.sub(self.MASK, self.pending))
+            self.pending = b""
+        return super().value()
+
+
+def secrets_of(env):
+    """The env values to mask in captured output: those of at least SECRET_MIN_CHARS characters
+    (shorter ones, like "1", would mask innocent output and hide little)."""
+    return [v.encode("utf-8") for v in (env or {}).values() if len(v) >= SECRET_MIN_CHARS]
 
 
 class Result:
@@ -133,7 +181,8 @@ def describe_exit(code):
 def run_command(command, *, cwd=None, env=None, timeout=None, output_limit=65536, on_start=None):
     """Run `command` through the platform shell; return a Result.
 
-    Output beyond `output_limit` bytes per stream is dropped from the front.
+    Output beyond `output_limit` bytes per stream is dropped from the front, and
+    every `env` value (see `secrets_of`) is replaced by *** in it.
     `on_start(proc)` is called once the process exists (the worker keeps it to
     kill on a hard stop).
     """
@@ -150,7 +199,11 @@ def run_command(command, *, cwd=None, env=None, timeout=None, output_limit=65536
         return Result(None, "cannot start: %s" % (exc.strerror or exc))
     if on_start is not None:
         on_start(proc)
-    out, err = Tail(output_limit), Tail(output_limit)
+    secrets = secrets_of(env)
+    if secrets:
+        out, err = RedactedTail(output_limit, secrets), RedactedTail(output_limit, secrets)
+    else:
+        out, err = Tail(output_limit), Tail(output_limit)
     deadline = None if not timeout else time.monotonic() + timeout
     reader = _read_posix if POSIX else _read_threads
     timed_out = reader(proc, out, err, deadline)
@@ -308,7 +361,7 @@ class Worker:
         watch = Store(self.db_path, durable=False, autocheckpoint=False)
         try:
             version = watch.data_version()
-            next_due = None
+            next_due = watch.next_due()  # jobs already waiting (delay, retry backoff) wake us on time too
             last_wake = time.monotonic()
             while not all(f.done() for f in futures):
                 poll = self.settings["poll-interval"]

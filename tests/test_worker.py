@@ -136,6 +136,20 @@ class JobLifecycleTest(WorkerTestCase):
         self.assertEqual([r["run"] for r in again["runs"]], [1, 2], "runs are numbered over the whole life")
         self.assertEqual([r["attempt"] for r in again["runs"]], [1, 1])
 
+    def test_logs_picks_a_run_and_refuses_one_that_does_not_exist(self):
+        job_id = self.enqueue("echo run-$(ls %s | wc -l); touch %s/$$; exit 1" % (self.tmp, self.tmp), max_retries=1)
+        self.assertEqual(self.ok("logs", job_id).stdout, "job %s has not run yet\n" % job_id)
+        missing = self.cli("logs", job_id, "--run", "1")
+        self.assertEqual((missing.code, missing.stderr.count("\n")), (1, 1), missing)
+        self.ok("config", "set", "backoff-base", "1")
+        self.background_worker(threads=1)
+        wait_until(lambda: self.state(job_id) == "dead", message="both runs")
+        first, second = (self.ok("logs", job_id, "--run", n).stdout for n in (1, 2))
+        self.assertIn("run 1 of 2: exit code 1", first)
+        self.assertIn("run 2 of 2: exit code 1", second)
+        self.assertNotEqual(first.splitlines()[2], second.splitlines()[2])
+        self.assertEqual(self.cli("logs", job_id, "--run", "3").code, 1)
+
     def test_retry_gaps_follow_the_backoff(self):
         self.ok("config", "set", "backoff-base", "1.5")
         job_id = self.enqueue("exit 1", max_retries=2)
@@ -170,11 +184,12 @@ class JobLifecycleTest(WorkerTestCase):
     def test_cwd_and_env_are_honoured_and_env_values_not_shown(self):
         workdir = os.path.join(self.tmp, "work")
         os.mkdir(workdir)
-        job_id = self.enqueue("pwd; echo $QCTL_GREETING", cwd=workdir, env={"QCTL_GREETING": "hi-there"})
+        job_id = self.enqueue("pwd; echo $QCTL_GREETING | tr a-z A-Z", cwd=workdir,
+                              env={"QCTL_GREETING": "hi-there"})
         self.burst()
         stdout = self.ok("logs", job_id).stdout
         self.assertIn(os.path.realpath(workdir), stdout)
-        self.assertIn("hi-there", stdout)
+        self.assertIn("HI-THERE", stdout)  # the value itself would be stored as ***
         self.assertNotIn("hi-there", self.ok("show", job_id).stdout)
         self.assertEqual(self.show(job_id)["env"], {"QCTL_GREETING": "***"})
 

@@ -1,0 +1,291 @@
+"""Hostile and broken input: every bad value gets exit 1 or 2, one error line, no traceback,
+and leaves the database exactly as it was; a broken home or database gets a clear line too."""
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import unittest
+
+from tests.base import SCRIPT, HomeTestCase, Result
+from qctl import jobs
+from qctl.db import Store
+from qctl.worker import Worker
+
+J = json.dumps
+
+# (label, argv, stdin or None). Job ids "p1" (pending), "done" (completed) and "gone" (dead) exist.
+CASES = [
+    ("not JSON", ["enqueue", "not json"], None),
+    ("empty object", ["enqueue", "{}"], None),
+    ("JSON null", ["enqueue", "null"], None),
+    ("JSON array", ["enqueue", "[]"], None),
+    ("trailing garbage", ["enqueue", '{"command": "true"} x'], None),
+    ("nested too deeply", ["enqueue", "[" * 100000], None),
+    ("NaN literal", ["enqueue", '{"command": "true", "priority": NaN}'], None),
+    ("empty command", ["enqueue", J({"command": ""})], None),
+    ("blank command", ["enqueue", J({"command": "  \t"})], None),
+    ("command not a string", ["enqueue", J({"command": 5})], None),
+    ("command with NUL", ["enqueue", J({"command": "a\x00b"})], None),
+    ("command lone surrogate", ["enqueue", '{"command": "\\ud800"}'], None),
+    ("unknown field", ["enqueue", J({"command": "true", "bogus": 1})], None),
+    ("id empty", ["enqueue", J({"command": "true", "id": ""})], None),
+    ("id 10,000 chars", ["enqueue", J({"command": "true", "id": "x" * 10000})], None),
+    ("id with newline", ["enqueue", J({"command": "true", "id": "a\nb"})], None),
+    ("id with escape char", ["enqueue", J({"command": "true", "id": "a\x1b[31mb"})], None),
+    ("id with NUL", ["enqueue", J({"command": "true", "id": "a\x00b"})], None),
+    ("id a number", ["enqueue", J({"command": "true", "id": 7})], None),
+    ("id lone surrogate", ["enqueue", '{"command": "true", "id": "\\udfff"}'], None),
+    ("id duplicate", ["enqueue", J({"command": "true", "id": "p1"})], None),
+    ("max_retries negative", ["enqueue", J({"command": "true", "max_retries": -1})], None),
+    ("max_retries string", ["enqueue", J({"command": "true", "max_retries": "3"})], None),
+    ("max_retries huge", ["enqueue", J({"command": "true", "max_retries": 10 ** 30})], None),
+    ("max_retries float overflow", ["enqueue", '{"command": "true", "max_retries": 1e400}'], None),
+    ("priority fractional", ["enqueue", J({"command": "true", "priority": 1.5})], None),
+    ("priority boolean", ["enqueue", J({"command": "true", "priority": True})], None),
+    ("timeout zero", ["enqueue", J({"command": "true", "timeout": 0})], None),
+    ("timeout negative", ["enqueue", J({"command": "true", "timeout": -5})], None),
+    ("timeout words", ["enqueue", J({"command": "true", "timeout": "soon"})], None),
+    ("timeout infinite", ["enqueue", '{"command": "true", "timeout": 1e999}'], None),
+    ("delay negative", ["enqueue", J({"command": "true", "delay": -1})], None),
+    ("run_at month 13", ["enqueue", J({"command": "true", "run_at": "2026-13-01T00:00:00"})], None),
+    ("run_at a number", ["enqueue", J({"command": "true", "run_at": 1700000000})], None),
+    ("run_at empty", ["enqueue", J({"command": "true", "run_at": ""})], None),
+    ("run_at before 1970", ["enqueue", J({"command": "true", "run_at": "1969-07-20T20:17:00Z"})], None),
+    ("run_at and delay", ["enqueue", J({"command": "true", "run_at": "2030-01-01", "delay": 5})], None),
+    ("env not an object", ["enqueue", J({"command": "true", "env": ["A=1"]})], None),
+    ("env value a number", ["enqueue", J({"command": "true", "env": {"A": 1}})], None),
+    ("env key with =", ["enqueue", J({"command": "true", "env": {"A=B": "1"}})], None),
+    ("env value surrogate", ["enqueue", '{"command": "true", "env": {"A": "\\ud800x"}}'], None),
+    ("cwd empty", ["enqueue", J({"command": "true", "cwd": ""})], None),
+    ("option --max-retries -1", ["enqueue", "--command", "true", "--max-retries", "-1"], None),
+    ("option --max-retries abc", ["enqueue", "--command", "true", "--max-retries", "abc"], None),
+    ("option --priority 1e3", ["enqueue", "--command", "true", "--priority", "1e3"], None),
+    ("option --timeout nan", ["enqueue", "--command", "true", "--timeout", "nan"], None),
+    ("option --delay inf", ["enqueue", "--command", "true", "--delay", "inf"], None),
+    ("option --run-at words", ["enqueue", "--command", "true", "--run-at", "yesterday"], None),
+    ("option --env no =", ["enqueue", "--command", "true", "--env", "NOEQUALS"], None),
+    ("option --id control", ["enqueue", "--command", "true", "--id", "a\tb"], None),
+    ("option --command empty", ["enqueue", "--command", ""], None),
+    ("no job given", ["enqueue"], None),
+    ("JSON and --command", ["enqueue", J({"command": "true"}), "--command", "true"], None),
+    ("--id with JSON", ["enqueue", J({"command": "true"}), "--id", "x"], None),
+    ("--file missing", ["enqueue", "--file", "/nonexistent/qctl.jsonl"], None),
+    ("--file a directory", ["enqueue", "--file", "/"], None),
+    ("--file empty", ["enqueue", "--file", "-"], ""),
+    ("--file not UTF-8", ["enqueue", "--file", "-"], b'{"command": "echo \xff\xfe"}\n'),
+    ("--file bad third line", ["enqueue", "--file", "-"],
+     J({"command": "true"}) + "\n" + J({"command": "true"}) + "\n{oops\n"),
+    ("--file duplicate ids", ["enqueue", "--file", "-"],
+     J({"command": "true", "id": "d"}) + "\n" + J({"command": "true", "id": "d"}) + "\n"),
+    ("--file id already stored", ["enqueue", "--file", "-"],
+     J({"command": "true", "id": "new"}) + "\n" + J({"command": "true", "id": "done"}) + "\n"),
+    ("show unknown", ["show", "nope"], None),
+    ("show empty id", ["show", ""], None),
+    ("show undecodable id", ["show", "\udcff"], None),
+    ("logs unknown", ["logs", "nope"], None),
+    ("logs run 99", ["logs", "done", "--run", "99"], None),
+    ("logs run abc", ["logs", "done", "--run", "abc"], None),
+    ("wait unknown", ["wait", "nope", "--timeout", "1"], None),
+    ("wait timeout nan", ["wait", "--timeout", "nan"], None),
+    ("dlq retry unknown", ["dlq", "retry", "nope"], None),
+    ("dlq retry not dead", ["dlq", "retry", "p1"], None),
+    ("dlq retry id and --all", ["dlq", "retry", "gone", "--all"], None),
+    ("delete unknown", ["delete", "nope"], None),
+    ("list state bogus", ["list", "--state", "bogus"], None),
+    ("list limit negative", ["list", "--limit", "-1"], None),
+    ("list limit words", ["list", "--limit", "lots"], None),
+    ("purge pending", ["purge", "--state", "pending"], None),
+    ("purge older-than negative", ["purge", "--state", "dead", "--older-than", "-5"], None),
+    ("config set unknown key", ["config", "set", "bogus", "1"], None),
+    ("config get unknown key", ["config", "get", "bogus"], None),
+    ("config max-retries -1", ["config", "set", "max-retries", "-1"], None),
+    ("config max-retries huge", ["config", "set", "max-retries", "9" * 30], None),
+    ("config backoff-base nan", ["config", "set", "backoff-base", "nan"], None),
+    ("config backoff-base 0.5", ["config", "set", "backoff-base", "0.5"], None),
+    ("config backoff-max 0", ["config", "set", "backoff-max", "0"], None),
+    ("config job-timeout inf", ["config", "set", "job-timeout", "1e999"], None),
+    ("config poll-interval 0", ["config", "set", "poll-interval", "0"], None),
+    ("config worker-count 0", ["config", "set", "worker-count", "0"], None),
+    ("config output-limit -1", ["config", "set", "output-limit", "-1"], None),
+    ("config lease-seconds words", ["config", "set", "lease-seconds", "long"], None),
+    ("worker --count 0", ["worker", "start", "--count", "0"], None),
+    ("worker stop --timeout x", ["worker", "stop", "--timeout", "x"], None),
+    ("unknown command", ["frobnicate"], None),
+    ("no command", [], None),
+]
+
+
+def dump(db_path):
+    con = sqlite3.connect(db_path)
+    try:
+        return list(con.iterdump())
+    finally:
+        con.close()
+
+
+class BadInputTest(HomeTestCase):
+    def setUp(self):
+        super().setUp()
+        self.ok("enqueue", J({"id": "p1", "command": "true", "run_at": "2999-01-01T00:00:00Z"}))
+        self.ok("enqueue", J({"id": "done", "command": "echo hi", "env": {"TOKEN": "s3cret"}}))
+        self.ok("enqueue", J({"id": "gone", "command": "exit 3", "max_retries": 0}))
+        Worker(self.home, threads=1, burst=True).run()
+        self.assertEqual(self.job("gone")["state"], jobs.DEAD)
+        self.ok("config", "set", "max-retries", "5")
+
+    def assert_rejected(self, label, result, before):
+        self.assertIn(result.code, (1, 2), result)
+        lines = result.stderr.splitlines()
+        self.assertNotIn("Traceback", result.stderr)
+        self.assertNotIn("internal error", result.stderr)
+        if result.code == 1:
+            self.assertEqual(len(lines), 1, result)
+            self.assertTrue(lines[0].startswith("queuectl: error: "), result)
+        else:  # argparse: a usage line (possibly wrapped), then one error line
+            self.assertEqual(sum(1 for line in lines if "error:" in line), 1, result)
+            self.assertRegex(lines[-1], r"^queuectl[ a-z]*: error: ")
+        self.assertEqual(dump(self.db_path), before, "%s changed the database" % label)
+
+    def test_every_bad_input_is_one_line_and_changes_nothing(self):
+        self.assertGreaterEqual(len(CASES), 40)
+        before = dump(self.db_path)
+        self.assertTrue(any("p1" in line for line in before))
+        for label, argv, stdin in CASES:
+            with self.subTest(label):
+                self.assert_rejected(label, self.cli(*argv, stdin=stdin), before)
+
+    @unittest.skipUnless(os.name == "posix", "passes argv as raw bytes")
+    def test_a_sample_through_real_processes(self):
+        before = dump(self.db_path)
+        for label, argv, stdin in [c for c in CASES if c[0] in (
+                "not JSON", "id 10,000 chars", "id with NUL", "show unknown", "--file bad third line",
+                "config backoff-base nan", "option --max-retries abc", "show undecodable id")]:
+            with self.subTest(label):
+                if isinstance(stdin, str):
+                    stdin = stdin.encode()
+                full_env = dict(os.environ, QUEUECTL_HOME=self.home)
+                full_env.pop("QUEUECTL_DEBUG", None)
+                # argv travels as bytes: NUL cannot, and an undecodable id is the byte \xff.
+                args = [os.fsencode(a) for a in argv]
+                if label == "id with NUL":
+                    args = [b"enqueue", b"--file", b"-"]
+                    stdin = J({"command": "true", "id": "a\x00b"}).encode()
+                proc = subprocess.run([os.fsencode(sys.executable), os.fsencode(SCRIPT)] + args,
+                                      input=stdin, capture_output=True, env=full_env, timeout=60)
+                result = Result(proc.returncode, proc.stdout.decode("utf-8", "replace"),
+                                proc.stderr.decode("utf-8", "replace"))
+                self.assert_rejected(label, result, before)
+
+
+def can_mount():
+    return os.name == "posix" and hasattr(os, "geteuid") and os.geteuid() == 0 and sys.platform.startswith("linux")
+
+
+class BrokenEnvironmentTest(HomeTestCase):
+    def assert_one_line(self, result, *fragments):
+        self.assertEqual(result.code, 1, result)
+        self.assertEqual(len(result.stderr.splitlines()), 1, result)
+        self.assertNotIn("internal error", result.stderr)
+        for fragment in fragments:
+            self.assertIn(fragment, result.stderr)
+
+    def mount_tmpfs(self, size_kb):
+        """A small tmpfs of our own (root only: it is how a test as root gets a read-only or full disk)."""
+        if not can_mount():
+            self.skipTest("needs root on Linux to mount a small tmpfs (root ignores file modes)")
+        point = os.path.join(self.tmp, "mnt")
+        os.mkdir(point)
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%dk,mode=0700" % size_kb, "tmpfs", point],
+                              capture_output=True)
+        if proc.returncode != 0:
+            self.skipTest("cannot mount a tmpfs here: %s" % proc.stderr.decode().strip())
+        self.addCleanup(subprocess.run, ["umount", "-l", point], capture_output=True)
+        return point
+
+    def test_home_that_is_a_file(self):
+        path = os.path.join(self.tmp, "afile")
+        with open(path, "w") as fh:
+            fh.write("x")
+        self.assert_one_line(self.run_cli("--home", path, "enqueue", "--command", "true"), "not a directory")
+
+    def test_database_that_is_not_sqlite(self):
+        garbage = bytes(range(256)) * 40
+        with open(self.db_path, "wb") as fh:
+            fh.write(garbage)
+        for argv in (["status"], ["enqueue", "--command", "true"], ["list"], ["show", "x"],
+                     ["config", "set", "max-retries", "2"], ["worker", "start", "--burst"]):
+            with self.subTest(argv=argv):
+                self.assert_one_line(self.cli(*argv), "not a usable queuectl database")
+        self.assert_one_line(self.run_cli("status"), "not a usable queuectl database")
+        with open(self.db_path, "rb") as fh:
+            self.assertEqual(fh.read(), garbage, "a broken database must be left alone")
+
+    def test_database_that_is_a_directory(self):
+        os.remove(self.db_path)
+        os.mkdir(self.db_path)
+        self.assert_one_line(self.cli("status"), "cannot open the database")
+
+    def test_home_on_a_read_only_disk(self):
+        point = self.mount_tmpfs(1024)
+        home = os.path.join(point, "home")
+        self.ok("--home", home, "enqueue", "--command", "true", "--id", "kept")
+        subprocess.run(["mount", "-o", "remount,ro", point], check=True)
+        for argv in (["enqueue", "--command", "true"], ["status"], ["delete", "kept"], ["worker", "start", "--burst"]):
+            with self.subTest(argv=argv):
+                self.assert_one_line(self.cli("--home", home, *argv), "database")
+        self.assert_one_line(self.cli("--home", os.path.join(point, "new"), "status"), "cannot create")
+        subprocess.run(["mount", "-o", "remount,rw", point], check=True)
+        with Store(os.path.join(home, "queue.db")) as store:
+            self.assertEqual([j["id"] for j in store.list_jobs()], ["kept"])
+
+    def test_disk_full_mid_batch_stores_nothing(self):
+        point = self.mount_tmpfs(512)
+        home = os.path.join(point, "home")
+        self.ok("--home", home, "enqueue", "--command", "true", "--id", "first")
+        batch = "".join(J({"command": "echo " + "x" * 400 + str(i)}) + "\n" for i in range(3000))
+        result = self.cli("--home", home, "enqueue", "--file", "-", stdin=batch)
+        self.assert_one_line(result, "no space left")
+        db_path = os.path.join(home, "queue.db")
+        con = sqlite3.connect(db_path)
+        try:
+            self.assertEqual(con.execute("PRAGMA integrity_check").fetchone()[0], "ok")
+            self.assertEqual(con.execute("SELECT id FROM jobs").fetchall(), [("first",)])
+        finally:
+            con.close()
+        # The queue still works once the disk has room: the failed batch left no debris behind.
+        self.ok("--home", home, "enqueue", "--command", "true", "--id", "second")
+
+
+class DashboardBadInputTest(HomeTestCase):
+    def test_hostile_requests_get_a_4xx_and_change_nothing(self):
+        import http.client
+        import threading
+        from qctl import dashboard
+        self.ok("enqueue", J({"id": "p1", "command": "true"}))
+        before = dump(self.db_path)
+        server = dashboard.make_server(self.db_path, host="127.0.0.1", port=0)
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        self.addCleanup(thread.join, 30)
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        cases = [("GET", "/api/jobs?limit=99999999999999999999999", 200),
+                 ("GET", "/api/jobs?limit=-1", 400), ("GET", "/api/jobs?limit=1e3", 400),
+                 ("GET", "/api/jobs?state=bogus", 400), ("GET", "/api/jobs/" + "x" * 10000, 404),
+                 ("GET", "/api/jobs/a%00b", 404), ("GET", "/api/jobs/%ff%fe", 404), ("GET", "/api/jobs/nope", 404),
+                 ("POST", "/api/jobs/p1/retry", 403), ("DELETE", "/api/jobs/p1", 405), ("GET", "/../etc/passwd", 404)]
+        for method, path, status in cases:
+            with self.subTest(path=path[:60]):
+                conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+                try:
+                    conn.request(method, path)
+                    response = conn.getresponse()
+                    body = response.read()
+                finally:
+                    conn.close()
+                self.assertEqual(response.status, status, body[:300])
+                if status != 200:
+                    self.assertIn("error", json.loads(body))
+                self.assertEqual(dump(self.db_path), before)
