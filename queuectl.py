@@ -64,8 +64,8 @@ ago = display.ago
 one_line = display.one_line
 
 
-def plural(n, word):
-    return "%d %s%s" % (n, word, "" if n == 1 else "s")
+def plural(n, word, many=None):
+    return "%d %s" % (n, word if n == 1 else many or word + "s")
 
 
 # ---------------------------------------------------------------- argument types
@@ -184,24 +184,8 @@ def read_job_lines(path, *, now, cwd, default_max_retries):
                 data = fh.read()
     except OSError as exc:
         raise QueueError("cannot read %s: %s" % (path, exc.strerror or exc)) from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InvalidJob("%s is not UTF-8 text (byte %d)" % (path if path != "-" else "stdin", exc.start)) from None
-    new, numbers = [], []
-    # JSON Lines ends lines at \n only: splitlines() would also cut at U+2028, \x1c, \x85 ...
-    # which JSON allows raw inside strings. A \r before the \n is whitespace to json.
-    for number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            new.append(jobs.parse_job_json(line, now=now, cwd=cwd, default_max_retries=default_max_retries))
-        except InvalidJob as exc:
-            raise InvalidJob("line %d: %s (nothing was enqueued)" % (number, exc)) from None
-        numbers.append(number)
-    if not new:
-        raise InvalidJob("%s holds no jobs" % (path if path != "-" else "stdin"))
-    return new, numbers
+    return jobs.parse_job_lines(data, "stdin" if path == "-" else path, now=now, cwd=cwd,
+                                default_max_retries=default_max_retries)
 
 
 def cmd_status(args):
@@ -213,7 +197,7 @@ def cmd_status(args):
     table(["STATE", "JOBS"], [[colour_state(s), n] for s, n in status["jobs"].items()], right=(1,))
     workers = status["workers"]
     out()
-    out("workers: %s, %s" % (plural(workers["processes"], "process").replace("processs", "processes"),
+    out("workers: %s, %s" % (plural(workers["processes"], "process", "processes"),
                              plural(workers["threads"], "thread")))
     return EXIT_OK
 
@@ -380,7 +364,7 @@ def cmd_stats(args):
     runs, run_time, workers = figures["runs"], figures["run_time"], figures["workers"]
     rows = [
         ("jobs", "  ".join("%s %d" % (colour_state(s), n) for s, n in figures["jobs"].items())),
-        ("workers", "%s, %s" % (plural(workers["processes"], "process").replace("processs", "processes"),
+        ("workers", "%s, %s" % (plural(workers["processes"], "process", "processes"),
                                 plural(workers["threads"], "thread"))),
         ("oldest pending", "-" if figures["oldest_pending_age"] is None
          else "waiting %s" % seconds_text(figures["oldest_pending_age"])),
@@ -478,6 +462,8 @@ def cmd_worker_start(args):
             argv.append("--burst")
         if args.allow_shared_home:
             argv.append("--allow-shared-home")
+        # The child reads the stopfile only once it runs: a stop issued before then must reach it.
+        argv += ["--stop-generation", str(qhome.stop_generation(home))]
         pid = qworker.start_detached(argv, qhome.log_path(home))
         out("worker started in the background: pid %d, log %s" % (pid, qhome.log_path(home)))
         return EXIT_OK
@@ -488,7 +474,7 @@ def cmd_worker_start(args):
     logger.setLevel(logging.INFO)
     logger.propagate = False
     try:
-        worker = qworker.Worker(home, threads=args.count, burst=args.burst)
+        worker = qworker.Worker(home, threads=args.count, burst=args.burst, stop_generation=args.stop_generation)
         worker.install_signal_handlers()
         return worker.run()
     finally:
@@ -496,6 +482,8 @@ def cmd_worker_start(args):
 
 
 def cmd_worker_stop(args):
+    if args.timeout is not None and not args.wait:
+        args.parser.error("--timeout goes with --wait")
     qhome.ensure(args.home)
     with open_store(args) as store:
         before = [w["id"] for w in store.workers(time.time(), alive=qhome.worker_alive)]
@@ -631,6 +619,7 @@ def build_parser():
     q.add_argument("--detach", action="store_true", help="run in the background (log: HOME/worker.log)")
     q.add_argument("--allow-shared-home", action="store_true",
                    help="serve a home or database that group or others can write (unsafe)")
+    q.add_argument("--stop-generation", type=int, help=argparse.SUPPRESS)  # from --detach to its child
     q = add_command(wsub, "stop", cmd_worker_stop, "ask every worker to finish its running jobs and exit",
                     "queuectl worker stop --wait --timeout 60")
     q.add_argument("--wait", action="store_true", help="block until they have exited")

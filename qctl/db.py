@@ -301,7 +301,7 @@ class Store:
         return None if row is None else dict(zip(_CLAIM_KEYS, row))
 
     def record(self, outcome):
-        """Record a run's outcome: ("complete", kwargs of `complete`) or ("fail", kwargs of `fail`).
+        """Record a run's outcome: ("complete" | "fail" | "release", kwargs of that method).
 
         Returns False if the claim was lost (another worker recovered the job):
         then nothing changes.
@@ -320,17 +320,21 @@ class Store:
 
     def _record(self, con, outcome):
         kind, kwargs = outcome
-        return (self._complete if kind == "complete" else self._fail)(con, **kwargs)
+        return {"complete": self._complete, "fail": self._fail, "release": self._release}[kind](con, **kwargs)
 
     def release(self, job, worker, now):
         """processing -> pending without using an attempt (the worker was told to stop at once)."""
-        with self._write() as con:
-            cur = con.execute(
-                "UPDATE jobs SET state = ?, attempts = attempts - 1, runs = runs - 1, next_run_at = ?, "
-                "updated_at = ?, lease_until = NULL, started_at = NULL, worker = NULL "
-                "WHERE seq = ? AND state = ? AND worker = ? AND runs = ?",
-                (PENDING, now, now, job["seq"], PROCESSING, worker, job["runs"]))
-            return cur.rowcount == 1
+        return self.record(("release", dict(job=job, worker=worker, now=now)))
+
+    def _release(self, con, *, job, worker, now):
+        # The run never happened: attempts and the run number go back. That reuses the run
+        # number as a fence, which is safe because the releasing thread records nothing after.
+        cur = con.execute(
+            "UPDATE jobs SET state = ?, attempts = attempts - 1, runs = runs - 1, next_run_at = ?, "
+            "updated_at = ?, lease_until = NULL, started_at = NULL, worker = NULL "
+            "WHERE seq = ? AND state = ? AND worker = ? AND runs = ?",
+            (PENDING, now, now, job["seq"], PROCESSING, worker, job["runs"]))
+        return cur.rowcount == 1
 
     def _complete(self, con, *, job, worker, now, stdout=b"", stderr=b""):
         cur = con.execute(
@@ -344,7 +348,7 @@ class Store:
         return True
 
     def _fail(self, con, *, job, worker, now, error, exit_code, retry_delay_s, stdout=b"", stderr=b""):
-        retry = job["attempts"] <= job["max_retries"]
+        retry = jobs.retries_left(job["attempts"], job["max_retries"])
         cur = con.execute(
             "UPDATE jobs SET state = ?, exit_code = ?, last_error = ?, finished_at = ?, updated_at = ?, "
             "next_run_at = ?, lease_until = NULL WHERE seq = ? AND state = ? AND worker = ? AND runs = ?",
@@ -403,7 +407,7 @@ class Store:
                 job = {"seq": seq, "attempts": attempts, "max_retries": max_retries, "runs": runs}
                 self._fail(con, job=job, worker=worker, now=now, error="worker lost", exit_code=None,
                            retry_delay_s=backoff(attempts))
-                recovered.append((job_id, FAILED if attempts <= max_retries else DEAD))
+                recovered.append((job_id, FAILED if jobs.retries_left(attempts, max_retries) else DEAD))
             con.execute("DELETE FROM workers WHERE lease_until < ?", (now,))
         return recovered
 

@@ -47,12 +47,9 @@ _TIMESTAMP_RE = re.compile(
 
 # ---------------------------------------------------------------- durations and times
 
-def parse_duration(value, what, *, minimum=0.0, allow_zero=True):
-    """Seconds from a number or a string like "30", "1.5s", "5m", "2h", "1d".
-
-    `minimum` is inclusive when `allow_zero`-style ranges need it; callers pass
-    the bound their field documents. Raises InvalidJob naming `what`.
-    """
+def parse_duration(value, what, *, allow_zero=True):
+    """Seconds (>= 0, or > 0 without `allow_zero`) from a number or a string like
+    "30", "1.5s", "5m", "2h", "1d". Raises InvalidJob naming `what`."""
     if isinstance(value, bool):
         raise InvalidJob("%s must be a number of seconds or a duration like 30s, 5m, 2h, 1d, not %s"
                          % (what, _describe(value)))
@@ -72,8 +69,8 @@ def parse_duration(value, what, *, minimum=0.0, allow_zero=True):
                          % (what, _describe(value)))
     if not math.isfinite(seconds) or seconds > SECONDS_LIMIT:
         raise InvalidJob("%s must be at most %d seconds (ten years)" % (what, SECONDS_LIMIT))
-    if seconds < minimum or (seconds == 0 and not allow_zero):
-        raise InvalidJob("%s must be %s %s seconds" % (what, "at least" if allow_zero else "more than", format_seconds(minimum)))
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        raise InvalidJob("%s must be %s 0 seconds" % (what, "at least" if allow_zero else "more than"))
     return seconds
 
 
@@ -118,6 +115,11 @@ def iso(seconds):
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (stamp.microsecond // 1000)
 
 
+def retries_left(attempts, max_retries):
+    """Whether a job that has started `attempts` runs may run again after a failure."""
+    return attempts <= max_retries
+
+
 def backoff_delay(failures, base, cap):
     """Seconds to wait after the `failures`-th failed run: min(base ** failures, cap)."""
     try:
@@ -138,6 +140,31 @@ def parse_job_json(text, *, now, cwd=None, default_max_retries):
     except RecursionError:
         raise InvalidJob("job is not valid JSON: nested too deeply") from None
     return validate_job(raw, now=now, cwd=cwd, default_max_retries=default_max_retries)
+
+
+def parse_job_lines(data, source, *, now, cwd=None, default_max_retries):
+    """Every job of JSON Lines bytes (one job a line), validated, with the line number of each.
+
+    The first bad line raises InvalidJob naming it: all or nothing.
+    """
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidJob("%s is not UTF-8 text (byte %d)" % (source, exc.start)) from None
+    new, numbers = [], []
+    # JSON Lines ends lines at \n only: splitlines() would also cut at U+2028, \x1c, \x85 ...
+    # which JSON allows raw inside strings. A \r before the \n is whitespace to json.
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            new.append(parse_job_json(line, now=now, cwd=cwd, default_max_retries=default_max_retries))
+        except InvalidJob as exc:
+            raise InvalidJob("line %d: %s (nothing was enqueued)" % (number, exc)) from None
+        numbers.append(number)
+    if not new:
+        raise InvalidJob("%s holds no jobs" % source)
+    return new, numbers
 
 
 def validate_job(raw, *, now, cwd=None, default_max_retries):

@@ -9,6 +9,7 @@ slow day long ago does not hide today's p95.
 
 import math
 
+from . import home as qhome
 from .jobs import COMPLETED, FAILED, STATES
 
 MINUTE_S = 60.0
@@ -30,7 +31,7 @@ def _seconds(value):
 
 def collect(store, now):
     """Every figure of `stats --json`, read from `store` at time `now` (epoch seconds)."""
-    status = store.status(now)
+    status = store.status(now, alive=qhome.worker_alive)
     totals = store.run_totals()
     recent = store.runs_since(now - HOUR_S)
     completed_n, completed_s, completed_retries = totals[COMPLETED]

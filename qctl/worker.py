@@ -207,10 +207,15 @@ def run_command(command, *, cwd=None, env=None, timeout=None, output_limit=65536
     deadline = None if not timeout else time.monotonic() + timeout
     reader = _read_posix if POSIX else _read_threads
     timed_out = reader(proc, out, err, deadline)
+    if not timed_out:
+        # The pipes are done, but a command that closed or redirected its stdio may still run.
+        try:
+            code = proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            timed_out = True
     if timed_out:
         kill_tree(proc)
         return Result(proc.wait(), "timed out after %ss" % jobs.format_seconds(timeout), out.value(), err.value())
-    code = proc.wait()
     return Result(code, describe_exit(code), out.value(), err.value())
 
 
@@ -240,7 +245,8 @@ def _read_posix(proc, out, err, deadline):
                 else:
                     sel.unregister(key.fileobj)
                     key.fileobj.close()
-            if not ready and orphan_deadline is None and proc.poll() is not None:
+            # Every time round, not only when idle: a chatty grandchild must not hold the job.
+            if orphan_deadline is None and proc.poll() is not None:
                 orphan_deadline = time.monotonic() + ORPHAN_PIPE_GRACE_S
     return False
 
@@ -280,7 +286,7 @@ class Worker:
     or, with `burst`, until nothing is runnable and nothing runs.
     """
 
-    def __init__(self, home, *, threads=None, burst=False):
+    def __init__(self, home, *, threads=None, burst=False, stop_generation=None):
         self.home = home
         self.db_path = qhome.ensure(home)
         self.host = qhome.host()
@@ -291,7 +297,9 @@ class Worker:
             self.settings = store.config()
         self.threads = threads or self.settings["worker-count"]
         self.started_at = time.time()
-        self.stop_generation = qhome.stop_generation(home)
+        # A stop requested after this generation stops us. `worker start --detach` passes the
+        # generation it saw, so a stop issued while the child starts up is not missed.
+        self.stop_generation = qhome.stop_generation(home) if stop_generation is None else stop_generation
         self._stopfile = qhome.stopfile_path(home)
         self._stopfile_seen = ()
         self._stopping = threading.Event()   # claim nothing more
@@ -301,7 +309,9 @@ class Worker:
         self._cond = threading.Condition()
         self._wake_gen = 0
         self._idle = 0
+        self._active = self.threads          # pool threads still looping (burst ends when all are idle)
         self._procs = {}                     # job seq -> Popen, for a hard stop
+        self._killed = set()                 # job seqs whose command a hard stop killed
         self._procs_lock = threading.Lock()
 
     # ------------------------------------------------------------ control
@@ -317,6 +327,7 @@ class Worker:
         self.stop()
         with self._procs_lock:
             procs = list(self._procs.values())
+            self._killed.update(self._procs)
         for proc in procs:
             threading.Thread(target=kill_tree, args=(proc,), kwargs={"grace_s": 0.2}, daemon=True).start()
 
@@ -346,7 +357,10 @@ class Worker:
             heart.start()
             with ThreadPoolExecutor(self.threads, thread_name_prefix="qctl-worker") as pool:
                 futures = [pool.submit(self._thread_main) for _ in range(self.threads)]
-                self._supervise(futures)
+                try:
+                    self._supervise(futures)
+                finally:
+                    self.stop()  # a supervisor that failed must not leave the pool waiting forever
             self._done.set()
             heart.join()
             for future in futures:
@@ -409,6 +423,7 @@ class Worker:
             store = Store(self.db_path, durable=False, autocheckpoint=False)
         except QueueError as exc:
             log.error("worker %s: a thread could not open the queue: %s", self.id, exc)
+            self._thread_exit()
             return
         finish = None
         try:
@@ -420,8 +435,11 @@ class Worker:
                     if finish is not None and not store.finish_recorded:
                         self._log_lost(finish)
                     finish = None
-                except QueueError as exc:
-                    log.error("worker %s: %s (will retry)", self.id, exc)
+                except Exception as exc:
+                    if isinstance(exc, QueueError):
+                        log.error("worker %s: %s (will retry)", self.id, exc)
+                    else:
+                        log.exception("worker %s: error claiming a job (will retry)", self.id)
                     self._stopping.wait(1.0)
                     continue
                 if job is None:
@@ -440,6 +458,12 @@ class Worker:
             except QueueError as exc:
                 log.error("worker %s: could not record a result: %s; the job will be recovered", self.id, exc)
             store.close()
+            self._thread_exit()
+
+    def _thread_exit(self):
+        with self._cond:
+            self._active -= 1
+            self._end_burst_if_idle()
 
     def _log_lost(self, outcome):
         log.warning("job %s: result not recorded: its lease was lost and another worker recovered it",
@@ -448,21 +472,24 @@ class Worker:
     def _wait_for_work(self, generation):
         with self._cond:
             self._idle += 1
-            if self.burst and self._idle == self.threads:
-                # The last thread to find nothing due ends a burst at once, rather than
-                # at the supervisor's next tick (up to a poll-interval later).
-                self.stop()
+            self._end_burst_if_idle()
             try:
                 while self._wake_gen == generation and not self._stopping.is_set():
                     self._cond.wait()
             finally:
                 self._idle -= 1
 
+    def _end_burst_if_idle(self):
+        """With the condition held: the last thread to find nothing due ends a burst at once,
+        rather than at the supervisor's next tick (up to a poll-interval later)."""
+        if self.burst and self._idle >= self._active:
+            self.stop()
+
     # ------------------------------------------------------------ one job
 
     def step(self, job):
-        """Run a claimed job; return its outcome for `Store.record` / `Store.claim(finish=...)`,
-        or None when a hard stop killed it and released the job."""
+        """Run a claimed job; return its outcome for `Store.record` / `Store.claim(finish=...)`:
+        complete, fail, or release when a hard stop killed it."""
         settings = self.settings
         timeout = job["timeout"] or settings["job-timeout"] or None
         log.info("job %s started (attempt %d/%d, run %d)", job["id"], job["attempts"], job["max_retries"] + 1,
@@ -472,7 +499,10 @@ class Worker:
         def track(proc):
             with self._procs_lock:
                 self._procs[job["seq"]] = proc
-            if self._killing:
+                killing = self._killing
+                if killing:
+                    self._killed.add(job["seq"])
+            if killing:
                 kill_tree(proc, grace_s=0.2)
 
         try:
@@ -483,17 +513,16 @@ class Worker:
             with self._procs_lock:
                 self._procs.pop(job["seq"], None)
         took = time.monotonic() - started
-        if self._killing and result.error is not None:
-            if self._store_release(job):
-                log.info("job %s returned to the queue (worker killed)", job["id"])
-            return None
+        if job["seq"] in self._killed:  # whatever it exited with: we cut it short
+            log.info("job %s killed; it goes back to the queue without using an attempt", job["id"])
+            return "release", {"job": job, "worker": self.id, "now": time.time()}
         common = {"job": job, "worker": self.id, "now": time.time(), "stdout": result.stdout,
                   "stderr": result.stderr}
         if result.error is None:
             log.info("job %s completed in %.2fs", job["id"], took)
             return "complete", common
-        if job["attempts"] <= job["max_retries"]:
-            delay = jobs.backoff_delay(job["attempts"], settings["backoff-base"], settings["backoff-max"])
+        if jobs.retries_left(job["attempts"], job["max_retries"]):
+            delay = self._backoff(job["attempts"])
             log.info("job %s failed: %s; retry in %ss", job["id"], result.error, jobs.format_seconds(round(delay, 2)))
         else:
             delay = 0.0
@@ -501,15 +530,12 @@ class Worker:
                      "" if job["attempts"] == 1 else "s", result.error)
         return "fail", dict(common, error=result.error, exit_code=result.exit_code, retry_delay_s=delay)
 
-    def _store_release(self, job):
-        with Store(self.db_path, durable=False, autocheckpoint=False) as store:
-            return store.release(job, self.id, time.time())
-
     # ------------------------------------------------------------ heartbeat thread
 
     def _heartbeat_loop(self):
         last_beat = time.monotonic()
-        while not self._done.wait(TICK_S):
+        # Tick at least three times a lease: a lease shorter than our tick must not lapse between beats.
+        while not self._done.wait(min(TICK_S, self.settings["lease-seconds"] / 3)):
             try:
                 self.settings = self._heartbeat_store.config()
                 if time.monotonic() - last_beat >= self.settings["lease-seconds"] / 3:
@@ -520,6 +546,8 @@ class Worker:
                 self._heartbeat_store.checkpoint()
             except QueueError as exc:
                 log.error("worker %s heartbeat: %s (will retry)", self.id, exc)
+            except Exception:  # a bug; the heartbeat must go on or our leases lapse
+                log.exception("worker %s heartbeat failed (will retry)", self.id)
 
     def _beat(self):
         self._heartbeat_store.heartbeat(self.id, time.time(), self.settings["lease-seconds"], pid=self.pid,

@@ -109,6 +109,20 @@ class RunCommandTest(unittest.TestCase):
             grandchild = int(read(pidfile))
             wait_until(lambda: pid_gone(grandchild), message="the grandchild sleep to be killed")
 
+    @posix_only
+    def test_timeout_holds_for_a_command_that_closed_its_output(self):
+        started = time.monotonic()
+        result = run_command("exec sleep 30 >/dev/null 2>&1", timeout=0.5)
+        self.assertEqual(result.error, "timed out after 0.5s")
+        self.assertLess(time.monotonic() - started, 15)
+
+    @posix_only
+    def test_a_chatty_background_grandchild_does_not_hold_the_run(self):
+        started = time.monotonic()
+        result = run_command("(for i in $(seq 100); do echo x; sleep 0.1; done) & exit 0")
+        self.assertIsNone(result.error)
+        self.assertLess(time.monotonic() - started, 8, "the run ends about a second after the shell exits")
+
     def test_windows_branches_build_the_right_arguments(self):
         self.assertEqual(qworker.kill_tree_argv(1234), ["taskkill", "/T", "/F", "/PID", "1234"])
 
@@ -201,6 +215,33 @@ class JobLifecycleTest(WorkerTestCase):
         wait_until(lambda: self.state(job_id) == "dead", message="the new timeout to apply")
         self.assertEqual(self.show(job_id)["last_error"], "timed out after 0.5s")
 
+    def test_a_lease_shorter_than_the_heartbeat_tick_is_still_kept(self):
+        self.ok("config", "set", "lease-seconds", "0.3")
+        job_id = self.enqueue("sleep 2")
+        self.background_worker(threads=1)
+        self.background_worker(threads=1)
+        wait_until(lambda: self.state(job_id) == "completed", message="the job to complete")
+        job = self.show(job_id)
+        self.assertEqual((job["attempts"], len(job["runs"])), (1, 1))
+
+    def test_a_failing_supervisor_stops_the_worker_instead_of_hanging(self):
+        class Broken(Worker):
+            def _supervise(self, futures):
+                raise RuntimeError("supervisor bug")
+        worker = Broken(self.home, threads=2)
+        failures = []
+
+        def run():
+            try:
+                worker.run()
+            except RuntimeError as exc:
+                failures.append(exc)
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(30)
+        self.assertFalse(thread.is_alive(), "the worker hung")
+        self.assertEqual([str(e) for e in failures], ["supervisor bug"])
+
     def test_healthy_worker_keeps_its_lease_on_a_long_job(self):
         self.ok("config", "set", "lease-seconds", "1")
         job_id = self.enqueue("sleep 4")
@@ -290,6 +331,29 @@ class WorkerProcessTest(WorkerTestCase):
         self.assertEqual(proc.wait(30), 0)
         job = self.show(job_id)
         self.assertEqual((job["state"], job["attempts"], job["runs"]), ("pending", 0, []))
+
+    @posix_only
+    def test_hard_stop_releases_a_killed_job_even_if_it_exits_0(self):
+        job_id = self.enqueue('trap "exit 0" TERM; sleep 30 & wait')
+        proc = self.spawn_worker()
+        wait_until(lambda: self.state(job_id) == "processing", message="the job to start")
+        proc.send_signal(signal.SIGINT)
+        wait_until(lambda: "stopping" in self.log_text(proc), message="the first SIGINT to be seen")
+        proc.send_signal(signal.SIGINT)
+        self.assertEqual(proc.wait(30), 0)
+        job = self.show(job_id)
+        self.assertEqual((job["state"], job["attempts"]), ("pending", 0))
+
+    def test_stop_right_after_detach_reaches_the_new_worker(self):
+        started = self.run_cli("worker", "start", "--detach")
+        pid = int(started.stdout.split("pid ")[1].split(",")[0])
+        self.addCleanup(lambda: POSIX and qhome.pid_alive(pid) and os.kill(pid, signal.SIGKILL))
+        self.assertEqual(self.run_cli("worker", "stop").code, 0)
+        if POSIX:
+            wait_until(lambda: pid_gone(pid), message="the detached worker to obey the stop")
+
+    def test_stop_timeout_needs_wait(self):
+        self.assertEqual(self.cli("worker", "stop", "--timeout", "5").code, 2)
 
     def test_three_processes_run_600_jobs_exactly_once(self):
         out = os.path.join(self.tmp, "out")
