@@ -18,7 +18,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -54,10 +53,8 @@ class Tail:
     def __init__(self, limit):
         self.limit = limit
         self.buf = bytearray()
-        self.total = 0
 
     def add(self, data):
-        self.total += len(data)
         self.buf += data
         if len(self.buf) > 2 * self.limit + READ_CHUNK:
             del self.buf[:-self.limit or len(self.buf)]
@@ -392,14 +389,18 @@ class Worker:
                     idle = self._idle
                 if idle and not self._stopping.is_set():
                     now = time.monotonic()
-                    changed = watch.data_version()
-                    if changed != version:
-                        version = changed
-                        next_due = watch.next_due()
-                        self._wake()
-                        last_wake = now
-                    elif (next_due is not None and time.time() >= next_due) or now - last_wake >= SAFETY_WAKE_S:
-                        next_due = None
+                    try:
+                        changed = watch.data_version()
+                        due = changed != version or (next_due is not None and time.time() >= next_due)
+                        if changed != version:
+                            version, next_due = changed, watch.next_due()
+                        elif due:
+                            next_due = None
+                    except QueueError:
+                        # A passing problem (disk full, say) must not end the worker: the safety
+                        # wake below sends the threads to retry, and they report what fails.
+                        due = False
+                    if due or now - last_wake >= SAFETY_WAKE_S:
                         self._wake()
                         last_wake = now
                 wait_futures(futures, timeout=poll)

@@ -2,7 +2,6 @@
 UTC `Z` timestamps out."""
 
 import json
-import os
 import time
 import unittest
 from datetime import datetime
