@@ -77,41 +77,28 @@ def duration_arg(value):
         raise argparse.ArgumentTypeError(str(exc).replace("duration must be", "must be"))
 
 
+def whole_number_arg(low, high, what):
+    """An argparse type: an integer from `low` to `high`, else a usage error saying `what` is allowed."""
+    def convert(value):
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError("must be a whole number, not %r" % value)
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError("must be %s, not %d" % (what, number))
+        return number
+    return convert
+
+
 def limit_arg(value):
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a whole number, not %r" % value)
-    if number < 0:
-        raise argparse.ArgumentTypeError("must be 0 (all) or more, not %d" % number)
     # More than SQLite's largest integer (it would overflow binding) means all of them anyway.
-    return min(number, 2 ** 63 - 1)
+    return min(whole_number_arg(0, float("inf"), "0 (all) or more")(value), 2 ** 63 - 1)
 
 
 def state_arg(value):
     if value not in jobs.STATES:
         raise argparse.ArgumentTypeError("unknown state %r (valid states: %s)" % (value, ", ".join(jobs.STATES)))
     return value
-
-
-def count_arg(value):
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a whole number, not %r" % value)
-    if not 1 <= number <= 256:
-        raise argparse.ArgumentTypeError("must be from 1 to 256, not %d" % number)
-    return number
-
-
-def port_arg(value):
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a whole number, not %r" % value)
-    if not 0 <= number <= 65535:
-        raise argparse.ArgumentTypeError("must be from 0 to 65535, not %d" % number)
-    return number
 
 
 # ---------------------------------------------------------------- commands
@@ -614,7 +601,7 @@ def build_parser():
     q = add_command(wsub, "start", cmd_worker_start, "run worker threads in this process until stopped",
                     "queuectl worker start --count 4\nqueuectl worker start --burst\n"
                     "queuectl worker start --detach")
-    q.add_argument("--count", type=count_arg, metavar="N", help="worker threads (default: config worker-count)")
+    q.add_argument("--count", type=whole_number_arg(1, 256, "from 1 to 256"), metavar="N", help="worker threads (default: config worker-count)")
     q.add_argument("--burst", action="store_true", help="exit once nothing is runnable and nothing runs")
     q.add_argument("--detach", action="store_true", help="run in the background (log: HOME/worker.log)")
     q.add_argument("--allow-shared-home", action="store_true",
@@ -634,7 +621,7 @@ def build_parser():
     p = add_command(sub, "dashboard", cmd_dashboard, "serve a monitoring web page, a JSON API and /metrics",
                     "queuectl dashboard\nqueuectl dashboard --port 9000 --read-only")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=port_arg, default=8765, help="port to listen on (default 8765, 0 = any free one)")
+    p.add_argument("--port", type=whole_number_arg(0, 65535, "from 0 to 65535"), default=8765, help="port to listen on (default 8765, 0 = any free one)")
     p.add_argument("--read-only", action="store_true", help="refuse every action (retry): look, don't touch")
 
     p = add_command(sub, "config", None, "get, set or list settings", "queuectl config set max-retries 5")

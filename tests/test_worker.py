@@ -318,9 +318,9 @@ class WorkerProcessTest(WorkerTestCase):
         self.assertEqual(after, before)
         self.assertEqual([r["error"] for r in after["runs"]], ["worker lost", None])
 
-    @posix_only
-    def test_second_sigint_kills_and_returns_the_job_without_an_attempt(self):
-        job_id = self.enqueue("sleep 60")
+    def hard_stop(self, command):
+        """Start `command` under a worker process, send SIGINT twice; return the job afterwards."""
+        job_id = self.enqueue(command)
         proc = self.spawn_worker()
         wait_until(lambda: self.state(job_id) == "processing", message="the job to start")
         proc.send_signal(signal.SIGINT)
@@ -328,19 +328,16 @@ class WorkerProcessTest(WorkerTestCase):
         self.assertEqual(self.state(job_id), "processing", "the first SIGINT lets the job run")
         proc.send_signal(signal.SIGINT)
         self.assertEqual(proc.wait(30), 0)
-        job = self.show(job_id)
+        return self.show(job_id)
+
+    @posix_only
+    def test_second_sigint_kills_and_returns_the_job_without_an_attempt(self):
+        job = self.hard_stop("sleep 60")
         self.assertEqual((job["state"], job["attempts"], job["runs"]), ("pending", 0, []))
 
     @posix_only
     def test_hard_stop_releases_a_killed_job_even_if_it_exits_0(self):
-        job_id = self.enqueue('trap "exit 0" TERM; sleep 30 & wait')
-        proc = self.spawn_worker()
-        wait_until(lambda: self.state(job_id) == "processing", message="the job to start")
-        proc.send_signal(signal.SIGINT)
-        wait_until(lambda: "stopping" in self.log_text(proc), message="the first SIGINT to be seen")
-        proc.send_signal(signal.SIGINT)
-        self.assertEqual(proc.wait(30), 0)
-        job = self.show(job_id)
+        job = self.hard_stop('trap "exit 0" TERM; sleep 30 & wait')
         self.assertEqual((job["state"], job["attempts"]), ("pending", 0))
 
     def test_stop_right_after_detach_reaches_the_new_worker(self):
