@@ -60,10 +60,6 @@ def table(headers, rows, *, flex=(), right=()):
         out(line)
 
 
-ago = display.ago
-one_line = display.one_line
-
-
 def plural(n, word, many=None):
     return "%d %s" % (n, word if n == 1 else many or word + "s")
 
@@ -193,12 +189,12 @@ def print_jobs(rows, *, dead=False):
     now = time.time()
     if dead:
         table(["ID", "ATTEMPTS", "DIED", "LAST ERROR", "COMMAND"],
-              [[r["id"], r["attempts"], ago(r["updated_at"], now), r["last_error"], one_line(r["command"])]
+              [[r["id"], r["attempts"], display.ago(r["updated_at"], now), r["last_error"], display.one_line(r["command"])]
                for r in rows], flex=(4, 3, 0), right=(1,))
         return
     table(["ID", "STATE", "ATTEMPTS", "PRI", "UPDATED", "COMMAND"],
           [[r["id"], colour_state(r["state"]), "%d/%d" % (r["attempts"], r["max_retries"] + 1), r["priority"],
-            ago(r["updated_at"], now), one_line(r["command"])] for r in rows], flex=(5, 0), right=(2, 3))
+            display.ago(r["updated_at"], now), display.one_line(r["command"])] for r in rows], flex=(5, 0), right=(2, 3))
 
 
 def cmd_list(args):
@@ -228,8 +224,8 @@ def cmd_show(args):
     fields = [("id", job["id"]), ("command", command), ("state", colour_state(job["state"])),
               ("attempts", "%d of %d (max_retries %d)" % (job["attempts"], job["max_retries"] + 1,
                                                          job["max_retries"])),
-              ("priority", job["priority"]), ("run_at", "%s (%s)" % (job["run_at"], ago(row["run_at"], now))),
-              ("next_run_at", job["next_run_at"] and "%s (%s)" % (job["next_run_at"], ago(row["next_run_at"], now))),
+              ("priority", job["priority"]), ("run_at", "%s (%s)" % (job["run_at"], display.ago(row["run_at"], now))),
+              ("next_run_at", job["next_run_at"] and "%s (%s)" % (job["next_run_at"], display.ago(row["next_run_at"], now))),
               ("timeout", job["timeout"] and jobs.format_seconds(job["timeout"]) + "s"),
               ("cwd", job["cwd"]), ("env", job["env"] and " ".join("%s=***" % k for k in job["env"])),
               ("created_at", job["created_at"]), ("updated_at", job["updated_at"]),
@@ -498,7 +494,7 @@ def cmd_worker_list(args):
     elif live:
         now = time.time()
         table(["PID", "HOST", "THREADS", "STARTED", "HEARTBEAT", "RUNNING"],
-              [[w["pid"], w["host"], w["threads"], ago(w["started_at"], now), ago(w["heartbeat_at"], now),
+              [[w["pid"], w["host"], w["threads"], display.ago(w["started_at"], now), display.ago(w["heartbeat_at"], now),
                 ", ".join(w["running"]) or "-"] for w in live], flex=(5, 1), right=(0, 2))
     else:
         out("no workers running")
