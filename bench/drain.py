@@ -15,12 +15,14 @@ of CPU per job, whatever the load.
 """
 
 import resource
+import os
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import fresh_db, home_in, machine, median, options, run_cli, table, temp_home
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+from bench.common import fresh_db, home_in, machine, median, options, run_cli, table, temp_home
 
 from qctl import jobs
 from qctl.db import Store

@@ -14,7 +14,8 @@ import subprocess
 import sys
 import time
 
-from common import home_in, machine, median, options, run_cli, table, temp_home
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+from bench.common import home_in, machine, median, options, run_cli, table, temp_home
 
 from qctl import home as qhome
 from qctl.db import Store

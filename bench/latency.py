@@ -19,7 +19,8 @@ import subprocess
 import sys
 import time
 
-from common import SCRIPT, cli_env, home_in, machine, median, options, percentile, table, temp_home
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+from bench.common import SCRIPT, cli_env, home_in, machine, median, options, percentile, table, temp_home
 
 from qctl import home as qhome
 from qctl import jobs

@@ -23,7 +23,8 @@ import sys
 import threading
 import time
 
-from common import LEASE_S, WORKER, Checkpointer, fresh_db, machine, median, options, store_cycle, table, temp_home
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+from bench.common import LEASE_S, WORKER, Checkpointer, fresh_db, machine, median, options, store_cycle, table, temp_home
 
 from qctl import db
 from qctl import jobs

@@ -17,9 +17,11 @@ targets of issue 5 (status < 200 ms, list < 100 ms, claim rate within 20%).
 import contextlib
 import io
 import os
+import sys
 import time
 
-from common import Checkpointer, enqueue_true, fresh_db, home_in, machine, median, options, store_cycle, table, temp_home
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+from bench.common import Checkpointer, enqueue_true, fresh_db, home_in, machine, median, options, store_cycle, table, temp_home
 
 import queuectl
 from qctl import home as qhome

@@ -13,11 +13,13 @@ the compile.
 """
 
 import json
+import os
 import subprocess
 import sys
 import time
 
-from common import ROOT, SCRIPT, cli_env, home_in, machine, median, options, run_cli, table, temp_home
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+from bench.common import ROOT, SCRIPT, cli_env, home_in, machine, median, options, run_cli, table, temp_home
 
 BREAKDOWN = """
 import io, json, sys, time
