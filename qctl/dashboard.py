@@ -11,7 +11,7 @@ Safety rules (Flower, rq-dashboard and Sidekiq all had holes here):
   another origin can neither read the token nor send the header without CORS;
 - `read_only` refuses every POST;
 - job data reaches the page as JSON and the page only ever sets textContent;
-- env values never leave the store: `jobs.public_job` masks them.
+- env values never leave the store: `shapes.job` masks them.
 """
 
 import hmac
@@ -26,8 +26,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from . import home as qhome
 from . import jobs
+from . import shapes
 from . import stats as qstats
 from .db import Store
 from .errors import InvalidJob, InvalidState, JobNotFound, QueueError, StoreError
@@ -35,8 +35,6 @@ from .errors import InvalidJob, InvalidState, JobNotFound, QueueError, StoreErro
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 TOKEN_HEADER = "X-Queuectl-Token"
-DEFAULT_LIST_LIMIT = 100
-OUTPUT_TAIL_CHARS = 4096
 MAX_BODY_BYTES = 65536
 STATS_COST_FACTOR = 5  # see DashboardServer.stats
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard")
@@ -256,11 +254,11 @@ class Handler(BaseHTTPRequestHandler):
             return None
         rest = seg[1:]
         if rest == ["status"]:
-            return lambda: self._with_store(lambda store: store.status(time.time(), alive=qhome.worker_alive))
+            return lambda: self._with_store(lambda store: shapes.status(store.counts(), store.live_workers(time.time())))
         if rest == ["stats"]:
             return lambda: self._with_store(self.server.stats)
         if rest == ["workers"]:
-            return lambda: self._with_store(lambda store: [jobs.public_worker(w) for w in store.workers(time.time(), alive=qhome.worker_alive)])
+            return lambda: self._with_store(lambda store: [shapes.worker(w) for w in store.live_workers(time.time())])
         if rest == ["jobs"]:
             return lambda: self._list(query)
         if len(rest) == 2 and rest[0] == "jobs":
@@ -291,17 +289,20 @@ class Handler(BaseHTTPRequestHandler):
 
     def _list(self, query):
         state = (query.get("state") or [""])[-1] or None
-        if state is not None and state not in jobs.STATES:
-            raise HttpError(400, "unknown state %r (valid states: %s)" % (state, ", ".join(jobs.STATES)))
+        if state is not None:
+            try:
+                jobs.check_state(state)
+            except InvalidJob as exc:
+                raise HttpError(400, str(exc)) from None
         limit_text = (query.get("limit") or [""])[-1]
         try:
-            limit = int(limit_text) if limit_text else DEFAULT_LIST_LIMIT
+            limit = int(limit_text) if limit_text else jobs.DEFAULT_LIST_LIMIT
         except ValueError:
             raise HttpError(400, "limit must be a whole number, not %r" % limit_text) from None
         if limit < 0:
             raise HttpError(400, "limit must be 0 (all) or more, not %d" % limit)
         newest_first = (query.get("newest") or [""])[-1] in ("1", "true")
-        self._with_store(lambda store: [jobs.public_job(r) for r in store.list_jobs(
+        self._with_store(lambda store: [shapes.job(r) for r in store.list_jobs(
             state=state, limit=limit, newest_first=newest_first)])
 
     def _metrics(self):
@@ -323,7 +324,7 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(403, "missing or wrong %s header: reload the page" % TOKEN_HEADER)
         with self._store() as store:
             store.retry_dead(job_id, time.time())
-            self._json(200, jobs.public_job(store.get(job_id)))
+            self._json(200, shapes.job(store.get(job_id)))
 
 
 def job_detail(store, job_id):
@@ -333,11 +334,4 @@ def job_detail(store, job_id):
     except InvalidJob:
         raise JobNotFound(job_id) from None
     row = store.get(job_id)
-    detail = jobs.public_job(row)
-    detail["runs"] = []
-    for run in store.job_runs(row, with_output=True):
-        shown = jobs.public_run(run)
-        for name in ("stdout", "stderr"):
-            shown[name] = (run[name] or b"")[-OUTPUT_TAIL_CHARS * 4:].decode("utf-8", "replace")[-OUTPUT_TAIL_CHARS:]
-        detail["runs"].append(shown)
-    return detail
+    return shapes.job_with_runs(row, store.job_runs(row, with_output=True), output=True)

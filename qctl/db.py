@@ -12,6 +12,18 @@ the `runs` table holds one row per run that has something to say: every failed
 run, and every run that printed output. A successful run with no output writes
 no row; `job_runs` rebuilds it from the job. That keeps the hot path at one
 row written per job.
+
+The store's verbs, which a second backend would implement one for one:
+  enqueue                                  store new jobs, all or none
+  claim, finish_and_claim                  the next due job -> processing (with the last one's outcome)
+  record, complete, fail, release          a claimed job's outcome, fenced by its claim
+  heartbeat, deregister, live_workers      worker registration and liveness
+  recover                                  jobs of lost workers back to the queue
+  poll_for_work, housekeep                 an idle worker's wake-up check; WAL upkeep
+  counts, list_jobs, get, job_runs, run_totals, runs_since, oldest_due_pending   queries
+  wait_finished, wait_workers_gone         block until jobs finish / workers exit (polling)
+  retry_dead, retry_all_dead, delete, purge   user actions
+  config, set_config                       settings
 """
 
 import os
@@ -19,13 +31,17 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
+from typing import NamedTuple, Optional
 
-from . import jobs
+from . import config as qconfig
+from . import home as qhome
 from .errors import DuplicateJob, InvalidJob, InvalidState, JobNotFound, StoreError
-from .jobs import COMPLETED, DEAD, FAILED, PENDING, PROCESSING, STATES
+from .jobs import (COMPLETE, COMPLETED, DEAD, FAIL, FAILED, FINISHED_STATES, PENDING, PROCESSING, RELEASE, STATES,
+                   UNFINISHED_STATES, DEFAULT_LIST_LIMIT, Outcome, after_failure)
 
 BUSY_TIMEOUT_S = 30.0
 WAL_RETRY_S = 0.005
+WAIT_POLL_S = 0.1  # wait_finished / wait_workers_gone look this often
 HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 SQLITE_MAX_INT = 2 ** 63 - 1
 
@@ -91,10 +107,31 @@ SCHEMA_V1 = (
 MIGRATIONS = (SCHEMA_V1,)  # MIGRATIONS[n] takes user_version n to n + 1
 SCHEMA_VERSION = len(MIGRATIONS)
 
-JOB_COLUMNS = ("seq, id, command, state, attempts, runs, max_retries, priority, run_at, next_run_at, "
+# `runs`, the column, counts the job's runs over its whole life; rows call it `run`: the number
+# of its latest run (the `runs` table holds the runs themselves).
+JOB_COLUMNS = ("seq, id, command, state, attempts, runs AS run, max_retries, priority, run_at, next_run_at, "
                "timeout, cwd, env, created_at, updated_at, started_at, finished_at, worker, "
                "lease_until, exit_code, last_error")
-CLAIM_COLUMNS = "seq, id, command, attempts, runs, max_retries, timeout, cwd, env"
+CLAIM_COLUMNS = "seq, id, command, attempts, runs AS run, max_retries, timeout, cwd, env"
+
+class Recorded(NamedTuple):
+    """A recorded outcome: the job's new state, and when it may run again (a retry)."""
+    state: str
+    next_run_at: Optional[float]
+
+
+class RunTotals(NamedTuple):
+    runs: int
+    seconds: float   # time run, in all
+    retries: int     # runs with attempt > 1
+
+
+class RecentRun(NamedTuple):
+    finished_at: float
+    duration: Optional[float]
+    failed: bool
+    attempt: int
+
 
 # Threads of one process queue on this lock before SQLite's: SQLite's busy
 # handler sleeps in growing steps, a Python lock hands over at once. Safety
@@ -136,7 +173,8 @@ class Store:
 
     def __init__(self, path, *, durable=True, autocheckpoint=True):
         self.path = path
-        self.finish_recorded = None
+        self._seen_version = None  # poll_for_work: PRAGMA data_version last time
+        self._next_due = None      # poll_for_work: when the earliest waiting job falls due
         try:
             self.con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                        check_same_thread=False)
@@ -230,12 +268,33 @@ class Store:
         except UnicodeEncodeError as exc:
             raise _not_unicode(exc) from None
 
-    def data_version(self):
-        """A number that changes whenever another connection commits (cheap: no disk read)."""
-        return self._read("PRAGMA data_version")[0][0]
+    # ------------------------------------------------------------ an idle worker's upkeep
 
-    def checkpoint(self):
-        """Copy the WAL back into the database without waiting for readers (PASSIVE)."""
+    def poll_for_work(self, now):
+        """Whether a job may have become claimable since the last call: another
+        connection committed, or a waiting job (delay, retry backoff) fell due.
+
+        Cheap when nothing changed: PRAGMA data_version reads no disk. The
+        first call answers True.
+        """
+        version = self._read("PRAGMA data_version")[0][0]
+        if version != self._seen_version:
+            self._seen_version = version
+            self._next_due = self._next_due_at()
+            return True
+        if self._next_due is not None and now >= self._next_due:
+            self._next_due = None
+            return True
+        return False
+
+    def _next_due_at(self):
+        # The claim's index covers this query, where the planner's own choice (the state
+        # index) also reads every waiting row (12 ms against 5.6 ms with 100,000 future jobs).
+        return self._read("SELECT min(next_run_at) FROM jobs INDEXED BY jobs_ready "
+                          "WHERE state IN ('pending', 'failed')")[0][0]
+
+    def housekeep(self):
+        """Upkeep off the job path: copy the WAL back into the database (PASSIVE: never waits)."""
         self._read("PRAGMA wal_checkpoint(PASSIVE)")
 
     # ------------------------------------------------------------ enqueue
@@ -274,90 +333,106 @@ class Store:
 
     # ------------------------------------------------------------ the worker's transitions
 
-    def claim(self, worker, now, lease_s, *, finish=None):
+    def claim(self, worker, lease_s, *, now=None):
         """pending/due failed -> processing for the next job in claim order, atomically.
 
         Order: priority (high first), then due time, then enqueue order. Sets a
         lease until now + lease_s and counts the run. Returns a dict of the
-        job's CLAIM_COLUMNS, or None when nothing is due.
-
-        `finish`, an outcome for `record`, records the previous job's result in
-        the same transaction: one commit per job instead of two. Whether it
-        was recorded (False: the claim was lost) is left in `finish_recorded`.
+        job's CLAIM_COLUMNS, or None when nothing is due. `now` defaults to the
+        time the write lock was granted: a claim that waited for the lock must
+        not start with a lease already spent.
         """
         with self._write() as con:
-            if finish is not None:
-                self.finish_recorded = self._record(con, finish)
-            params = (worker, now + lease_s, now, now)
-            if HAS_RETURNING:
-                row = con.execute(_CLAIM_RETURNING_SQL, params + (now,)).fetchone()
-            else:
-                # SQLite < 3.35 has no RETURNING. Still atomic: we hold the write lock.
-                found = con.execute(_CLAIM_SELECT, (now,)).fetchone()
-                row = None
-                if found is not None:
-                    con.execute(_CLAIM_SQL + "?", params + found)
-                    row = con.execute("SELECT " + CLAIM_COLUMNS + " FROM jobs WHERE seq = ?", found).fetchone()
+            return self._claim(con, worker, lease_s, time.time() if now is None else now)
+
+    def finish_and_claim(self, outcome, settings, *, now=None):
+        """`record(outcome)` and `claim` in one transaction: one commit per job instead of two.
+
+        Returns (what `record` returns, the next job or None).
+        """
+        with self._write() as con:
+            state = self._record(con, outcome, settings)
+            return state, self._claim(con, outcome.worker, settings["lease-seconds"],
+                                      time.time() if now is None else now)
+
+    def _claim(self, con, worker, lease_s, now):
+        params = (worker, now + lease_s, now, now)
+        if HAS_RETURNING:
+            row = con.execute(_CLAIM_RETURNING_SQL, params + (now,)).fetchone()
+        else:
+            # SQLite < 3.35 has no RETURNING. Still atomic: we hold the write lock.
+            found = con.execute(_CLAIM_SELECT, (now,)).fetchone()
+            row = None
+            if found is not None:
+                con.execute(_CLAIM_SQL + "?", params + found)
+                row = con.execute("SELECT " + CLAIM_COLUMNS + " FROM jobs WHERE seq = ?", found).fetchone()
         return None if row is None else dict(zip(_CLAIM_KEYS, row))
 
-    def record(self, outcome):
-        """Record a run's outcome: ("complete" | "fail" | "release", kwargs of that method).
+    def record(self, outcome, settings):
+        """Record a run's `Outcome` (see `jobs.Outcome`); `settings` gives the retry backoff.
 
-        Returns False if the claim was lost (another worker recovered the job):
-        then nothing changes.
+        Returns a Recorded (the job's new state and when it is due next), or
+        None if the claim was lost (another worker recovered the job): then
+        nothing changes.
         """
         with self._write() as con:
-            return self._record(con, outcome)
+            return self._record(con, outcome, settings)
 
     def complete(self, job, worker, now, *, stdout=b"", stderr=b""):
         """processing -> completed (exit 0), fenced by the claim (worker and run number)."""
-        return self.record(("complete", dict(job=job, worker=worker, now=now, stdout=stdout, stderr=stderr)))
+        return self.record(Outcome(COMPLETE, job, worker, now, stdout=stdout, stderr=stderr), None)
 
-    def fail(self, job, worker, now, *, error, exit_code=None, retry_delay_s, stdout=b"", stderr=b""):
-        """processing -> failed (due again after retry_delay_s) or dead (no retries left), fenced."""
-        return self.record(("fail", dict(job=job, worker=worker, now=now, error=error, exit_code=exit_code,
-                                         retry_delay_s=retry_delay_s, stdout=stdout, stderr=stderr)))
+    def fail(self, job, worker, now, *, error, exit_code=None, settings, stdout=b"", stderr=b""):
+        """processing -> failed (due again after its backoff) or dead (no retries left), fenced."""
+        return self.record(Outcome(FAIL, job, worker, now, error, exit_code, stdout, stderr), settings)
 
-    def _record(self, con, outcome):
-        kind, kwargs = outcome
-        return {"complete": self._complete, "fail": self._fail, "release": self._release}[kind](con, **kwargs)
+    def _record(self, con, outcome, settings):
+        if outcome.kind == COMPLETE:
+            return self._complete(con, outcome)
+        if outcome.kind == FAIL:
+            return self._fail(con, outcome, settings)
+        return self._release(con, outcome)
 
     def release(self, job, worker, now):
         """processing -> pending without using an attempt (the worker was told to stop at once)."""
-        return self.record(("release", dict(job=job, worker=worker, now=now)))
+        return self.record(Outcome(RELEASE, job, worker, now), None)
 
-    def _release(self, con, *, job, worker, now):
+    def _release(self, con, outcome):
+        job, worker, now = outcome.job, outcome.worker, outcome.now
         # The run never happened: attempts and the run number go back. That reuses the run
         # number as a fence, which is safe because the releasing thread records nothing after.
         cur = con.execute(
             "UPDATE jobs SET state = ?, attempts = attempts - 1, runs = runs - 1, next_run_at = ?, "
             "updated_at = ?, lease_until = NULL, started_at = NULL, worker = NULL "
             "WHERE seq = ? AND state = ? AND worker = ? AND runs = ?",
-            (PENDING, now, now, job["seq"], PROCESSING, worker, job["runs"]))
-        return cur.rowcount == 1
+            (PENDING, now, now, job["seq"], PROCESSING, worker, job["run"]))
+        return Recorded(PENDING, now) if cur.rowcount == 1 else None
 
-    def _complete(self, con, *, job, worker, now, stdout=b"", stderr=b""):
+    def _complete(self, con, outcome):
+        job, now = outcome.job, outcome.now
         cur = con.execute(
             "UPDATE jobs SET state = ?, exit_code = 0, last_error = NULL, finished_at = ?, updated_at = ?, "
             "lease_until = NULL WHERE seq = ? AND state = ? AND worker = ? AND runs = ?",
-            (COMPLETED, now, now, job["seq"], PROCESSING, worker, job["runs"]))
+            (COMPLETED, now, now, job["seq"], PROCESSING, outcome.worker, job["run"]))
         if cur.rowcount != 1:
-            return False
-        if stdout or stderr:
-            self._insert_run(con, job["seq"], job["runs"], 0, None, now, stdout, stderr)
-        return True
+            return None
+        if outcome.stdout or outcome.stderr:
+            self._insert_run(con, job["seq"], job["run"], 0, None, now, outcome.stdout, outcome.stderr)
+        return Recorded(COMPLETED, None)
 
-    def _fail(self, con, *, job, worker, now, error, exit_code, retry_delay_s, stdout=b"", stderr=b""):
-        retry = jobs.retries_left(job["attempts"], job["max_retries"])
+    def _fail(self, con, outcome, settings):
+        job, now = outcome.job, outcome.now
+        state, next_run_at = after_failure(job["attempts"], job["max_retries"], settings, now)
         cur = con.execute(
             "UPDATE jobs SET state = ?, exit_code = ?, last_error = ?, finished_at = ?, updated_at = ?, "
             "next_run_at = ?, lease_until = NULL WHERE seq = ? AND state = ? AND worker = ? AND runs = ?",
-            (FAILED if retry else DEAD, exit_code, error, now, now, now + retry_delay_s if retry else now,
-             job["seq"], PROCESSING, worker, job["runs"]))
+            (state, outcome.exit_code, outcome.error, now, now, next_run_at,
+             job["seq"], PROCESSING, outcome.worker, job["run"]))
         if cur.rowcount != 1:
-            return False
-        self._insert_run(con, job["seq"], job["runs"], exit_code, error, now, stdout, stderr)
-        return True
+            return None
+        self._insert_run(con, job["seq"], job["run"], outcome.exit_code, outcome.error, now,
+                         outcome.stdout, outcome.stderr)
+        return Recorded(state, next_run_at)
 
     @staticmethod
     def _insert_run(con, job_seq, run, exit_code, error, now, stdout, stderr):
@@ -382,60 +457,49 @@ class Store:
         with self._write() as con:
             con.execute("DELETE FROM workers WHERE id = ?", (worker,))
 
-    def recover(self, now, backoff, *, dead_workers=()):
+    def recover(self, now, settings):
         """processing -> failed/dead ("worker lost") for every job whose lease expired
-        or whose worker is in `dead_workers`; forget workers whose lease expired.
+        or whose worker died on this host; forget workers whose lease expired.
 
-        `backoff(failures)` gives the retry delay. Returns the recovered jobs as
-        (id, new state) pairs. Fenced by the run number, like every transition.
+        Returns the recovered jobs as (id, new state) pairs. Fenced by the run
+        number, like every transition.
         """
         recovered = []
+        dead_workers = [worker for worker, host, pid in self._read(
+            "SELECT id, host, pid FROM workers WHERE lease_until >= ?", (now,)) if not qhome.worker_alive(host, pid)]
         # Read first: almost always there is nothing to do, and then no write lock is taken.
         if not dead_workers and not self._read(
                 "SELECT 1 FROM jobs WHERE state = ? AND lease_until < ? UNION ALL "
                 "SELECT 1 FROM workers WHERE lease_until < ? LIMIT 1", (PROCESSING, now, now)):
             return recovered
+        lost_sql = "SELECT seq, id, attempts, max_retries, runs AS run, worker FROM jobs WHERE state = ? AND "
         with self._write() as con:
-            rows = con.execute("SELECT seq, id, attempts, max_retries, runs, worker FROM jobs "
-                               "WHERE state = ? AND lease_until < ?", (PROCESSING, now)).fetchall()
+            rows = con.execute(lost_sql + "lease_until < ?", (PROCESSING, now)).fetchall()
             for worker in set(dead_workers):
-                rows += con.execute("SELECT seq, id, attempts, max_retries, runs, worker FROM jobs "
-                                    "WHERE state = ? AND worker = ? AND lease_until >= ?",
-                                    (PROCESSING, worker, now)).fetchall()
+                rows += con.execute(lost_sql + "worker = ? AND lease_until >= ?", (PROCESSING, worker, now)).fetchall()
                 con.execute("DELETE FROM workers WHERE id = ?", (worker,))
-            for seq, job_id, attempts, max_retries, runs, worker in rows:
-                job = {"seq": seq, "attempts": attempts, "max_retries": max_retries, "runs": runs}
-                self._fail(con, job=job, worker=worker, now=now, error="worker lost", exit_code=None,
-                           retry_delay_s=backoff(attempts))
-                recovered.append((job_id, FAILED if jobs.retries_left(attempts, max_retries) else DEAD))
+            for seq, job_id, attempts, max_retries, run, worker in rows:
+                job = {"seq": seq, "attempts": attempts, "max_retries": max_retries, "run": run}
+                state = self._fail(con, Outcome(FAIL, job, worker, now, "worker lost"), settings)
+                recovered.append((job_id, state.state))
             con.execute("DELETE FROM workers WHERE lease_until < ?", (now,))
         return recovered
 
-    def workers(self, now, *, alive=None):
+    def live_workers(self, now):
         """Live worker processes, each with the ids of the jobs it runs.
 
-        Live means its lease has not expired and, when `alive(host, pid)` is
-        given, that it says so (a worker on this host whose pid is gone is dead).
+        Live means its lease has not expired and, for a worker registered from
+        this host, that its process still exists.
         """
         rows = [r for r in self._read("SELECT id, pid, host, threads, started_at, heartbeat_at FROM workers "
                                       "WHERE lease_until >= ? ORDER BY started_at", (now,))
-                if alive is None or alive(r[2], r[1])]
+                if qhome.worker_alive(r[2], r[1])]
         running = {}
         for worker, job_id in self._read("SELECT worker, id FROM jobs WHERE state = ? ORDER BY started_at",
                                          (PROCESSING,)):
             running.setdefault(worker, []).append(job_id)
         return [{"id": r[0], "pid": r[1], "host": r[2], "threads": r[3], "started_at": r[4],
                  "heartbeat_at": r[5], "running": running.get(r[0], [])} for r in rows]
-
-    def next_due(self):
-        """The earliest time any waiting job becomes claimable, or None.
-
-        An idle worker asks after every commit it sees: the claim's index covers
-        the query, where the planner's own choice (the state index) also reads
-        every waiting row (12 ms against 5.6 ms with 100,000 future jobs).
-        """
-        return self._read("SELECT min(next_run_at) FROM jobs INDEXED BY jobs_ready "
-                          "WHERE state IN ('pending', 'failed')")[0][0]
 
     # ------------------------------------------------------------ queries
 
@@ -446,12 +510,38 @@ class Store:
             counts[state] = n
         return counts
 
-    def status(self, now, *, alive=None):
-        live = self.workers(now, alive=alive)
-        return {"jobs": self.counts(),
-                "workers": {"processes": len(live), "threads": sum(w["threads"] for w in live)}}
+    def wait_finished(self, ids, *, timeout=None):
+        """Block until the jobs `ids` (all jobs when empty) are finished, or `timeout` passes.
 
-    def list_jobs(self, *, state=None, limit=100, newest_first=False):
+        Returns (counts per state of those jobs, whether all finished). An
+        unknown id raises JobNotFound at once rather than waiting forever.
+        """
+        for job_id in ids:
+            self.get(job_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if ids:
+                counts = dict.fromkeys(STATES, 0)
+                for job_id in ids:
+                    counts[self.get(job_id)["state"]] += 1
+            else:
+                counts = self.counts()
+            if not any(counts[s] for s in UNFINISHED_STATES):
+                return counts, True
+            if deadline is not None and time.monotonic() >= deadline:
+                return counts, False
+            time.sleep(WAIT_POLL_S)
+
+    def wait_workers_gone(self, worker_ids, *, timeout=None):
+        """Block until none of `worker_ids` is a live worker; returns those still alive at `timeout`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            alive = set(worker_ids) & {w["id"] for w in self.live_workers(time.time())}
+            if not alive or (deadline is not None and time.monotonic() >= deadline):
+                return alive
+            time.sleep(WAIT_POLL_S)
+
+    def list_jobs(self, *, state=None, limit=DEFAULT_LIST_LIMIT, newest_first=False):
         """Jobs in enqueue order (oldest first, or newest first), at most `limit` (0 = all)."""
         sql = "SELECT " + JOB_COLUMNS + " FROM jobs"
         params = []
@@ -477,8 +567,8 @@ class Store:
                 for row in self._read("SELECT " + cols + " FROM runs WHERE job_seq = ? ORDER BY run",
                                       (job["seq"],))]
         # The latest run has no row while it runs, or if it succeeded silently.
-        if job["runs"] and (not runs or runs[-1]["run"] < job["runs"]):
-            latest = {"run": job["runs"], "attempt": job["attempts"], "worker": job["worker"], "started_at": job["started_at"],
+        if job["run"] and (not runs or runs[-1]["run"] < job["run"]):
+            latest = {"run": job["run"], "attempt": job["attempts"], "worker": job["worker"], "started_at": job["started_at"],
                       "finished_at": None, "exit_code": None, "error": None}
             if job["state"] == COMPLETED:
                 latest.update(finished_at=job["finished_at"], exit_code=0)
@@ -488,27 +578,26 @@ class Store:
         return runs
 
     def run_totals(self):
-        """Every finished run of the stored jobs, per outcome: (runs, seconds run, retries) each.
+        """Every finished run of the stored jobs, per outcome: {"completed": RunTotals, "failed": RunTotals}.
 
-        Returns {"completed": (n, s, r), "failed": (n, s, r)}; a retry is a run
-        with attempt > 1. Silent successes have no runs row: they come from
-        completed jobs' own times.
+        A retry is a run with attempt > 1. Silent successes have no runs row:
+        they come from completed jobs' own times.
         """
-        totals = {COMPLETED: (0, 0.0, 0), FAILED: (0, 0.0, 0)}
+        totals = {COMPLETED: RunTotals(0, 0.0, 0), FAILED: RunTotals(0, 0.0, 0)}
         for failed, n, seconds, retries in self._read(
                 "SELECT error IS NOT NULL, count(*), total(finished_at - started_at), total(attempt > 1) "
                 "FROM runs GROUP BY error IS NOT NULL"):
-            totals[FAILED if failed else COMPLETED] = (n, seconds, int(retries))
+            totals[FAILED if failed else COMPLETED] = RunTotals(n, seconds, int(retries))
         n, seconds, retries = self._read(
             "SELECT count(*), total(finished_at - started_at), total(attempts > 1) FROM jobs "
             "WHERE state = ? AND " + _SILENT_SUCCESS, (COMPLETED,))[0]
         done = totals[COMPLETED]
-        totals[COMPLETED] = (done[0] + n, done[1] + seconds, done[2] + int(retries))
+        totals[COMPLETED] = RunTotals(done.runs + n, done.seconds + seconds, done.retries + int(retries))
         return totals
 
     def runs_since(self, since):
-        """Runs finished at or after `since`: a list of (finished_at, duration or None, failed, attempt)."""
-        return [(r[0], r[1], bool(r[2]), r[3]) for r in self._read(
+        """Runs finished at or after `since`, as RecentRun rows."""
+        return [RecentRun(r[0], r[1], bool(r[2]), r[3]) for r in self._read(
             "SELECT finished_at, finished_at - started_at, error IS NOT NULL, attempt FROM runs "
             "WHERE finished_at >= ? "
             "UNION ALL SELECT finished_at, finished_at - started_at, 0, attempts FROM jobs "
@@ -550,7 +639,7 @@ class Store:
 
     def purge(self, state, *, older_than_s=0.0, now):
         """Remove `completed` or `dead` jobs last updated at least `older_than_s` ago. Returns how many."""
-        if state not in jobs.FINISHED_STATES:
+        if state not in FINISHED_STATES:
             raise InvalidJob("purge removes completed or dead jobs, not %s" % state)
         with self._write() as con:
             cutoff = now - older_than_s
@@ -563,23 +652,17 @@ class Store:
     def config(self):
         """Every key with its value: stored, else the default."""
         import json  # here, not at the top: most commands never read the config
-        values = jobs.config_defaults()
+        values = qconfig.defaults()
         for key, text in self._read("SELECT key, value FROM config"):
             if key in values:
                 values[key] = json.loads(text)
         return values
 
     def set_config(self, key, value):
-        """Store a value already checked by `jobs.config_value`."""
+        """Store a value already checked by `config.value`."""
         import json
         with self._write() as con:
             con.execute("INSERT OR REPLACE INTO config (key, value) VALUES (?, ?)", (key, json.dumps(value)))
-
-    # ------------------------------------------------------------ explain (tests and bench)
-
-    def claim_plan(self):
-        """EXPLAIN QUERY PLAN of the claim's row lookup, one detail string per step."""
-        return [row[3] for row in self._read("EXPLAIN QUERY PLAN " + _CLAIM_SELECT, (0.0,))]
 
 
 # A completed job whose latest run wrote no runs row: it succeeded without output.
@@ -590,11 +673,12 @@ _CLAIM_SQL = ("UPDATE jobs SET state = 'processing', attempts = attempts + 1, ru
               "lease_until = ?, started_at = ?, finished_at = NULL, updated_at = ? WHERE seq = ")
 # Built once: the claim runs once per job, and sqlite3 finds its cached statement by the text.
 _CLAIM_RETURNING_SQL = _CLAIM_SQL + "(" + _CLAIM_SELECT + ") RETURNING " + CLAIM_COLUMNS
-_CLAIM_KEYS = tuple(CLAIM_COLUMNS.split(", "))
+_CLAIM_KEYS = tuple(column.split()[-1] for column in CLAIM_COLUMNS.split(", "))
+_JOB_KEYS = tuple(column.split()[-1] for column in JOB_COLUMNS.split(", "))
 
 
 _RETRY_DEAD_SQL = "UPDATE jobs SET state = ?, attempts = 0, next_run_at = ?, updated_at = ? WHERE state = ?"
 
 
 def _job_dict(row):
-    return dict(zip(JOB_COLUMNS.split(", "), row))
+    return dict(zip(_JOB_KEYS, row))

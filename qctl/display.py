@@ -9,6 +9,7 @@ import re
 import time
 
 from .jobs import is_control
+from .times import format_seconds
 
 ELLIPSIS = "\u2026"
 MIN_CUT_WIDTH = 5      # a column cut to fit is never narrower than this (or its header)
@@ -125,3 +126,119 @@ def ago(seconds, now=None):
             text = "%d%s" % (span // size, unit)
             break
     return text + " ago" if delta > 0 else "in " + text
+
+
+# ---------------------------------------------------------------- what commands print
+
+def plural(n, word, many=None):
+    return "%d %s" % (n, word if n == 1 else many or word + "s")
+
+
+def terminal_width():
+    import shutil
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+def table(headers, rows, *, flex=(), right=()):
+    """Rows as aligned columns that fit the terminal; `flex` columns are cut with an ellipsis."""
+    return layout(headers, rows, width=terminal_width(), flex=flex, right=right)
+
+
+def seconds_text(value):
+    return "-" if value is None else "%.2fs" % value
+
+
+def percent(rate):
+    return "-" if rate is None else "%.1f%%" % (rate * 100)
+
+
+def setting_text(value):
+    """A config value as `config get` prints it: 2.0 -> 2, 0.5 -> 0.5."""
+    return format_seconds(value) if isinstance(value, float) else str(value)
+
+
+def workers_text(workers):
+    return "%s, %s" % (plural(workers["processes"], "process", "processes"), plural(workers["threads"], "thread"))
+
+
+def status_lines(status, colour):
+    lines = table(["STATE", "JOBS"], [[paint_state(s, colour), n] for s, n in status["jobs"].items()], right=(1,))
+    return lines + ["", "workers: " + workers_text(status["workers"])]
+
+
+def job_lines(rows, now, colour):
+    """`list`: one line a job."""
+    return table(["ID", "STATE", "ATTEMPTS", "PRI", "UPDATED", "COMMAND"],
+                 [[r["id"], paint_state(r["state"], colour), "%d/%d" % (r["attempts"], r["max_retries"] + 1),
+                   r["priority"], ago(r["updated_at"], now), one_line(r["command"])] for r in rows],
+                 flex=(5, 0), right=(2, 3))
+
+
+def dead_job_lines(rows, now):
+    """`dlq list`: one line a dead job, with its last error."""
+    return table(["ID", "ATTEMPTS", "DIED", "LAST ERROR", "COMMAND"],
+                 [[r["id"], r["attempts"], ago(r["updated_at"], now), r["last_error"], one_line(r["command"])]
+                  for r in rows], flex=(4, 3, 0), right=(1,))
+
+
+def show_lines(row, shown, now, colour):
+    """`show`: the job's fields, one a line, then its runs. `shown` is `shapes.job_with_runs(row, ...)`."""
+    # The command whole (only control characters escaped), its later lines indented under the first.
+    command = printable(row["command"], keep="\n\t").replace("\n", "\n" + " " * 13)
+    fields = [("id", shown["id"]), ("command", command), ("state", paint_state(shown["state"], colour)),
+              ("attempts", "%d of %d (max_retries %d)" % (shown["attempts"], shown["max_retries"] + 1,
+                                                         shown["max_retries"])),
+              ("priority", shown["priority"]), ("run_at", "%s (%s)" % (shown["run_at"], ago(row["run_at"], now))),
+              ("next_run_at", shown["next_run_at"] and "%s (%s)" % (shown["next_run_at"],
+                                                                    ago(row["next_run_at"], now))),
+              ("timeout", shown["timeout"] and format_seconds(shown["timeout"]) + "s"),
+              ("cwd", shown["cwd"]), ("env", shown["env"] and " ".join("%s=***" % k for k in shown["env"])),
+              ("created_at", shown["created_at"]), ("updated_at", shown["updated_at"]),
+              ("exit_code", shown["exit_code"]), ("last_error", shown["last_error"])]
+    lines = ["%-12s %s" % (name, value) for name, value in fields if value is not None]
+    runs = shown["runs"]
+    if runs:
+        lines.append("")
+        lines += table(["RUN", "ATTEMPT", "STARTED", "DURATION", "EXIT", "ERROR", "WORKER"],
+                       [[r["run"], r["attempt"], r["started_at"], "-" if r["duration"] is None else "%.2fs" % r["duration"],
+                         "-" if r["exit_code"] is None else r["exit_code"], r["error"] or "-", r["worker"] or "-"]
+                        for r in runs], flex=(5, 6), right=(0, 1, 3, 4))
+    return lines
+
+
+def stats_lines(figures, colour):
+    """`stats`: one line per figure."""
+    runs, run_time = figures["runs"], figures["run_time"]
+    rows = [
+        ("jobs", "  ".join("%s %d" % (paint_state(s, colour), n) for s, n in figures["jobs"].items())),
+        ("workers", workers_text(figures["workers"])),
+        ("oldest pending", "-" if figures["oldest_pending_age"] is None
+         else "waiting %s" % seconds_text(figures["oldest_pending_age"])),
+        ("runs", "%d: %d completed, %d failed, %s; success rate %s"
+         % (runs["total"], runs["completed"], runs["failed"], plural(runs["retries"], "retry", "retries"),
+            percent(runs["success_rate"]))),
+    ]
+    for name in ("last_minute", "last_hour"):
+        window = figures[name]
+        rows.append((name.replace("_", " "), "%s, %s; success rate %s"
+                     % (plural(window["runs"], "run"), plural(window["failures"], "failure"),
+                        percent(window["success_rate"]))))
+    rows.append(("throughput", "%d completed/min" % figures["throughput_per_minute"]))
+    rows.append(("run time", "avg %s  p50 %s  p95 %s  max %s  (%s in the last hour)"
+                 % (seconds_text(run_time["avg"]), seconds_text(run_time["p50"]), seconds_text(run_time["p95"]),
+                    seconds_text(run_time["max"]), plural(run_time["count"], "run"))))
+    return ["%-15s %s" % (name, value) for name, value in rows]
+
+
+def worker_lines(live, now):
+    """`worker list`: one line a live worker process."""
+    return table(["PID", "HOST", "THREADS", "STARTED", "HEARTBEAT", "RUNNING"],
+                 [[w["pid"], w["host"], w["threads"], ago(w["started_at"], now), ago(w["heartbeat_at"], now),
+                   ", ".join(w["running"]) or "-"] for w in live], flex=(5, 1), right=(0, 2))
+
+
+def config_lines(values, settings):
+    """`config list`: every key with its value, default and meaning."""
+    return table(["KEY", "VALUE", "DEFAULT", "MEANING"],
+                 [[key, setting_text(values[key]), setting_text(s.default), s.meaning] for key, s in settings.items()],
+                 flex=(3,))

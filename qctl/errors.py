@@ -37,3 +37,20 @@ class ConfigError(QueueError):
 
 class StoreError(QueueError):
     """The database could not be used: locked too long, not a database, read-only, disk full."""
+
+
+def describe(value):
+    """A user's value as an error message names it: `the string 'x'`, `an array`, `null`."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return "the number %s" % (value,)
+    if isinstance(value, str):
+        return "the string %r" % (value[:60],)
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

@@ -1,20 +1,19 @@
-"""The job model: states, config keys, validation, time and backoff.
+"""The job model: states, validation, and the rule for a failed run.
 
 Pure functions only: no SQL, no printing, no processes. Everything a user types
-(a job's JSON, a config value, a duration, a timestamp) is checked here once and
-turned into the canonical value the store keeps, or rejected with InvalidJob /
-ConfigError naming what is wrong.
+for a job is checked here once and turned into the canonical value the store
+keeps, or rejected with InvalidJob naming what is wrong.
 
 `json` is imported where it is used: `status` and the worker's job path do
 not need it, and every command pays for start-up.
 """
 
-import math
 import os
-import re
-from datetime import datetime, timedelta, timezone
+from typing import NamedTuple, Optional
 
-from .errors import ConfigError, InvalidJob
+from .config import MAX_RETRIES_LIMIT
+from .errors import InvalidJob, describe
+from .times import parse_duration, parse_timestamp
 
 # The five states, exactly as stored.
 PENDING = "pending"
@@ -24,100 +23,46 @@ FAILED = "failed"
 DEAD = "dead"
 STATES = (PENDING, PROCESSING, COMPLETED, FAILED, DEAD)
 FINISHED_STATES = (COMPLETED, DEAD)
+UNFINISHED_STATES = (PENDING, PROCESSING, FAILED)
 
 ID_MAX_CHARS = 200
-MAX_RETRIES_LIMIT = 1000
 PRIORITY_LIMIT = 1000000000
-SECONDS_LIMIT = 10 * 365 * 86400  # ten years: any longer duration is a typo
-# Datetimes SQLite and every platform's C library can represent without trouble.
-EARLIEST_TS = 0.0
-LATEST_TS = 253402300799.0  # 9999-12-31T23:59:59Z
+DEFAULT_LIST_LIMIT = 100  # list, and the dashboard's /api/jobs, without a limit
 
 JOB_FIELDS = ("id", "command", "max_retries", "priority", "run_at", "delay", "timeout", "cwd", "env")
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
-_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-# YYYY-MM-DD, then optionally T (or a space) and hh[:mm[:ss[.fraction]]], then an optional
-# zone: Z, +hh, +hhmm or +hh:mm. Colons in the time may be left out (basic format).
-_TIMESTAMP_RE = re.compile(
-    r"^\s*(\d{4})-(\d{2})-(\d{2})"
-    r"(?:[Tt ](\d{2})(?::?(\d{2})(?::?(\d{2})(?:[.,](\d+))?)?)?)?"
-    r"\s*([Zz]|[+-]\d{2}(?::?\d{2})?)?\s*$")
+
+# ---------------------------------------------------------------- a run's outcome
+
+COMPLETE, FAIL, RELEASE = "complete", "fail", "release"
 
 
-# ---------------------------------------------------------------- durations and times
+class Outcome(NamedTuple):
+    """What one run of a claimed job came to, for `Store.record` or `Store.claim(finish=...)`.
 
-def parse_duration(value, what, *, allow_zero=True):
-    """Seconds (>= 0, or > 0 without `allow_zero`) from a number or a string like
-    "30", "1.5s", "5m", "2h", "1d". Raises InvalidJob naming `what`."""
-    if isinstance(value, bool):
-        raise InvalidJob("%s must be a number of seconds or a duration like 30s, 5m, 2h, 1d, not %s"
-                         % (what, _describe(value)))
-    if isinstance(value, (int, float)):
-        try:
-            seconds = float(value)
-        except OverflowError:  # an int too large for a float (JSON allows any number of digits)
-            seconds = math.inf
-    elif isinstance(value, str):
-        m = _DURATION_RE.match(value)
-        if not m:
-            raise InvalidJob("%s must be a number of seconds or a duration like 30s, 5m, 2h, 1d, not %r"
-                             % (what, value))
-        seconds = float(m.group(1)) * _UNIT_S[m.group(2).lower()]
-    else:
-        raise InvalidJob("%s must be a number of seconds or a duration like 30s, 5m, 2h, 1d, not %s"
-                         % (what, _describe(value)))
-    if not math.isfinite(seconds) or seconds > SECONDS_LIMIT:
-        raise InvalidJob("%s must be at most %d seconds (ten years)" % (what, SECONDS_LIMIT))
-    if seconds < 0 or (seconds == 0 and not allow_zero):
-        raise InvalidJob("%s must be %s 0 seconds" % (what, "at least" if allow_zero else "more than"))
-    return seconds
-
-
-def parse_timestamp(value, what="run_at"):
-    """Epoch seconds from ISO 8601 text; no zone means local time, `Z` means UTC.
-
-    Parsed by hand, not with datetime.fromisoformat: before Python 3.11 that
-    refuses `Z`, `+0200`, `+02` and fractions that are not 3 or 6 digits, and
-    a job must mean the same thing whichever Python enqueues it.
+    `kind`: COMPLETE (exit 0), FAIL (anything else: `error` says what) or
+    RELEASE (a hard stop cut it short: back to pending, no attempt used).
     """
-    if not isinstance(value, str):
-        raise InvalidJob("%s must be an ISO 8601 timestamp string, not %s" % (what, _describe(value)))
-    m = _TIMESTAMP_RE.match(value)
-    try:
-        if not m:
-            raise ValueError
-        year, month, day, hour, minute, second, fraction, zone = m.groups()
-        micro = int((fraction or "0")[:6].ljust(6, "0"))
-        tz = None
-        if zone and zone in "Zz":
-            tz = timezone.utc
-        elif zone:
-            sign = -1 if zone[0] == "-" else 1
-            digits = zone[1:].replace(":", "")
-            tz = timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:] or 0)))
-        stamp = datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0),
-                         micro, tz)
-        seconds = stamp.timestamp()  # a naive datetime is taken as local time
-    except (ValueError, OverflowError, OSError):
-        raise InvalidJob("%s must be an ISO 8601 timestamp like 2026-01-31T09:00:00Z, not %r"
-                         % (what, value)) from None
-    if not EARLIEST_TS <= seconds <= LATEST_TS:
-        raise InvalidJob("%s must be between 1970 and 9999, not %r" % (what, value))
-    return seconds
+    kind: str
+    job: dict
+    worker: str
+    now: float
+    error: Optional[str] = None
+    exit_code: Optional[int] = None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    took: float = 0.0   # seconds the run took (for the log; the store keeps wall-clock times)
 
 
-def iso(seconds):
-    """ISO 8601 UTC text with milliseconds and a `Z`, or None."""
-    if seconds is None:
-        return None
-    stamp = datetime.fromtimestamp(seconds, timezone.utc)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (stamp.microsecond // 1000)
+def after_failure(attempts, max_retries, settings, now):
+    """(state, next_run_at) for a job whose `attempts`-th run failed at `now`.
 
-
-def retries_left(attempts, max_retries):
-    """Whether a job that has started `attempts` runs may run again after a failure."""
-    return attempts <= max_retries
+    With retries left: FAILED, due again after min(backoff-base ** attempts,
+    backoff-max) seconds. Otherwise DEAD.
+    """
+    if attempts > max_retries:
+        return DEAD, now
+    return FAILED, now + backoff_delay(attempts, settings["backoff-base"], settings["backoff-max"])
 
 
 def backoff_delay(failures, base, cap):
@@ -128,7 +73,14 @@ def backoff_delay(failures, base, cap):
         return float(cap)
 
 
-# ---------------------------------------------------------------- jobs
+def check_state(value, valid=STATES):
+    """`value` if it names a state in `valid`, else InvalidJob listing them."""
+    if value not in valid:
+        raise InvalidJob("unknown state %r (valid states: %s)" % (value, ", ".join(valid)))
+    return value
+
+
+# ---------------------------------------------------------------- validation
 
 def parse_job_json(text, *, now, cwd=None, default_max_retries):
     """Validate one job given as JSON text; see `validate_job`."""
@@ -174,7 +126,7 @@ def validate_job(raw, *, now, cwd=None, default_max_retries):
     timeout, cwd, env (a JSON string or None).
     """
     if not isinstance(raw, dict):
-        raise InvalidJob("a job must be a JSON object, not %s" % _describe(raw))
+        raise InvalidJob("a job must be a JSON object, not %s" % describe(raw))
     unknown = sorted(set(raw) - set(JOB_FIELDS))
     if unknown:
         raise InvalidJob("unknown job field %s (valid fields: %s)"
@@ -188,7 +140,7 @@ def validate_job(raw, *, now, cwd=None, default_max_retries):
         raise InvalidJob("a job needs a 'command'")
     command = raw["command"]
     if not isinstance(command, str):
-        raise InvalidJob("command must be a string, not %s" % _describe(command))
+        raise InvalidJob("command must be a string, not %s" % describe(command))
     if not command.strip():
         raise InvalidJob("command must not be empty")
     if "\x00" in command:
@@ -245,7 +197,7 @@ def _base_dir(cwd):
 def check_id(job_id):
     """A job id: a string of 1-200 characters with no control characters."""
     if not isinstance(job_id, str):
-        raise InvalidJob("id must be a string, not %s" % _describe(job_id))
+        raise InvalidJob("id must be a string, not %s" % describe(job_id))
     if not job_id:
         raise InvalidJob("id must not be empty")
     if len(job_id) > ID_MAX_CHARS:
@@ -277,13 +229,13 @@ def mask_env(env_json):
 
 def _check_env(env):
     if not isinstance(env, dict):
-        raise InvalidJob("env must be an object of strings, not %s" % _describe(env))
+        raise InvalidJob("env must be an object of strings, not %s" % describe(env))
     for key, value in env.items():
         # A control character in a name would also break the lines of list and show.
         if not key or "=" in key or any(is_control(ch) for ch in key):
             raise InvalidJob("env key %r is not a valid variable name" % (key,))
         if not isinstance(value, str):
-            raise InvalidJob("env value of %r must be a string, not %s" % (key, _describe(value)))
+            raise InvalidJob("env value of %r must be a string, not %s" % (key, describe(value)))
         if "\x00" in value:
             raise InvalidJob("env value of %r must not contain a NUL character" % (key,))
         check_unicode(key, "env key")
@@ -293,7 +245,7 @@ def _check_env(env):
 
 def _int_field(value, name, low, high):
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidJob("%s must be an integer, not %s" % (name, _describe(value)))
+        raise InvalidJob("%s must be an integer, not %s" % (name, describe(value)))
     if not low <= value <= high:
         raise InvalidJob("%s must be between %d and %d (got %d)" % (name, low, high, value))
     return value
@@ -306,135 +258,3 @@ def is_control(ch):
 
 def _reject_constant(name):
     raise ValueError("%s is not a number JSON allows" % name)
-
-
-def _describe(value):
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return "the number %s" % (value,)
-    if isinstance(value, str):
-        return "the string %r" % (value[:60],)
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-def format_seconds(value):
-    """2 -> '2', 0.5 -> '0.5': seconds as a person writes them."""
-    return ("%g" % value) if value != int(value) else "%d" % value
-
-
-# ---------------------------------------------------------------- config
-
-def _int_setting(low, high=None):
-    def check(key, value):
-        try:
-            number = int(str(value).strip())
-        except ValueError:
-            raise ConfigError("%s must be an integer, not %r" % (key, value)) from None
-        if number < low or (high is not None and number > high):
-            raise ConfigError("%s must be %s, not %r" % (key, _range_text(low, high), value))
-        return number
-    check.valid = "integer " + _range_text(low, high)
-    return check
-
-
-def _seconds_setting(low, high=None, *, low_inclusive=True):
-    def check(key, value):
-        try:
-            seconds = parse_duration(value if not isinstance(value, str) else value.strip(), key)
-        except InvalidJob as exc:
-            raise ConfigError(str(exc)) from None
-        if seconds < low or (seconds == low and not low_inclusive) or (high is not None and seconds > high):
-            raise ConfigError("%s must be %s, not %r" % (key, valid_text, value))
-        return seconds
-    valid_text = "seconds %s %s%s" % (">=" if low_inclusive else ">", format_seconds(low),
-                                      "" if high is None else " and <= %s" % format_seconds(high))
-    check.valid = valid_text
-    return check
-
-
-def _number_setting(low, high):
-    def check(key, value):
-        try:
-            number = float(str(value).strip())
-        except ValueError:
-            raise ConfigError("%s must be a number, not %r" % (key, value)) from None
-        if not math.isfinite(number) or not low <= number <= high:
-            raise ConfigError("%s must be a number from %s to %s, not %r" % (key, format_seconds(low), format_seconds(high), value))
-        return number
-    check.valid = "number from %s to %s" % (format_seconds(low), format_seconds(high))
-    return check
-
-
-def _range_text(low, high):
-    return ">= %d" % low if high is None else "from %d to %d" % (low, high)
-
-
-# key: (default, checker, what it does). Defaults live here and nowhere else.
-CONFIG = {
-    "max-retries": (3, _int_setting(0, MAX_RETRIES_LIMIT), "retries after the first run, for jobs enqueued later"),
-    "backoff-base": (2.0, _number_setting(1, 1000000), "retry delay is backoff-base ** failures seconds"),
-    "backoff-max": (3600.0, _seconds_setting(0, SECONDS_LIMIT, low_inclusive=False), "cap on one retry delay"),
-    "job-timeout": (0.0, _seconds_setting(0, SECONDS_LIMIT), "default job timeout, 0 = none"),
-    "worker-count": (1, _int_setting(1, 256), "threads per worker process, at its next start"),
-    "lease-seconds": (30.0, _seconds_setting(0, 86400, low_inclusive=False),
-                      "a running job's lease; a dead worker's jobs return after it"),
-    "output-limit": (65536, _int_setting(0, 64 * 1024 * 1024), "bytes kept per stream per run (the tail)"),
-    "poll-interval": (0.05, _seconds_setting(0.001, 60), "how often an idle worker looks for work"),
-}
-
-
-def config_key(name):
-    """The canonical key for `name` (max_retries and max-retries are the same key)."""
-    key = str(name).strip().lower().replace("_", "-")
-    if key not in CONFIG:
-        raise ConfigError("unknown config key %r (valid keys: %s)" % (name, ", ".join(CONFIG)))
-    return key
-
-
-def config_value(key, value):
-    """The checked value of `value` (text or number) for canonical `key`."""
-    return CONFIG[key][1](key, value)
-
-
-def config_defaults():
-    return {key: spec[0] for key, spec in CONFIG.items()}
-
-
-# ---------------------------------------------------------------- the public shape
-
-def public_job(row):
-    """A stored job as `show --json` / `list --json` print it (env values masked)."""
-    state = row["state"]
-    return {
-        "id": row["id"], "command": row["command"], "state": state, "attempts": row["attempts"],
-        "max_retries": row["max_retries"], "priority": row["priority"], "run_at": iso(row["run_at"]),
-        "timeout": row["timeout"], "created_at": iso(row["created_at"]), "updated_at": iso(row["updated_at"]),
-        "next_run_at": iso(row["next_run_at"]) if state in (PENDING, FAILED) else None,
-        "last_error": row["last_error"], "exit_code": row["exit_code"], "cwd": row["cwd"],
-        "env": mask_env(row["env"]), "worker": row["worker"], "started_at": iso(row["started_at"]),
-        "finished_at": iso(row["finished_at"]),
-    }
-
-
-def public_worker(worker):
-    """A live worker as `worker list --json` prints it."""
-    return {"id": worker["id"], "pid": worker["pid"], "host": worker["host"], "threads": worker["threads"],
-            "started_at": iso(worker["started_at"]), "heartbeat_at": iso(worker["heartbeat_at"]),
-            "running": worker["running"]}
-
-
-def public_run(run):
-    """One run as `show --json` prints it."""
-    duration = None
-    if run["started_at"] is not None and run["finished_at"] is not None:
-        duration = round(run["finished_at"] - run["started_at"], 3)
-    return {"run": run["run"], "attempt": run["attempt"], "started_at": iso(run["started_at"]),
-            "finished_at": iso(run["finished_at"]), "duration": duration, "exit_code": run["exit_code"],
-            "error": run["error"], "worker": run["worker"]}

@@ -9,7 +9,7 @@ slow day long ago does not hide today's p95.
 
 import math
 
-from . import home as qhome
+from . import shapes
 from .jobs import COMPLETED, FAILED, STATES
 
 MINUTE_S = 60.0
@@ -31,7 +31,7 @@ def _seconds(value):
 
 def collect(store, now):
     """Every figure of `stats --json`, read from `store` at time `now` (epoch seconds)."""
-    status = store.status(now, alive=qhome.worker_alive)
+    status = shapes.status(store.counts(), store.live_workers(now))
     totals = store.run_totals()
     recent = store.runs_since(now - HOUR_S)
     completed_n, completed_s, completed_retries = totals[COMPLETED]
@@ -39,12 +39,13 @@ def collect(store, now):
     total = completed_n + failed_n
 
     def window(span_s):
-        runs = [r for r in recent if r[0] >= now - span_s]
-        failures = sum(1 for r in runs if r[2])
+        runs = [r for r in recent if r.finished_at >= now - span_s]
+        failures = sum(1 for r in runs if r.failed)
         return {"runs": len(runs), "completed": len(runs) - failures, "failures": failures,
                 "success_rate": round((len(runs) - failures) / len(runs), 4) if runs else None}
 
-    durations = sorted(max(0.0, r[1]) for r in recent if r[1] is not None and r[0] >= now - RUN_TIME_WINDOW_S)
+    durations = sorted(max(0.0, r.duration) for r in recent
+                       if r.duration is not None and r.finished_at >= now - RUN_TIME_WINDOW_S)
     oldest = store.oldest_due_pending(now)
     last_minute = window(MINUTE_S)
     return {

@@ -15,12 +15,36 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import queuectl  # noqa: E402
+from qctl import config as qconfig  # noqa: E402
 from qctl import home as qhome  # noqa: E402
+from qctl import jobs  # noqa: E402
 from qctl.db import Store  # noqa: E402
 
 SCRIPT = os.path.join(ROOT, "queuectl.py")
 # Deadlines are generous: CI runs on a busy 2-core machine. A passing test never waits them out.
 DEADLINE_S = float(os.environ.get("QUEUECTL_TEST_DEADLINE", "30"))
+
+
+SETTINGS = qconfig.defaults()  # what a fresh home's workers run with: backoff 2 ** k, lease 30 s
+
+
+def retry_in(seconds):
+    """Settings under which every failed run is due again after exactly `seconds` (the cap wins)."""
+    return dict(SETTINGS, **{"backoff-base": 1e6, "backoff-max": seconds})
+
+
+def new_job(job_id=None, *, now=0.0, cwd="/", default_max_retries=3, **fields):
+    """A validated job, as `Store.enqueue` takes it; `command` defaults to `true`."""
+    raw = dict(fields)
+    raw.setdefault("command", "true")
+    if job_id is not None:
+        raw["id"] = job_id
+    return jobs.validate_job(raw, now=now, cwd=cwd, default_max_retries=default_max_retries)
+
+
+def add_job(store, job_id=None, *, now=0.0, **fields):
+    """Enqueue one job (see `new_job`) at `now`; returns its id."""
+    return store.enqueue([new_job(job_id, now=now, **fields)], now)[0]
 
 
 def wait_until(predicate, timeout=DEADLINE_S, interval=0.02, message="condition"):

@@ -15,9 +15,10 @@ from unittest import mock
 import queuectl
 from qctl import __version__
 from qctl import home as qhome
+from qctl import config as qconfig
 from qctl import jobs
 from qctl.db import Store
-from tests.base import HomeTestCase
+from tests.base import HomeTestCase, retry_in
 
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 SPEC_JOB_KEYS = {"id", "command", "state", "attempts", "max_retries", "priority", "run_at", "timeout", "created_at",
@@ -55,14 +56,14 @@ class CliTestCase(HomeTestCase):
         self.ok("enqueue", json.dumps({"id": job_id, "command": "false", "max_retries": 0,
                                        "priority": jobs.PRIORITY_LIMIT}))
         with Store(self.db_path) as store:
-            job = store.claim("w-test", time.time(), 30)
+            job = store.claim("w-test", 30, now=time.time())
             self.assertEqual(job["id"], job_id)
-            store.fail(job, "w-test", time.time(), error=error, exit_code=3, retry_delay_s=0)
+            store.fail(job, "w-test", time.time(), error=error, exit_code=3, settings=retry_in(0))
 
     def make_processing(self, job_id):
         self.ok("enqueue", "--id", job_id, "--command", "sleep 1", "--priority", jobs.PRIORITY_LIMIT)
         with Store(self.db_path) as store:
-            self.assertEqual(store.claim("w-test", time.time(), 30)["id"], job_id)
+            self.assertEqual(store.claim("w-test", 30, now=time.time())["id"], job_id)
 
 
 class EnqueueTest(CliTestCase):
@@ -264,9 +265,9 @@ class QueryTest(CliTestCase):
         self.assertEqual(job["runs"], [])
         with Store(self.db_path) as store:
             now = time.time() + 1
-            claimed = store.claim("w-test", now, 30)
-            store.fail(claimed, "w-test", now + 0.25, error="exit code 3", exit_code=3, retry_delay_s=0)
-            store.complete(store.claim("w-test", now + 1, 30), "w-test", now + 1.5)
+            claimed = store.claim("w-test", 30, now=now)
+            store.fail(claimed, "w-test", now + 0.25, error="exit code 3", exit_code=3, settings=retry_in(0))
+            store.complete(store.claim("w-test", 30, now=now + 1), "w-test", now + 1.5)
         job = self.json_of("show", "s")
         self.assertEqual((job["state"], job["attempts"], job["exit_code"], job["next_run_at"]),
                          ("completed", 2, 0, None))
@@ -390,13 +391,13 @@ class DeletePurgeTest(CliTestCase):
 
 class ConfigTest(CliTestCase):
     def test_get_defaults(self):
-        self.assertEqual(self.json_of("config", "get"), jobs.config_defaults())
-        self.assertEqual(self.json_of("config", "list"), jobs.config_defaults())
+        self.assertEqual(self.json_of("config", "get"), qconfig.defaults())
+        self.assertEqual(self.json_of("config", "list"), qconfig.defaults())
         self.assertEqual(self.ok("config", "get", "backoff-base").stdout, "2\n")
         self.assertEqual(self.json_of("config", "get", "poll_interval"), {"poll-interval": 0.05})
         text = self.ok("config", "get").stdout
         self.assertIn("max-retries = 3\n", text)
-        self.assertEqual(len(text.splitlines()), len(jobs.CONFIG))
+        self.assertEqual(len(text.splitlines()), len(qconfig.SETTINGS))
 
     def test_set_both_spellings_are_one_key(self):
         self.assertEqual(self.ok("config", "set", "max_retries", "5").stdout, "max-retries = 5\n")
@@ -416,7 +417,7 @@ class ConfigTest(CliTestCase):
         self.assertRegex(listed, r"(?m)^backoff-max +600 +3600 ")
 
     def test_unknown_key_lists_the_valid_ones(self):
-        valid = ", ".join(jobs.CONFIG)
+        valid = ", ".join(qconfig.SETTINGS)
         for argv in (("config", "get", "retries"), ("config", "set", "retries", "3")):
             with self.subTest(argv=argv):
                 self.fails(*argv, message=r"unknown config key 'retries' \(valid keys: %s\)$" % valid)
@@ -429,7 +430,7 @@ class ConfigTest(CliTestCase):
         for key, value, message in cases:
             with self.subTest(key=key, value=value):
                 self.fails("config", "set", key, value, message=message)
-        self.assertEqual(self.json_of("config", "get"), jobs.config_defaults())
+        self.assertEqual(self.json_of("config", "get"), qconfig.defaults())
 
     def test_usage(self):
         self.fails("config", "set", "max-retries", code=2)

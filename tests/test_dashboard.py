@@ -19,7 +19,7 @@ import unittest
 
 from qctl import dashboard
 from qctl import jobs
-from tests.base import DEADLINE_S, SCRIPT, HomeTestCase
+from tests.base import DEADLINE_S, SCRIPT, HomeTestCase, retry_in
 
 XSS_COMMAND = "<img src=x onerror=alert(1)>"
 # The command holds no markup; its output does: printf writes <script>alert(2)</script>.
@@ -67,10 +67,10 @@ class DashboardCase(HomeTestCase):
     def finish(self, job_id, *, fail=False, output=b""):
         """Run the next due job (which must be `job_id`) to an outcome, through the store."""
         store = self.store()
-        job = store.claim("test-worker", time.time(), 30.0)
+        job = store.claim("test-worker", 30.0, now=time.time())
         self.assertEqual(job["id"], job_id)
         if fail:
-            store.fail(job, "test-worker", time.time(), error="exit code 1", exit_code=1, retry_delay_s=0,
+            store.fail(job, "test-worker", time.time(), error="exit code 1", exit_code=1, settings=retry_in(0),
                        stdout=output)
         else:
             store.complete(job, "test-worker", time.time(), stdout=output)

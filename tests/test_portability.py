@@ -8,7 +8,7 @@ import sys
 import time
 import unittest
 
-from qctl import worker
+from qctl import runner
 from tests.base import ROOT
 
 # Calls and names that exist only on POSIX, or (os.kill) do something else on Windows:
@@ -126,30 +126,30 @@ class PosixAuditTest(unittest.TestCase):
 
 class WindowsBranchTest(unittest.TestCase):
     def test_command_popen_options(self):
-        self.assertEqual(worker.popen_options(posix=True), {"start_new_session": True})
-        windows = worker.popen_options(posix=False)
+        self.assertEqual(runner.popen_options(posix=True), {"start_new_session": True})
+        windows = runner.popen_options(posix=False)
         self.assertEqual(list(windows), ["creationflags"])
         self.assertEqual(windows["creationflags"], 0x00000200 | 0x08000000)  # new group, no console window
 
     def test_detach_options(self):
-        self.assertEqual(worker.detach_options(posix=True), {"start_new_session": True})
-        self.assertEqual(worker.detach_options(posix=False), {"creationflags": 0x00000200 | 0x00000008})
+        self.assertEqual(runner.detach_options(posix=True), {"start_new_session": True})
+        self.assertEqual(runner.detach_options(posix=False), {"creationflags": 0x00000200 | 0x00000008})
 
     @unittest.skipUnless(hasattr(subprocess, "CREATE_NO_WINDOW"), "the constants exist on Windows only")
     def test_flags_match_the_platform_constants(self):
-        self.assertEqual(worker.CREATE_NEW_PROCESS_GROUP, subprocess.CREATE_NEW_PROCESS_GROUP)
-        self.assertEqual(worker.DETACHED_PROCESS, subprocess.DETACHED_PROCESS)
-        self.assertEqual(worker.CREATE_NO_WINDOW, subprocess.CREATE_NO_WINDOW)
+        self.assertEqual(runner.CREATE_NEW_PROCESS_GROUP, subprocess.CREATE_NEW_PROCESS_GROUP)
+        self.assertEqual(runner.DETACHED_PROCESS, subprocess.DETACHED_PROCESS)
+        self.assertEqual(runner.CREATE_NO_WINDOW, subprocess.CREATE_NO_WINDOW)
 
     def test_kill_tree_argv(self):
-        self.assertEqual(worker.kill_tree_argv(4242), ["taskkill", "/T", "/F", "/PID", "4242"])
+        self.assertEqual(runner.kill_tree_argv(4242), ["taskkill", "/T", "/F", "/PID", "4242"])
 
     def test_thread_reader_collects_both_streams(self):
         # Windows reads pipes with one thread per stream; that code runs anywhere.
         proc = subprocess.Popen([sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr)"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        out, err = worker.Tail(1024), worker.Tail(1024)
-        self.assertFalse(worker._read_threads(proc, out, err, time.monotonic() + 60))
+        out, err = runner.Tail(1024), runner.Tail(1024)
+        self.assertFalse(runner._read_threads(proc, out, err, time.monotonic() + 60))
         self.assertEqual((out.value().strip(), err.value().strip()), (b"out", b"err"))
 
     def test_thread_reader_reports_a_timeout(self):
@@ -157,7 +157,7 @@ class WindowsBranchTest(unittest.TestCase):
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.addCleanup(proc.wait)
         self.addCleanup(proc.kill)
-        self.assertTrue(worker._read_threads(proc, worker.Tail(10), worker.Tail(10), time.monotonic() + 0.2))
+        self.assertTrue(runner._read_threads(proc, runner.Tail(10), runner.Tail(10), time.monotonic() + 0.2))
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ class ReliabilityCase(HomeTestCase):
     def registered(self, procs):
         """True once every process in `procs` has registered (so a stop request reaches it)."""
         with Store(self.db_path) as store:
-            pids = {w["pid"] for w in store.workers(time.time())}
+            pids = {w["pid"] for w in store.live_workers(time.time())}
         return all(proc.pid in pids for proc in procs)
 
     def stop_workers(self, procs):

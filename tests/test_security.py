@@ -13,7 +13,8 @@ import unittest
 
 from tests.base import ROOT, SCRIPT, HomeTestCase, wait_until
 from qctl import jobs
-from qctl.worker import RedactedTail, Worker
+from qctl.runner import RedactedTail
+from qctl.worker import Worker
 
 POSIX = os.name == "posix"
 posix_only = unittest.skipUnless(POSIX, "POSIX shell, modes and /proc")

@@ -6,7 +6,7 @@ import re
 
 from qctl import jobs
 from qctl import stats as qstats
-from tests.base import HomeTestCase
+from tests.base import HomeTestCase, retry_in
 
 T = 1000000.0  # "now" of the scenario: the store takes time as a parameter
 WORKER = "test-worker"
@@ -25,10 +25,10 @@ class StatsScenario(HomeTestCase):
         self.s = store
 
         def run(job_id, start, end, *, fail=False, output=b""):
-            job = store.claim(WORKER, start, 30.0)
+            job = store.claim(WORKER, 30.0, now=start)
             self.assertEqual(job["id"], job_id)
             if fail:
-                store.fail(job, WORKER, end, error="exit code 1", exit_code=1, retry_delay_s=1.0, stderr=output)
+                store.fail(job, WORKER, end, error="exit code 1", exit_code=1, settings=retry_in(1.0), stderr=output)
             else:
                 store.complete(job, WORKER, end, stdout=output)
 
@@ -43,7 +43,7 @@ class StatsScenario(HomeTestCase):
         store.enqueue([new_job("a", T - 11)], T - 11)
         run("a", T - 10, T - 9.9)                         # 0.1 s, silent success
         store.enqueue([new_job("g", T - 6, priority=5)], T - 6)
-        store.claim(WORKER, T - 5, 30.0)                  # still running: not a finished run
+        store.claim(WORKER, 30.0, now=T - 5)                  # still running: not a finished run
         store.enqueue([new_job("e", T - 50)], T - 50)    # waiting 50 s
         store.enqueue([new_job("f", T, delay=100)], T)   # not runnable yet: not waiting
         self.figures = qstats.collect(store, T)

@@ -10,17 +10,26 @@ import threading
 import time
 
 import qctl.db
+from qctl import config as qconfig
+from qctl import home as qhome
 from qctl import jobs
 from qctl.db import SCHEMA_VERSION, Store
 from qctl.errors import DuplicateJob, InvalidJob, InvalidState, JobNotFound, StoreError
-from tests.base import ROOT, HomeTestCase, wait_until
+from tests.base import ROOT, SETTINGS, HomeTestCase, retry_in, wait_until
 
 T = 1800000000.0
 LEASE_S = 30.0
 
 
 def backoff(failures):
-    return jobs.backoff_delay(failures, 2, 3600)
+    return jobs.backoff_delay(failures, SETTINGS["backoff-base"], SETTINGS["backoff-max"])
+
+
+def dead_pid():
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
 
 
 class StoreTestCase(HomeTestCase):
@@ -36,7 +45,7 @@ class StoreTestCase(HomeTestCase):
         return (store or self.s).enqueue([job], at)[0]
 
     def claim(self, worker="w1", now=T):
-        return self.s.claim(worker, now, LEASE_S)
+        return self.s.claim(worker, LEASE_S, now=now)
 
     def drain_ids(self, now=T):
         ids = []
@@ -150,8 +159,8 @@ class ClaimTest(StoreTestCase):
     def test_claim_sets_lease_and_counts_the_run(self):
         self.add("a", max_retries=2, timeout=7)
         job = self.claim("w1", T + 1)
-        self.assertEqual({k: job[k] for k in ("id", "attempts", "runs", "max_retries", "timeout", "command")},
-                         {"id": "a", "attempts": 1, "runs": 1, "max_retries": 2, "timeout": 7.0, "command": "true"})
+        self.assertEqual({k: job[k] for k in ("id", "attempts", "run", "max_retries", "timeout", "command")},
+                         {"id": "a", "attempts": 1, "run": 1, "max_retries": 2, "timeout": 7.0, "command": "true"})
         row = self.s.get("a")
         self.assertEqual((row["state"], row["worker"], row["lease_until"], row["started_at"]),
                          (jobs.PROCESSING, "w1", T + 1 + LEASE_S, T + 1))
@@ -165,17 +174,17 @@ class ClaimTest(StoreTestCase):
     def test_failed_job_is_claimable_only_when_due(self):
         self.add("a")
         job = self.claim()
-        self.assertTrue(self.s.fail(job, "w1", T + 1, error="exit code 3", exit_code=3, retry_delay_s=10))
+        self.assertTrue(self.s.fail(job, "w1", T + 1, error="exit code 3", exit_code=3, settings=retry_in(10)))
         row = self.s.get("a")
         self.assertEqual((row["state"], row["next_run_at"], row["last_error"], row["exit_code"]),
                          (jobs.FAILED, T + 11, "exit code 3", 3))
         self.assertIsNone(self.claim(now=T + 10.9))
         again = self.claim(now=T + 11)
-        self.assertEqual((again["id"], again["attempts"], again["runs"]), ("a", 2, 2))
+        self.assertEqual((again["id"], again["attempts"], again["run"]), ("a", 2, 2))
 
     def test_due_failed_job_and_pending_job_share_one_order(self):
         self.add("first", at=T - 50)
-        self.s.fail(self.claim(now=T - 40), "w1", T - 40, error="e", exit_code=1, retry_delay_s=1)
+        self.s.fail(self.claim(now=T - 40), "w1", T - 40, error="e", exit_code=1, settings=retry_in(1))
         self.add("second", at=T - 30)
         # "first" is due again at T - 39, before "second" (T - 30).
         self.assertEqual(self.drain_ids(), ["first", "second"])
@@ -186,7 +195,7 @@ class ClaimTest(StoreTestCase):
         for n in range(3):
             job = self.claim(now=T + 100 * n)
             self.assertEqual(job["attempts"], n + 1)
-            self.s.fail(job, "w1", T + 100 * n + 1, error="exit code 1", exit_code=1, retry_delay_s=1)
+            self.s.fail(job, "w1", T + 100 * n + 1, error="exit code 1", exit_code=1, settings=retry_in(1))
             states.append(self.s.get("a")["state"])
         self.assertEqual(states, [jobs.FAILED, jobs.FAILED, jobs.DEAD])
         self.assertIsNone(self.claim(now=T + 10000))
@@ -194,7 +203,7 @@ class ClaimTest(StoreTestCase):
 
     def test_zero_retries_dies_on_first_failure(self):
         self.add("a", max_retries=0)
-        self.s.fail(self.claim(), "w1", T, error="command not found", exit_code=127, retry_delay_s=0)
+        self.s.fail(self.claim(), "w1", T, error="command not found", exit_code=127, settings=retry_in(0))
         self.assertEqual(self.s.get("a")["state"], jobs.DEAD)
 
     def test_complete(self):
@@ -210,21 +219,21 @@ class ClaimTest(StoreTestCase):
         self.add("a")
         stale = self.claim("w1", T)
         # The lease runs out: w1 is presumed dead and its run counts as a failed attempt.
-        self.assertEqual(self.s.recover(T + LEASE_S + 1, backoff), [("a", jobs.FAILED)])
+        self.assertEqual(self.s.recover(T + LEASE_S + 1, SETTINGS), [("a", jobs.FAILED)])
         # w1 wakes up: nothing it says changes the job.
         self.assertFalse(self.s.complete(stale, "w1", T + 40))
-        self.assertFalse(self.s.fail(stale, "w1", T + 40, error="exit code 1", exit_code=1, retry_delay_s=1))
+        self.assertFalse(self.s.fail(stale, "w1", T + 40, error="exit code 1", exit_code=1, settings=retry_in(1)))
         self.assertFalse(self.s.release(stale, "w1", T + 40))
         self.assertEqual(self.s.get("a")["state"], jobs.FAILED)
         fresh = self.claim("w2", T + 100)
-        self.assertEqual(fresh["runs"], 2)
+        self.assertEqual(fresh["run"], 2)
         # Even with a run number that matches, another worker's result is refused ...
         self.assertFalse(self.s.complete(fresh, "w1", T + 101))
         # ... and the stale claim (run 1) cannot touch run 2.
         self.assertFalse(self.s.complete(stale, "w1", T + 101))
         self.assertFalse(self.s.release(stale, "w1", T + 101))
         row = self.s.get("a")
-        self.assertEqual((row["state"], row["worker"], row["runs"]), (jobs.PROCESSING, "w2", 2))
+        self.assertEqual((row["state"], row["worker"], row["run"]), (jobs.PROCESSING, "w2", 2))
         self.assertTrue(self.s.complete(fresh, "w2", T + 102))
         self.assertFalse(self.s.complete(fresh, "w2", T + 103))
         runs = self.s.job_runs(self.s.get("a"))
@@ -236,21 +245,25 @@ class ClaimTest(StoreTestCase):
         job = self.claim()
         self.assertTrue(self.s.release(job, "w1", T + 5))
         row = self.s.get("a")
-        self.assertEqual((row["state"], row["attempts"], row["runs"], row["worker"], row["next_run_at"]),
+        self.assertEqual((row["state"], row["attempts"], row["run"], row["worker"], row["next_run_at"]),
                          (jobs.PENDING, 0, 0, None, T + 5))
         again = self.claim(now=T + 5)
-        self.assertEqual((again["attempts"], again["runs"]), (1, 1))
+        self.assertEqual((again["attempts"], again["run"]), (1, 1))
 
     def test_claim_records_the_previous_outcome_in_the_same_transaction(self):
         self.add("a")
         self.add("b")
         first = self.claim()
-        second = self.s.claim("w1", T + 1, LEASE_S, finish=("complete", dict(job=first, worker="w1", now=T + 1)))
-        self.assertEqual(second["id"], "b")
+        recorded, second = self.s.finish_and_claim(jobs.Outcome(jobs.COMPLETE, first, "w1", T + 1), SETTINGS,
+                                                   now=T + 1)
+        self.assertEqual((recorded.state, second["id"]), (jobs.COMPLETED, "b"))
         self.assertEqual(self.s.get("a")["state"], jobs.COMPLETED)
-        last = self.s.claim("w1", T + 2, LEASE_S, finish=("fail", dict(
-            job=second, worker="w1", now=T + 2, error="exit code 2", exit_code=2, retry_delay_s=50)))
+        recorded, last = self.s.finish_and_claim(
+            jobs.Outcome(jobs.FAIL, second, "w1", T + 2, "exit code 2", 2), retry_in(50), now=T + 2)
+        self.assertEqual(recorded, (jobs.FAILED, T + 52))
         self.assertIsNone(last)
+        lost, _ = self.s.finish_and_claim(jobs.Outcome(jobs.COMPLETE, second, "w1", T + 3), SETTINGS, now=T + 3)
+        self.assertIsNone(lost, "a second outcome for the same claim changes nothing")
         self.assertEqual((self.s.get("b")["state"], self.s.get("b")["next_run_at"]), (jobs.FAILED, T + 52))
 
 
@@ -276,37 +289,38 @@ class RecoveryTest(StoreTestCase):
     def test_expired_lease_is_a_failed_attempt_saying_worker_lost(self):
         self.add("a", max_retries=1)
         self.claim("w1", T)
-        self.assertEqual(self.s.recover(T + LEASE_S, backoff), [], "a lease is good up to its end")
-        self.assertEqual(self.s.recover(T + LEASE_S + 0.5, backoff), [("a", jobs.FAILED)])
+        self.assertEqual(self.s.recover(T + LEASE_S, SETTINGS), [], "a lease is good up to its end")
+        self.assertEqual(self.s.recover(T + LEASE_S + 0.5, SETTINGS), [("a", jobs.FAILED)])
         row = self.s.get("a")
         self.assertEqual((row["state"], row["attempts"], row["last_error"], row["next_run_at"]),
                          (jobs.FAILED, 1, "worker lost", T + LEASE_S + 0.5 + backoff(1)))
         self.claim("w2", T + 100)
-        self.assertEqual(self.s.recover(T + 200, backoff), [("a", jobs.DEAD)])
+        self.assertEqual(self.s.recover(T + 200, SETTINGS), [("a", jobs.DEAD)])
         row = self.s.get("a")
         self.assertEqual((row["state"], row["attempts"], row["last_error"]), (jobs.DEAD, 2, "worker lost"))
-        self.assertEqual(self.s.recover(T + 300, backoff), [])
+        self.assertEqual(self.s.recover(T + 300, SETTINGS), [])
 
     def test_dead_worker_is_recovered_before_its_lease_expires(self):
         self.add("a")
         self.add("b")
         self.claim("w1", T)
         self.claim("w2", T)
-        self.s.heartbeat("w1", T, LEASE_S, pid=1, host="h", threads=1, started_at=T)
-        self.s.heartbeat("w2", T, LEASE_S, pid=2, host="h", threads=1, started_at=T)
-        self.assertEqual(self.s.recover(T + 1, backoff, dead_workers=["w1"]), [("a", jobs.FAILED)])
+        self.s.heartbeat("w1", T, LEASE_S, pid=dead_pid(), host=qhome.host(), threads=1, started_at=T)
+        self.s.heartbeat("w2", T, LEASE_S, pid=os.getpid(), host=qhome.host(), threads=1, started_at=T)
+        self.assertEqual([w["id"] for w in self.s.live_workers(T + 1)], ["w2"], "a dead pid here is not live")
+        self.assertEqual(self.s.recover(T + 1, SETTINGS), [("a", jobs.FAILED)])
         self.assertEqual(self.s.get("b")["state"], jobs.PROCESSING)
-        self.assertEqual([w["id"] for w in self.s.workers(T + 1)], ["w2"])
+        self.assertEqual([w["id"] for w in self.s.live_workers(T + 1)], ["w2"])
 
     def test_heartbeat_extends_the_leases_of_its_jobs(self):
         self.add("a")
         self.claim("w1", T)
         self.s.heartbeat("w1", T + 25, LEASE_S, pid=1, host="h", threads=2, started_at=T)
-        self.assertEqual(self.s.recover(T + LEASE_S + 1, backoff), [])
-        self.assertEqual(self.s.workers(T + 26)[0]["running"], ["a"])
-        self.assertEqual(self.s.status(T + 26)["workers"], {"processes": 1, "threads": 2})
-        self.assertEqual(self.s.recover(T + 25 + LEASE_S + 1, backoff), [("a", jobs.FAILED)])
-        self.assertEqual(self.s.workers(T + 25 + LEASE_S + 1), [])
+        self.assertEqual(self.s.recover(T + LEASE_S + 1, SETTINGS), [])
+        self.assertEqual(self.s.live_workers(T + 26)[0]["running"], ["a"])
+        self.assertEqual(self.s.live_workers(T + 26)[0]["threads"], 2)
+        self.assertEqual(self.s.recover(T + 25 + LEASE_S + 1, SETTINGS), [("a", jobs.FAILED)])
+        self.assertEqual(self.s.live_workers(T + 25 + LEASE_S + 1), [])
 
 
 class RunHistoryTest(StoreTestCase):
@@ -314,14 +328,14 @@ class RunHistoryTest(StoreTestCase):
         self.add("a", max_retries=1)
         for n in range(2):
             job = self.claim(now=T + 10 * n)
-            self.s.fail(job, "w1", T + 10 * n + 1, error="exit code 4", exit_code=4, retry_delay_s=1,
+            self.s.fail(job, "w1", T + 10 * n + 1, error="exit code 4", exit_code=4, settings=retry_in(1),
                         stderr=b"oops %d" % n)
         self.assertEqual(self.s.get("a")["state"], jobs.DEAD)
         self.s.retry_dead("a", T + 30)
         row = self.s.get("a")
-        self.assertEqual((row["state"], row["attempts"], row["runs"], row["next_run_at"]), (jobs.PENDING, 0, 2, T + 30))
+        self.assertEqual((row["state"], row["attempts"], row["run"], row["next_run_at"]), (jobs.PENDING, 0, 2, T + 30))
         job = self.claim("w2", T + 30)
-        self.assertEqual((job["attempts"], job["runs"]), (1, 3))
+        self.assertEqual((job["attempts"], job["run"]), (1, 3))
         self.s.complete(job, "w2", T + 31.5)
         runs = self.s.job_runs(self.s.get("a"), with_output=True)
         self.assertEqual([(r["run"], r["attempt"], r["exit_code"], r["error"], r["worker"]) for r in runs],
@@ -356,7 +370,7 @@ class UserActionTest(StoreTestCase):
         for name in ("a", "b", "c"):
             self.add(name, max_retries=0)
         for _ in range(2):
-            self.s.fail(self.claim(), "w1", T, error="e", exit_code=1, retry_delay_s=0)
+            self.s.fail(self.claim(), "w1", T, error="e", exit_code=1, settings=retry_in(0))
         self.assertEqual(self.s.retry_all_dead(T + 1), 2)
         self.assertEqual(self.s.counts()[jobs.PENDING], 3)
         self.assertEqual(self.s.retry_all_dead(T + 2), 0)
@@ -364,7 +378,7 @@ class UserActionTest(StoreTestCase):
     def test_delete(self):
         self.add("a", max_retries=0)
         self.add("b")
-        self.s.fail(self.claim(), "w1", T, error="e", exit_code=1, retry_delay_s=0)
+        self.s.fail(self.claim(), "w1", T, error="e", exit_code=1, settings=retry_in(0))
         self.claim()
         with self.assertRaisesRegex(InvalidState, "'b' is processing"):
             self.s.delete("b")
@@ -401,12 +415,12 @@ class UserActionTest(StoreTestCase):
         self.assertEqual(self.s.list_jobs(state=jobs.DEAD), [])
 
     def test_config_round_trip(self):
-        self.assertEqual(self.s.config(), jobs.config_defaults())
+        self.assertEqual(self.s.config(), qconfig.defaults())
         self.s.set_config("backoff-max", 600.0)
         self.s.set_config("backoff-max", 60.0)
         self.s.set_config("worker-count", 4)
         with Store(self.db_path) as other:
-            self.assertEqual(other.config(), dict(jobs.config_defaults(), **{"backoff-max": 60.0, "worker-count": 4}))
+            self.assertEqual(other.config(), dict(qconfig.defaults(), **{"backoff-max": 60.0, "worker-count": 4}))
 
 
 class ClaimPlanTest(StoreTestCase):
@@ -414,7 +428,7 @@ class ClaimPlanTest(StoreTestCase):
         for i in range(50):
             self.add("j%d" % i, priority=i % 3)
         self.s._read("ANALYZE")
-        plan = self.s.claim_plan()
+        plan = [row[3] for row in self.s._read("EXPLAIN QUERY PLAN " + qctl.db._CLAIM_SELECT, (0.0,))]
         self.assertTrue(any("jobs_ready" in step for step in plan), plan)
         self.assertFalse([step for step in plan if "TEMP B-TREE" in step.upper()], plan)
 
@@ -435,7 +449,7 @@ CLAIMER = textwrap.dedent("""\
         time.sleep(0.001)
     got = []
     while True:
-        job = store.claim(worker, time.time(), 300)
+        job = store.claim(worker, 300, now=time.time())
         if job is None:
             break
         got.append(job["id"])
@@ -487,4 +501,4 @@ class ConcurrentClaimTest(StoreTestCase):
         self.assertEqual(a | b, {j["id"] for j in new})
         self.assertTrue(a and b, (len(a), len(b)))
         self.assertEqual(self.s.counts()[jobs.PROCESSING], self.JOBS)
-        self.assertEqual({r["runs"] for r in self.s.list_jobs(limit=0)}, {1})
+        self.assertEqual({r["run"] for r in self.s.list_jobs(limit=0)}, {1})

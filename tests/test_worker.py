@@ -12,9 +12,10 @@ import unittest
 
 from tests.base import HomeTestCase, wait_until
 from qctl import home as qhome
-from qctl import worker as qworker
 from qctl.db import Store
-from qctl.worker import Worker, run_command
+from qctl import runner
+from qctl.runner import run_command
+from qctl.worker import Worker
 
 POSIX = os.name == "posix"
 posix_only = unittest.skipUnless(POSIX, "POSIX signals and process groups")
@@ -123,7 +124,7 @@ class RunCommandTest(unittest.TestCase):
         self.assertLess(time.monotonic() - started, 8, "the run ends about a second after the shell exits")
 
     def test_windows_branches_build_the_right_arguments(self):
-        self.assertEqual(qworker.kill_tree_argv(1234), ["taskkill", "/T", "/F", "/PID", "1234"])
+        self.assertEqual(runner.kill_tree_argv(1234), ["taskkill", "/T", "/F", "/PID", "1234"])
 
 
 class JobLifecycleTest(WorkerTestCase):
@@ -214,15 +215,6 @@ class JobLifecycleTest(WorkerTestCase):
         wait_until(lambda: self.state(job_id) == "dead", message="the new timeout to apply")
         self.assertEqual(self.show(job_id)["last_error"], "timed out after 0.5s")
 
-    def test_a_lease_shorter_than_the_heartbeat_tick_is_still_kept(self):
-        self.ok("config", "set", "lease-seconds", "0.3")
-        job_id = self.enqueue("sleep 2")
-        self.background_worker(threads=1)
-        self.background_worker(threads=1)
-        wait_until(lambda: self.state(job_id) == "completed", message="the job to complete")
-        job = self.show(job_id)
-        self.assertEqual((job["attempts"], len(job["runs"])), (1, 1))
-
     def test_a_failing_supervisor_stops_the_worker_instead_of_hanging(self):
         class Broken(Worker):
             def _supervise(self, futures):
@@ -240,10 +232,14 @@ class JobLifecycleTest(WorkerTestCase):
         thread.join(30)
         self.assertFalse(thread.is_alive(), "the worker hung")
         self.assertEqual([str(e) for e in failures], ["supervisor bug"])
+        self.assertEqual([t.name for t in threading.enumerate() if t.name.startswith("qctl-")], [],
+                         "a thread of the failed worker lives on")
+        with Store(self.db_path) as store:
+            self.assertEqual(store.live_workers(time.time()), [], "its registration stays behind")
 
-    def test_healthy_worker_keeps_its_lease_on_a_long_job(self):
+    def test_healthy_worker_keeps_the_shortest_lease_on_a_long_job(self):
         self.ok("config", "set", "lease-seconds", "1")
-        job_id = self.enqueue("sleep 4")
+        job_id = self.enqueue("sleep 2.5")
         self.background_worker(threads=1)
         self.background_worker(threads=1)  # a second worker that would recover an expired lease
         wait_until(lambda: self.state(job_id) == "completed", message="the long job to complete")

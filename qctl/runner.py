@@ -1,0 +1,267 @@
+"""Running one command: no queue knowledge here.
+
+`run_command` starts a command through the platform shell in its own session
+(POSIX) or process group (Windows), keeps only the tail of each output stream
+(with env secrets masked), and kills the whole process tree on timeout.
+`start_detached` starts a worker that outlives its terminal.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+
+from .times import format_seconds
+
+POSIX = os.name == "posix"
+KILL_GRACE_S = 2.0         # between TERM and KILL of a timed-out job's process tree
+ORPHAN_PIPE_GRACE_S = 1.0  # read this long after the shell exits if a grandchild holds its pipes
+READ_CHUNK = 65536
+SECRET_MIN_CHARS = 4       # env values this long or longer are masked in stored output
+NOT_FOUND_EXIT = 9009 if not POSIX else 127
+# Win32 process creation flags; subprocess defines them only on Windows, and the
+# Windows branches are built (and tested) on every platform.
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+DETACHED_PROCESS = 0x00000008
+CREATE_NO_WINDOW = 0x08000000
+
+
+class Tail:
+    """The last `limit` bytes written to it, in bounded memory."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.buf = bytearray()
+
+    def add(self, data):
+        self.buf += data
+        if len(self.buf) > 2 * self.limit + READ_CHUNK:
+            del self.buf[:-self.limit or len(self.buf)]
+
+    def value(self):
+        return bytes(self.buf[-self.limit:]) if self.limit else b""
+
+
+class RedactedTail(Tail):
+    """A Tail that replaces every occurrence of each secret with `***` before keeping it.
+
+    Only a match that starts at least len(longest secret) - 1 bytes before the
+    end of what has arrived is decided; the rest waits for more, so a secret
+    split across two reads is still caught (and not cut short by a shorter
+    secret that is its prefix). The tail is cut only after redaction: no part of
+    a secret survives at its front either.
+    """
+
+    MASK = b"***"
+
+    def __init__(self, limit, secrets):
+        super().__init__(limit)
+        longest_first = sorted(set(secrets), key=len, reverse=True)
+        self.pattern = re.compile(b"|".join(re.escape(s) for s in longest_first))
+        self.hold = len(longest_first[0]) - 1
+        self.pending = b""
+
+    def add(self, data):
+        data = self.pending + data
+        cut = len(data) - self.hold
+        done, kept = 0, []
+        for match in self.pattern.finditer(data):
+            if match.start() >= cut:
+                break
+            kept += [data[done:match.start()], self.MASK]
+            done = match.end()
+        end = max(done, cut)
+        kept.append(data[done:end])
+        self.pending = data[end:]
+        super().add(b"".join(kept))
+
+    def value(self):
+        if self.pending:
+            super().add(self.pattern.sub(self.MASK, self.pending))
+            self.pending = b""
+        return super().value()
+
+
+def secrets_of(env):
+    """The env values to mask in captured output: those of at least SECRET_MIN_CHARS characters
+    (shorter ones, like "1", would mask innocent output and hide little)."""
+    return [v.encode("utf-8") for v in (env or {}).values() if len(v) >= SECRET_MIN_CHARS]
+
+
+class Result:
+    __slots__ = ("exit_code", "error", "stdout", "stderr")
+
+    def __init__(self, exit_code, error, stdout=b"", stderr=b""):
+        self.exit_code, self.error, self.stdout, self.stderr = exit_code, error, stdout, stderr
+
+
+def popen_options(posix=POSIX):
+    """Popen arguments that put the command in a process tree we can kill as a whole.
+
+    POSIX: its own session, so the terminal's Ctrl-C reaches only the worker.
+    Windows: its own process group (Ctrl-C stays with the worker, as on POSIX)
+    and no console window: a detached worker has no console, and every command
+    would otherwise pop up one of its own.
+    """
+    if posix:
+        return {"start_new_session": True}
+    return {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
+
+
+def detach_options(posix=POSIX):
+    """Popen arguments for a worker that outlives the terminal (or console) that started it."""
+    if posix:
+        return {"start_new_session": True}
+    return {"creationflags": CREATE_NEW_PROCESS_GROUP | DETACHED_PROCESS}
+
+
+def kill_tree_argv(pid):
+    """The Windows command that kills `pid` and every process it started."""
+    return ["taskkill", "/T", "/F", "/PID", str(pid)]
+
+
+def kill_tree(proc, *, grace_s=KILL_GRACE_S):
+    """TERM the command's process group, then KILL it after `grace_s` (POSIX); taskkill /T /F (Windows)."""
+    if not POSIX:
+        try:
+            subprocess.run(kill_tree_argv(proc.pid), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           creationflags=CREATE_NO_WINDOW)
+        except OSError:  # no taskkill (a stripped-down Windows): the shell at least
+            proc.kill()
+        return
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            pass
+        # Even when the shell is gone, its children may linger in the group: KILL reaches them.
+
+
+def describe_exit(code):
+    if code == 0:
+        return None
+    if code == NOT_FOUND_EXIT:
+        return "command not found"
+    if code < 0:
+        try:
+            return "killed by signal %d (%s)" % (-code, signal.Signals(-code).name)
+        except ValueError:
+            return "killed by signal %d" % -code
+    return "exit code %d" % code
+
+
+def run_command(command, *, cwd=None, env=None, timeout=None, output_limit=65536, on_start=None):
+    """Run `command` through the platform shell; return a Result.
+
+    Output beyond `output_limit` bytes per stream is dropped from the front, and
+    every `env` value (see `secrets_of`) is replaced by *** in it.
+    `on_start(proc)` is called once the process exists (the worker keeps it to
+    kill on a hard stop).
+    """
+    full_env = None
+    if env:
+        full_env = dict(os.environ)
+        full_env.update(env)
+    try:
+        proc = subprocess.Popen(command, shell=True, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen_options())
+    except OSError as exc:
+        if cwd and not os.path.isdir(cwd):
+            return Result(None, "cannot start: working directory %s does not exist" % cwd)
+        return Result(None, "cannot start: %s" % (exc.strerror or exc))
+    if on_start is not None:
+        on_start(proc)
+    secrets = secrets_of(env)
+    if secrets:
+        out, err = RedactedTail(output_limit, secrets), RedactedTail(output_limit, secrets)
+    else:
+        out, err = Tail(output_limit), Tail(output_limit)
+    deadline = None if not timeout else time.monotonic() + timeout
+    reader = _read_posix if POSIX else _read_threads
+    timed_out = reader(proc, out, err, deadline)
+    if not timed_out:
+        # The pipes are done, but a command that closed or redirected its stdio may still run.
+        try:
+            code = proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+    if timed_out:
+        kill_tree(proc)
+        return Result(proc.wait(), "timed out after %ss" % format_seconds(timeout), out.value(), err.value())
+    return Result(code, describe_exit(code), out.value(), err.value())
+
+
+def _read_posix(proc, out, err, deadline):
+    """Read both pipes until EOF; True if `deadline` passed first."""
+    import selectors
+    # poll(2), as subprocess.communicate uses: one syscall a wait, where epoll
+    # costs four more per command (create, two registrations, close).
+    with selectors.PollSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ, out)
+        sel.register(proc.stderr, selectors.EVENT_READ, err)
+        orphan_deadline = None
+        while sel.get_map():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                _close_pipes(sel)
+                return True
+            if orphan_deadline is not None and now >= orphan_deadline:
+                _close_pipes(sel)  # a background grandchild keeps them open: stop listening
+                break
+            wait = 0.5 if deadline is None else min(0.5, deadline - now)
+            ready = sel.select(wait)
+            for key, _ in ready:
+                data = os.read(key.fd, READ_CHUNK)
+                if data:
+                    key.data.add(data)
+                else:
+                    sel.unregister(key.fileobj)
+                    key.fileobj.close()
+            # Every time round, not only when idle: a chatty grandchild must not hold the job.
+            if orphan_deadline is None and proc.poll() is not None:
+                orphan_deadline = time.monotonic() + ORPHAN_PIPE_GRACE_S
+    return False
+
+
+def _close_pipes(sel):
+    for key in list(sel.get_map().values()):
+        sel.unregister(key.fileobj)
+        key.fileobj.close()
+
+
+def _read_threads(proc, out, err, deadline):
+    """Windows pipes cannot be selected: one reader thread per stream."""
+    def pump(pipe, tail):
+        with pipe:
+            for chunk in iter(lambda: pipe.read1(READ_CHUNK) if hasattr(pipe, "read1") else pipe.read(READ_CHUNK),
+                              b""):
+                tail.add(chunk)
+    readers = [threading.Thread(target=pump, args=(pipe, tail), daemon=True)
+               for pipe, tail in ((proc.stdout, out), (proc.stderr, err))]
+    for reader in readers:
+        reader.start()
+    try:
+        proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        return True
+    for reader in readers:
+        reader.join(ORPHAN_PIPE_GRACE_S)
+    return False
+
+
+def start_detached(argv, log_file):
+    """Start `argv` (a worker command line) in the background; return its pid."""
+    out = open(log_file, "ab")
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                close_fds=True, **detach_options())
+    finally:
+        out.close()
+    return proc.pid
+
