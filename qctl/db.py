@@ -42,6 +42,9 @@ from .jobs import (COMPLETE, COMPLETED, DEAD, FAIL, FAILED, FINISHED_STATES, PEN
 BUSY_TIMEOUT_S = 30.0
 WAL_RETRY_S = 0.005
 WAIT_POLL_S = 0.1  # wait_finished / wait_workers_gone look this often
+WAL_RESTART_BYTES = 16 * 1024 * 1024  # past this, housekeep() makes the WAL start over (and SQLite cuts it back)
+WAL_IDLE_S = 2.0   # no other commit for this long: housekeep() truncates the WAL to nothing
+CHECKPOINT_BUSY_MS = 100  # a checkpoint waits this long for readers, then tries again next time
 HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 SQLITE_MAX_INT = 2 ** 63 - 1
 
@@ -173,8 +176,11 @@ class Store:
 
     def __init__(self, path, *, durable=True, autocheckpoint=True):
         self.path = path
+        self.home = os.path.dirname(path)
         self._seen_version = None  # poll_for_work: PRAGMA data_version last time
         self._next_due = None      # poll_for_work: when the earliest waiting job falls due
+        self._house_version = None # housekeep: PRAGMA data_version, and since when it has not changed
+        self._quiet_since = time.monotonic()
         try:
             self.con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                        check_same_thread=False)
@@ -183,6 +189,8 @@ class Store:
         try:
             self.con.execute("PRAGMA busy_timeout = %d" % int(BUSY_TIMEOUT_S * 1000))
             self.con.execute("PRAGMA synchronous = %s" % ("FULL" if durable else "NORMAL"))
+            # When the WAL starts over, its file is cut back to this size instead of staying at its peak.
+            self.con.execute("PRAGMA journal_size_limit = %d" % WAL_RESTART_BYTES)
             if not autocheckpoint:
                 self.con.execute("PRAGMA wal_autocheckpoint = 0")
             self._migrate()
@@ -287,6 +295,13 @@ class Store:
             return True
         return False
 
+    def _free_bytes(self):
+        import shutil
+        try:
+            return shutil.disk_usage(self.home).free
+        except OSError:
+            return float("inf")
+
     def _next_due_at(self):
         # The claim's index covers this query, where the planner's own choice (the state
         # index) also reads every waiting row (12 ms against 5.6 ms with 100,000 future jobs).
@@ -294,8 +309,39 @@ class Store:
                           "WHERE state IN ('pending', 'failed')")[0][0]
 
     def housekeep(self):
-        """Upkeep off the job path: copy the WAL back into the database (PASSIVE: never waits)."""
-        self._read("PRAGMA wal_checkpoint(PASSIVE)")
+        """Keep the WAL small, off the job path; cheap enough to call several times a second
+        (a stat and a PRAGMA data_version when there is nothing to do).
+
+        A PASSIVE checkpoint never lets the WAL start over while commits keep
+        coming: it grew to 553 MB in a 20,000-job drain. So past
+        WAL_RESTART_BYTES this runs a RESTART checkpoint (the next commit writes
+        the WAL from its start, and journal_size_limit cuts the file back), and
+        once no other connection has committed for WAL_IDLE_S a TRUNCATE one
+        (an idle queue's WAL shrinks to nothing). Either waits at most
+        CHECKPOINT_BUSY_MS for readers and writers, since it holds new writers
+        back while it waits; a busy checkpoint is simply tried again next call.
+        On a nearly full disk the WAL starts over sooner, so that it never
+        takes the last free space.
+        """
+        try:
+            size = os.path.getsize(self.path + "-wal")
+        except OSError:
+            return
+        version = self._read("PRAGMA data_version")[0][0]
+        if version != self._house_version:
+            self._house_version, self._quiet_since = version, time.monotonic()
+        if size > 0 and time.monotonic() - self._quiet_since >= WAL_IDLE_S:
+            mode = "TRUNCATE"
+        elif size > WAL_RESTART_BYTES or size > self._free_bytes() / 2:
+            mode = "RESTART"  # on a nearly full disk the WAL may take half of what is left, no more
+        else:
+            return
+        with _WRITE_LOCK:  # our own threads queue here rather than in SQLite's busy handler
+            self._read("PRAGMA busy_timeout = %d" % CHECKPOINT_BUSY_MS)
+            try:
+                self._read("PRAGMA wal_checkpoint(%s)" % mode)
+            finally:
+                self._read("PRAGMA busy_timeout = %d" % int(BUSY_TIMEOUT_S * 1000))
 
     # ------------------------------------------------------------ enqueue
 
@@ -442,9 +488,14 @@ class Store:
             "error, stdout, stderr) SELECT seq, ?, attempts, worker, started_at, ?, ?, ?, ?, ? FROM jobs WHERE seq = ?",
             (run, now, exit_code, error, stdout or None, stderr or None, job_seq))
 
-    def heartbeat(self, worker, now, lease_s, *, pid, host, threads, started_at):
-        """Renew this worker's row and the leases of every job it is running."""
+    def heartbeat(self, worker, lease_s, *, pid, host, threads, started_at, now=None):
+        """Renew this worker's row and the leases of every job it is running.
+
+        `now` defaults to when the write lock was granted: a beat that waited
+        long for the lock must not renew to a time already past.
+        """
         with self._write() as con:
+            now = time.time() if now is None else now
             con.execute(
                 # Plain INSERT OR REPLACE, not an upsert: ON CONFLICT DO UPDATE needs SQLite 3.24.
                 "INSERT OR REPLACE INTO workers (id, pid, host, threads, started_at, heartbeat_at, lease_until) "
@@ -457,32 +508,45 @@ class Store:
         with self._write() as con:
             con.execute("DELETE FROM workers WHERE id = ?", (worker,))
 
-    def recover(self, now, settings):
-        """processing -> failed/dead ("worker lost") for every job whose lease expired
-        or whose worker died on this host; forget workers whose lease expired.
+    def recover(self, now, settings, *, me=None):
+        """processing -> failed/dead ("worker lost") for every job whose worker is lost;
+        forget lost workers. Returns the recovered jobs as (id, new state) pairs.
 
-        Returns the recovered jobs as (id, new state) pairs. Fenced by the run
-        number, like every transition.
+        A worker is lost when it died on this host (its pid is gone), or when
+        its lease expired and it has stopped pulsing (see `home.pulse`): a lease
+        that lapsed while a long transaction held the lock, or while we were
+        frozen ourselves, is not a lost worker. `me`, the caller, is never lost.
+        Fenced by the run number, like every transition.
         """
-        recovered = []
-        dead_workers = [worker for worker, host, pid in self._read(
-            "SELECT id, host, pid FROM workers WHERE lease_until >= ?", (now,)) if not qhome.worker_alive(host, pid)]
+        lease_s = settings["lease-seconds"]
+
+        def lost(worker):
+            if worker == me:
+                return False
+            age = qhome.pulse_age(self.home, worker)
+            return age is None or age > lease_s
+
+        dead_workers = {worker for worker, host, pid in self._read(
+            "SELECT id, host, pid FROM workers WHERE lease_until >= ?", (now,)) if not qhome.worker_alive(host, pid)}
         # Read first: almost always there is nothing to do, and then no write lock is taken.
         if not dead_workers and not self._read(
                 "SELECT 1 FROM jobs WHERE state = ? AND lease_until < ? UNION ALL "
                 "SELECT 1 FROM workers WHERE lease_until < ? LIMIT 1", (PROCESSING, now, now)):
-            return recovered
-        lost_sql = "SELECT seq, id, attempts, max_retries, runs AS run, worker FROM jobs WHERE state = ? AND "
+            return []
+        recovered = []
         with self._write() as con:
-            rows = con.execute(lost_sql + "lease_until < ?", (PROCESSING, now)).fetchall()
-            for worker in set(dead_workers):
-                rows += con.execute(lost_sql + "worker = ? AND lease_until >= ?", (PROCESSING, worker, now)).fetchall()
-                con.execute("DELETE FROM workers WHERE id = ?", (worker,))
-            for seq, job_id, attempts, max_retries, run, worker in rows:
+            expired = {w for (w,) in con.execute("SELECT id FROM workers WHERE lease_until < ?", (now,))}
+            rows = [row for row in con.execute(
+                        "SELECT seq, id, attempts, max_retries, runs, worker, lease_until < ? FROM jobs "
+                        "WHERE state = ?", (now, PROCESSING))
+                    if row[5] in dead_workers or (row[6] and lost(row[5]))]
+            gone = dead_workers | {w for w in expired if lost(w)} | {row[5] for row in rows}
+            for seq, job_id, attempts, max_retries, run, worker, _ in rows:
                 job = {"seq": seq, "attempts": attempts, "max_retries": max_retries, "run": run}
-                state = self._fail(con, Outcome(FAIL, job, worker, now, "worker lost"), settings)
-                recovered.append((job_id, state.state))
-            con.execute("DELETE FROM workers WHERE lease_until < ?", (now,))
+                recovered.append((job_id, self._fail(con, Outcome(FAIL, job, worker, now, "worker lost"), settings).state))
+            con.executemany("DELETE FROM workers WHERE id = ?", [(w,) for w in gone])
+        for worker in gone:
+            qhome.forget_pulse(self.home, worker)
         return recovered
 
     def live_workers(self, now):

@@ -142,3 +142,45 @@ def pid_alive(pid):
 def worker_alive(host_name, pid):
     """False for a worker registered from this host whose process is gone; True otherwise."""
     return host_name != host() or pid_alive(pid)
+
+
+# ---------------------------------------------------------------- the pulse: liveness no database lock can block
+
+PULSE_DIR = "pulse"
+
+
+def pulse_path(home, worker_id):
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in worker_id)
+    return os.path.join(home, PULSE_DIR, safe)
+
+
+def pulse(home, worker_id):
+    """Touch the worker's pulse file (creating it 0600): "this process is alive and serving".
+
+    Leases live in the database, and a transaction that holds SQLite's lock
+    (a huge enqueue --file, a frozen process) blocks their renewal. The pulse
+    is a file's mtime, which no database lock can hold back: a lease that
+    lapsed while its owner still pulses was a stall, not a lost worker.
+    """
+    path = pulse_path(home, worker_id)
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+def pulse_age(home, worker_id):
+    """Seconds since the worker last pulsed, or None if it never did (or its file is gone)."""
+    import time
+    try:
+        return time.time() - os.stat(pulse_path(home, worker_id)).st_mtime
+    except OSError:
+        return None
+
+
+def forget_pulse(home, worker_id):
+    try:
+        os.remove(pulse_path(home, worker_id))
+    except OSError:
+        pass

@@ -29,7 +29,10 @@ from .times import format_seconds
 
 log = logging.getLogger("qctl.worker")
 
-TICK_S = 0.5               # housekeeping thread's period for config reload, recovery, checkpoint
+TICK_S = 0.5               # housekeeping thread's period for config reload and recovery
+WAL_TICK_S = 0.1           # ... and for WAL upkeep, which must keep up with a full-speed drain
+ERROR_REPEAT_S = 60.0      # the same database error is logged at most this often
+PULSE_S = 1.0              # the pulse thread touches our pulse file this often (or 4 times a lease)
 SAFETY_WAKE_S = 5.0        # idle threads retry a claim at least this often, whatever the signals say
 CLAIM_RETRY_S = 1.0        # after a database error, a thread waits this long before claiming again
 HARD_STOP_GRACE_S = 0.2    # between TERM and KILL of a command cut short by a hard stop
@@ -69,6 +72,7 @@ class Worker:
         self._procs = {}                     # job seq -> Popen, for a hard stop
         self._killed = set()                 # job seqs whose command a hard stop killed
         self._procs_lock = threading.Lock()
+        self._last_error, self._last_error_at = None, 0.0  # see _log_error
 
     # ------------------------------------------------------------ control
 
@@ -105,14 +109,17 @@ class Worker:
     def run(self):
         """Serve until stopped; returns 0."""
         self._house_store = Store(self.db_path, durable=False, autocheckpoint=False)
-        housekeeping = None
+        threads = []
         try:
+            qhome.pulse(self.home, self.id)
             self._beat()
             self._recover()
             log.info("worker %s started: %d thread%s, pid %d", self.id, self.threads,
                      "" if self.threads == 1 else "s", self.pid)
-            housekeeping = threading.Thread(target=self._housekeeping_loop, name="qctl-housekeeping", daemon=True)
-            housekeeping.start()
+            threads = [threading.Thread(target=self._pulse_loop, name="qctl-pulse", daemon=True),
+                       threading.Thread(target=self._housekeeping_loop, name="qctl-housekeeping", daemon=True)]
+            for thread in threads:
+                thread.start()
             with ThreadPoolExecutor(self.threads, thread_name_prefix="qctl-worker") as pool:
                 futures = [pool.submit(self._thread_main) for _ in range(self.threads)]
                 try:
@@ -122,15 +129,16 @@ class Worker:
             for future in futures:
                 future.result()  # _thread_main catches everything; this only surfaces a bug
         finally:
-            # Whatever ended the pool, the housekeeping thread goes with it, and so does our row.
+            # Whatever ended the pool, the housekeeping threads go with it, and so does our row.
             self._done.set()
-            if housekeeping is not None:
-                housekeeping.join()
+            for thread in threads:
+                thread.join()
             try:
                 self._house_store.deregister(self.id)
             except QueueError as exc:
                 log.error("worker %s: could not deregister: %s", self.id, exc)
             self._house_store.close()
+            qhome.forget_pulse(self.home, self.id)
         log.info("worker %s stopped", self.id)
         return 0
 
@@ -233,8 +241,16 @@ class Worker:
             return Outcome(FAIL, job, self.id, time.time(), "worker error: %s" % exc)
 
     def _log_error(self, doing, exc):
+        """One line for a database problem, but only once a minute for the same one (every thread
+        and the housekeeping meet a full disk at once, and retry it every second)."""
         if isinstance(exc, QueueError):
-            log.error("worker %s: %s (will retry)", self.id, exc)
+            message, now = str(exc), time.monotonic()
+            with self._cond:
+                repeated = self._last_error == message and now - self._last_error_at < ERROR_REPEAT_S
+                if not repeated:
+                    self._last_error, self._last_error_at = message, now
+            if not repeated:
+                log.error("worker %s: %s (will retry)", self.id, exc)
         else:
             log.exception("worker %s: error %s (will retry)", self.id, doing)
 
@@ -312,26 +328,37 @@ class Worker:
     # ------------------------------------------------------------ housekeeping thread
 
     def _housekeeping_loop(self):
-        """Heartbeat, config reload, recovery of lost workers' jobs, WAL upkeep: every tick."""
-        last_beat = time.monotonic()
-        # Tick at least three times a lease: a lease shorter than our tick must not lapse between beats.
-        while not self._done.wait(min(TICK_S, self.settings["lease-seconds"] / 3)):
+        """Heartbeat, config reload, recovery of lost workers' jobs (every TICK_S) and WAL
+        upkeep (every WAL_TICK_S)."""
+        last_beat = last_tick = time.monotonic()
+        while not self._done.wait(WAL_TICK_S):
             try:
+                self._house_store.housekeep()
+                if time.monotonic() - last_tick < TICK_S:
+                    continue
+                last_tick = time.monotonic()
                 self.settings = self._house_store.config()
                 if time.monotonic() - last_beat >= self.settings["lease-seconds"] / 3:
                     self._beat()
                     last_beat = time.monotonic()
                 if not self._stopping.is_set():
                     self._recover()
-                self._house_store.housekeep()
             except Exception as exc:  # the heartbeat must go on or our leases lapse
                 self._log_error("in housekeeping", exc)
 
+    def _pulse_loop(self):
+        """Touch our pulse file (see `home.pulse`) several times a lease, whatever the database does."""
+        while not self._done.wait(min(PULSE_S, self.settings["lease-seconds"] / 4)):
+            try:
+                qhome.pulse(self.home, self.id)
+            except OSError as exc:
+                log.error("worker %s: cannot touch its pulse file: %s", self.id, exc)
+
     def _beat(self):
-        self._house_store.heartbeat(self.id, time.time(), self.settings["lease-seconds"], pid=self.pid,
+        self._house_store.heartbeat(self.id, self.settings["lease-seconds"], pid=self.pid,
                                     host=self.host, threads=self.threads, started_at=self.started_at)
 
     def _recover(self):
         """Jobs of workers whose lease expired, or that died on this host, back to the queue."""
-        for job_id, state in self._house_store.recover(time.time(), self.settings):
+        for job_id, state in self._house_store.recover(time.time(), self.settings, me=self.id):
             log.info("job %s recovered from a lost worker: now %s", job_id, state)

@@ -131,3 +131,18 @@ class HomeTestCase(unittest.TestCase):
     def job(self, job_id):
         with Store(self.db_path) as store:
             return store.get(job_id)
+
+
+def mount_tmpfs(test, size_kb):
+    """A small tmpfs of `test`'s own, unmounted at cleanup (root on Linux only: it is how a test
+    as root gets a read-only or full disk, since root ignores file modes); skips elsewhere."""
+    if not (os.name == "posix" and hasattr(os, "geteuid") and os.geteuid() == 0 and sys.platform.startswith("linux")):
+        test.skipTest("needs root on Linux to mount a small tmpfs (root ignores file modes)")
+    point = os.path.join(test.tmp, "mnt")
+    os.mkdir(point)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%dk,mode=0700" % size_kb, "tmpfs", point],
+                          capture_output=True)
+    if proc.returncode != 0:
+        test.skipTest("cannot mount a tmpfs here: %s" % proc.stderr.decode().strip())
+    test.addCleanup(subprocess.run, ["umount", "-l", point], capture_output=True)
+    return point

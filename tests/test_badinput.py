@@ -8,7 +8,7 @@ import subprocess
 import sys
 import unittest
 
-from tests.base import SCRIPT, HomeTestCase, Result
+from tests.base import SCRIPT, HomeTestCase, Result, mount_tmpfs
 from qctl import jobs
 from qctl.db import Store
 from qctl.worker import Worker
@@ -179,10 +179,6 @@ class BadInputTest(HomeTestCase):
                 self.assert_rejected(label, result, before)
 
 
-def can_mount():
-    return os.name == "posix" and hasattr(os, "geteuid") and os.geteuid() == 0 and sys.platform.startswith("linux")
-
-
 class BrokenEnvironmentTest(HomeTestCase):
     def assert_one_line(self, result, *fragments):
         self.assertEqual(result.code, 1, result)
@@ -192,17 +188,7 @@ class BrokenEnvironmentTest(HomeTestCase):
             self.assertIn(fragment, result.stderr)
 
     def mount_tmpfs(self, size_kb):
-        """A small tmpfs of our own (root only: it is how a test as root gets a read-only or full disk)."""
-        if not can_mount():
-            self.skipTest("needs root on Linux to mount a small tmpfs (root ignores file modes)")
-        point = os.path.join(self.tmp, "mnt")
-        os.mkdir(point)
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%dk,mode=0700" % size_kb, "tmpfs", point],
-                              capture_output=True)
-        if proc.returncode != 0:
-            self.skipTest("cannot mount a tmpfs here: %s" % proc.stderr.decode().strip())
-        self.addCleanup(subprocess.run, ["umount", "-l", point], capture_output=True)
-        return point
+        return mount_tmpfs(self, size_kb)
 
     def test_home_that_is_a_file(self):
         path = os.path.join(self.tmp, "afile")
