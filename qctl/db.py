@@ -35,7 +35,7 @@ from typing import NamedTuple, Optional
 
 from . import config as qconfig
 from . import home as qhome
-from .errors import DuplicateJob, InvalidJob, InvalidState, JobNotFound, StoreError
+from .errors import DatabaseDamaged, DuplicateJob, InvalidJob, InvalidState, JobNotFound, StoreError
 from .jobs import (COMPLETE, COMPLETED, DEAD, FAIL, FAILED, FINISHED_STATES, PENDING, PROCESSING, RELEASE, STATES,
                    UNFINISHED_STATES, DEFAULT_LIST_LIMIT, Outcome, after_failure)
 
@@ -107,7 +107,12 @@ SCHEMA_V1 = (
     ) WITHOUT ROWID""",
 )
 
-MIGRATIONS = (SCHEMA_V1,)  # MIGRATIONS[n] takes user_version n to n + 1
+# Marks the file as ours ("qctl"), so that another application's SQLite file is never taken over.
+APPLICATION_ID = 0x7163746C
+SCHEMA_V2 = ("PRAGMA application_id = %d" % APPLICATION_ID,)
+
+MIGRATIONS = (SCHEMA_V1, SCHEMA_V2)  # MIGRATIONS[n] takes user_version n to n + 1
+OUR_TABLES = {"jobs", "runs", "config", "workers"}
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # `runs`, the column, counts the job's runs over its whole life; rows call it `run`: the number
@@ -158,6 +163,13 @@ def _sqlite_message(exc, path):
     return "database error on %s: %s" % (path, text)
 
 
+def _store_error(exc, path):
+    """The StoreError for an sqlite3 error: DatabaseDamaged when retrying cannot help."""
+    low = str(exc).lower()
+    damaged = "malformed" in low or "not a database" in low or "corrupt" in low
+    return (DatabaseDamaged if damaged else StoreError)(_sqlite_message(exc, path))
+
+
 def _not_unicode(exc):
     # A value typed by the user (a job id from argv) held bytes that are not UTF-8:
     # Python passes them on as lone surrogates, which SQLite cannot bind.
@@ -185,8 +197,10 @@ class Store:
             self.con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                        check_same_thread=False)
         except sqlite3.Error as exc:
-            raise StoreError(_sqlite_message(exc, path)) from None
+            raise _store_error(exc, path) from None
         try:
+            st = os.stat(path)
+            self._identity = (st.st_dev, st.st_ino)
             self.con.execute("PRAGMA busy_timeout = %d" % int(BUSY_TIMEOUT_S * 1000))
             self.con.execute("PRAGMA synchronous = %s" % ("FULL" if durable else "NORMAL"))
             # When the WAL starts over, its file is cut back to this size instead of staying at its peak.
@@ -196,7 +210,7 @@ class Store:
             self._migrate()
         except sqlite3.Error as exc:
             self.con.close()
-            raise StoreError(_sqlite_message(exc, path)) from None
+            raise _store_error(exc, path) from None
         except BaseException:
             self.con.close()
             raise
@@ -214,6 +228,9 @@ class Store:
 
     def _migrate(self):
         version = self.con.execute("PRAGMA user_version").fetchone()[0]
+        if self.con.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID and not self._unmarked_ours(version):
+            raise StoreError("%s is not a queuectl database (another application's SQLite file?): it was left "
+                             "unchanged; give queuectl a home of its own (--home or QUEUECTL_HOME)" % self.path)
         if version == SCHEMA_VERSION:
             return
         if version > SCHEMA_VERSION:
@@ -231,6 +248,20 @@ class Store:
                 for statement in MIGRATIONS[step]:
                     con.execute(statement)
             con.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
+
+    def _unmarked_ours(self, version):
+        """Whether a database without our application_id is a new empty one, or one queuectl made
+        before it marked its files (schema version 1). Reads only: nothing is changed before this."""
+        tables = {name for (name,) in self.con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return not tables if version == 0 else version == 1 and OUR_TABLES <= tables
+
+    def is_current(self):
+        """Whether the file at our path is still the database we opened (not deleted or replaced)."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._identity
 
     def _switch_to_wal(self):
         """PRAGMA journal_mode = WAL, retried while another connection holds a lock.
@@ -255,7 +286,7 @@ class Store:
             try:
                 self.con.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise StoreError(_sqlite_message(exc, self.path)) from None
+                raise _store_error(exc, self.path) from None
             try:
                 yield self.con
                 self.con.execute("COMMIT")
@@ -266,13 +297,13 @@ class Store:
                     raise _not_unicode(exc) from None
                 if isinstance(exc, sqlite3.IntegrityError) or not isinstance(exc, sqlite3.Error):
                     raise
-                raise StoreError(_sqlite_message(exc, self.path)) from None
+                raise _store_error(exc, self.path) from None
 
     def _read(self, sql, params=()):
         try:
             return self.con.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(_sqlite_message(exc, self.path)) from None
+            raise _store_error(exc, self.path) from None
         except UnicodeEncodeError as exc:
             raise _not_unicode(exc) from None
 

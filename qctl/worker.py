@@ -22,7 +22,7 @@ from concurrent.futures import wait as wait_futures
 
 from . import home as qhome
 from .db import Store
-from .errors import QueueError
+from .errors import DatabaseDamaged, QueueError
 from .jobs import COMPLETED, DEAD, FAIL, FAILED, RELEASE, COMPLETE, Outcome
 from .runner import kill_tree, run_command
 from .times import format_seconds
@@ -31,6 +31,7 @@ log = logging.getLogger("qctl.worker")
 
 TICK_S = 0.5               # housekeeping thread's period for config reload and recovery
 WAL_TICK_S = 0.1           # ... and for WAL upkeep, which must keep up with a full-speed drain
+DAMAGED_TRIES = 3          # a damaged database: give up after this many failed claims in a row
 ERROR_REPEAT_S = 60.0      # the same database error is logged at most this often
 PULSE_S = 1.0              # the pulse thread touches our pulse file this often (or 4 times a lease)
 SAFETY_WAKE_S = 5.0        # idle threads retry a claim at least this often, whatever the signals say
@@ -73,6 +74,7 @@ class Worker:
         self._killed = set()                 # job seqs whose command a hard stop killed
         self._procs_lock = threading.Lock()
         self._last_error, self._last_error_at = None, 0.0  # see _log_error
+        self.failure = None                  # why the worker gave up (run() then returns 1)
 
     # ------------------------------------------------------------ control
 
@@ -139,8 +141,17 @@ class Worker:
                 log.error("worker %s: could not deregister: %s", self.id, exc)
             self._house_store.close()
             qhome.forget_pulse(self.home, self.id)
+        if self.failure is not None:
+            log.error("worker %s stopped: %s", self.id, self.failure)
+            return 1
         log.info("worker %s stopped", self.id)
         return 0
+
+    def _give_up(self, why):
+        """Stop (running jobs finish, nothing more is claimed) and make run() return 1."""
+        if self.failure is None:
+            self.failure = why
+        self.stop()
 
     def _supervise(self, futures):
         watch = Store(self.db_path, durable=False, autocheckpoint=False)
@@ -197,6 +208,7 @@ class Worker:
             self._thread_exit()
             return
         finish = None  # the last job's outcome, recorded with the next claim
+        damaged = 0    # failed claims in a row on a damaged database
         try:
             while not self._stopping.is_set():
                 generation = self._wake_gen
@@ -204,9 +216,12 @@ class Worker:
                     job = self._claim_next(store, finish)
                 except Exception as exc:
                     self._log_error("claiming a job", exc)
+                    damaged = damaged + 1 if isinstance(exc, DatabaseDamaged) else 0
+                    if damaged >= DAMAGED_TRIES:
+                        self._give_up("%s (gave up after %d tries; 'queuectl check' says more)" % (exc, damaged))
                     self._stopping.wait(CLAIM_RETRY_S)
                     continue
-                finish = None
+                finish, damaged = None, 0
                 if job is None:
                     self._wait_for_work(generation)
                 else:
@@ -337,6 +352,10 @@ class Worker:
                 if time.monotonic() - last_tick < TICK_S:
                     continue
                 last_tick = time.monotonic()
+                if not self._house_store.is_current():
+                    self._give_up("the database %s was deleted or replaced while this worker served it; "
+                                  "start a worker again to serve the new one" % self.db_path)
+                    continue
                 self.settings = self._house_store.config()
                 if time.monotonic() - last_beat >= self.settings["lease-seconds"] / 3:
                     self._beat()

@@ -6,9 +6,10 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 import unittest
 
-from tests.base import SCRIPT, HomeTestCase, Result, mount_tmpfs
+from tests.base import DEADLINE_S, SCRIPT, HomeTestCase, Result, mount_tmpfs, new_job, wait_until
 from qctl import jobs
 from qctl.db import Store
 from qctl.worker import Worker
@@ -275,3 +276,60 @@ class DashboardBadInputTest(HomeTestCase):
                 if status != 200:
                     self.assertIn("error", json.loads(body))
                 self.assertEqual(dump(self.db_path), before)
+
+
+class ForeignDatabaseTest(HomeTestCase):
+    def test_another_applications_database_is_refused_and_left_unchanged(self):
+        os.remove(self.db_path)
+        con = sqlite3.connect(self.db_path)
+        con.execute("CREATE TABLE photos (name TEXT)")
+        con.execute("INSERT INTO photos VALUES ('cat.jpg')")
+        con.commit()
+        con.close()
+        with open(self.db_path, "rb") as fh:
+            before = fh.read()
+        for argv in (["status"], ["enqueue", "--command", "true"], ["worker", "start", "--burst"]):
+            with self.subTest(argv=argv):
+                result = self.cli(*argv)
+                self.assertEqual((result.code, len(result.stderr.splitlines())), (1, 1), result)
+                self.assertIn("not a queuectl database", result.stderr)
+        with open(self.db_path, "rb") as fh:
+            self.assertEqual(fh.read(), before, "someone else's database was changed")
+        self.assertFalse(os.path.exists(self.db_path + "-wal"))
+
+    def test_a_new_database_is_marked_ours(self):
+        self.ok("status")
+        con = sqlite3.connect(self.db_path)
+        try:
+            self.assertEqual(con.execute("PRAGMA application_id").fetchone()[0], 0x7163746C)
+        finally:
+            con.close()
+
+
+class DatabaseUnderAWorkerTest(HomeTestCase):
+    def test_a_deleted_database_stops_the_worker_with_one_line(self):
+        proc = self.spawn_worker()
+        with Store(self.db_path) as store:
+            wait_until(lambda: store.live_workers(time.time()), message="the worker to register")
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(self.db_path + suffix):
+                os.remove(self.db_path + suffix)
+        proc.wait(DEADLINE_S)
+        proc.log.seek(0)
+        text = proc.log.read()
+        self.assertEqual(proc.returncode, 1, text)
+        self.assertEqual(text.count("deleted or replaced"), 1, text)
+
+    def test_a_damaged_page_ends_a_burst_worker_instead_of_looping(self):
+        store = self.store()
+        store.enqueue([new_job("j%d" % i) for i in range(20)], time.time())
+        root = store._read("SELECT rootpage FROM sqlite_master WHERE name = 'jobs_ready'")[0][0]
+        page = store._read("PRAGMA page_size")[0][0]
+        store._read("PRAGMA wal_checkpoint(TRUNCATE)")
+        with open(self.db_path, "r+b") as fh:  # the claim's index page, overwritten with garbage
+            fh.seek((root - 1) * page)
+            fh.write(bytes(range(256)) * (page // 256))
+        result = self.run_cli("worker", "start", "--burst", timeout=DEADLINE_S)
+        self.assertEqual(result.code, 1, result)
+        self.assertIn("malformed", result.stdout + result.stderr)
+        self.assertNotIn("Traceback", result.stdout + result.stderr)
