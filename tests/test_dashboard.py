@@ -105,7 +105,8 @@ class ApiTest(DashboardCase):
 
     def test_unknown_paths_ids_and_bad_queries(self):
         for path in ("/nope", "/api", "/api/nope", "/api/jobs/nope", "/api/jobs/%01", "/api/jobs/" + "x" * 300,
-                     "/api/jobs/a/b", "/static/../dashboard.py", "/static/index.html", "/metrics/x"):
+                     "/api/jobs/a/b", "/static/../__init__.py", "/static/%2E%2E/__init__.py", "/static/index.html",
+                     "/metrics/x"):
             with self.subTest(path=path):
                 code, headers, body = self.request("GET", path)
                 self.assertEqual(code, 404, body)

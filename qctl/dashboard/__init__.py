@@ -1,6 +1,6 @@
 """The web dashboard: one page, a JSON API and Prometheus metrics, served by `http.server`.
 
-The page's HTML, CSS and JS live beside this module in `dashboard/` and are
+The page's HTML, CSS and JS live in this package's `static/` folder and are
 served by the dashboard itself, under a Content-Security-Policy that allows
 nothing inline and nothing from elsewhere.
 
@@ -26,11 +26,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from . import home as qhome
-from . import jobs
-from . import stats as qstats
-from .db import Store
-from .errors import InvalidJob, InvalidState, JobNotFound, QueueError, StoreError
+from .. import home as qhome
+from .. import jobs
+from .. import stats as qstats
+from ..db import Store
+from ..errors import InvalidJob, InvalidState, JobNotFound, QueueError, StoreError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -39,7 +39,7 @@ DEFAULT_LIST_LIMIT = 100
 OUTPUT_TAIL_CHARS = 4096
 MAX_BODY_BYTES = 65536
 STATS_COST_FACTOR = 5  # see DashboardServer.stats
-STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard")
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 STATIC_FILES = {
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/static/app.css": ("app.css", "text/css; charset=utf-8"),
