@@ -79,6 +79,14 @@ class DashboardCase(HomeTestCase):
         self.ok("enqueue", json.dumps({"id": job_id, "command": "exit 1", "max_retries": 0}))
         self.finish(job_id, fail=True)
 
+    def enqueue_many(self, count):
+        """`count` pending jobs j00000, j00001, ... in one batch, through the store."""
+        ids = ["j%05d" % n for n in range(count)]
+        now = time.time()
+        self.store().enqueue([jobs.validate_job({"id": job_id, "command": "true", "delay": 3600}, now=now, cwd="/",
+                                                default_max_retries=0) for job_id in ids], now)
+        return ids
+
 
 class ApiTest(DashboardCase):
     def test_api_answers_as_the_cli_prints(self):
@@ -136,9 +144,10 @@ class ApiTest(DashboardCase):
         self.assertEqual(self.get_json("/api/jobs/secret")["env"], {"API_KEY": "***"})
 
     def test_survives_a_client_that_hangs_up_mid_response(self):
-        # About 4 MB of JSON: far more than the socket buffers hold, so the server is mid-write when we reset.
+        # A page of about 4 MB of JSON (1,000 jobs): far more than the socket buffers hold, so the server
+        # is mid-write when we reset.
         store = self.store()
-        store.enqueue([jobs.validate_job({"command": "x" * 2000, "delay": 3600}, now=0, cwd="/", default_max_retries=0)
+        store.enqueue([jobs.validate_job({"command": "x" * 4000, "delay": 3600}, now=0, cwd="/", default_max_retries=0)
                        for _ in range(2000)], 0)
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
@@ -150,6 +159,50 @@ class ApiTest(DashboardCase):
                 sock.close()
             self.assertEqual(self.get_json("/api/status")["jobs"]["pending"], 2000)
         self.assertEqual(err.getvalue(), "")
+
+
+class PagingTest(DashboardCase):
+    def pages(self, path):
+        """Every page from `path` on, following each answer's Link rel="next": [(jobs, headers)]."""
+        pages = []
+        while path:
+            code, headers, body = self.request("GET", path)
+            self.assertEqual(code, 200, body)
+            pages.append((json.loads(body), headers))
+            link = headers.get("Link")
+            path = re.fullmatch(r'<(/api/jobs\?[^>]*)>; rel="next"', link).group(1) if link else None
+            self.assertEqual(link is None, "X-Next-Cursor" not in headers)
+            self.assertLess(len(pages), 10)
+        return pages
+
+    def test_a_page_holds_at_most_1000_jobs_and_a_cursor_to_the_rest(self):
+        ids = self.enqueue_many(2500)
+        for limit in ("0", "1000", "1001", "5000", str(2 ** 70)):
+            with self.subTest(limit=limit):
+                pages = self.pages("/api/jobs?limit=" + limit)
+                self.assertEqual([len(page) for page, _ in pages], [1000, 1000, 500])
+                self.assertEqual([job["id"] for page, _ in pages for job in page], ids)  # no overlap, no gap
+        newest = self.pages("/api/jobs?newest=1&limit=0")
+        self.assertEqual([job["id"] for page, _ in newest for job in page], ids[::-1])
+        # X-Next-Cursor alone is enough to go on, with the query the client already has.
+        first, headers = self.pages("/api/jobs?limit=700")[0]
+        code, _, body = self.request("GET", "/api/jobs?limit=700&after=" + headers["X-Next-Cursor"])
+        self.assertEqual([job["id"] for job in first + json.loads(body)], ids[:1400])
+        # A page that ends exactly at the last job has no next.
+        self.assertEqual([len(page) for page, _ in self.pages("/api/jobs?limit=500")], [500] * 5)
+
+    def test_the_cursor_keeps_the_state_filter(self):
+        ids = self.enqueue_many(1500)
+        self.dead_job("doomed")
+        pages = self.pages("/api/jobs?state=pending&limit=0")
+        self.assertIn("state=pending", pages[0][1]["Link"])
+        self.assertEqual([job["id"] for page, _ in pages for job in page], ids)
+        self.assertEqual([job["id"] for job in self.get_json("/api/jobs?state=dead&limit=0")], ["doomed"])
+
+    def test_bad_cursors(self):
+        for after in ("x", "-1", "1.5", str(2 ** 63)):
+            with self.subTest(after=after):
+                self.assertIn("error", self.get_json("/api/jobs?after=" + after, status=400))
 
 
 class SafetyTest(DashboardCase):

@@ -12,6 +12,12 @@ Safety rules (Flower, rq-dashboard and Sidekiq all had holes here):
 - `read_only` refuses every POST;
 - job data reaches the page as JSON and the page only ever sets textContent;
 - env values never leave the store: `jobs.public_job` masks them.
+
+Bounds (SPEC "Bounded dashboard"): `GET /api/jobs` answers at most MAX_PAGE_JOBS
+jobs (a larger `limit`, or 0, is capped); when more match, the answer stays the
+array `list --json` prints and names the rest in its headers, `X-Next-Cursor: C`
+and `Link: </api/jobs?...&after=C>; rel="next"`: ask again with `after=C`
+(in either order, `newest=1` too).
 """
 
 import hmac
@@ -24,7 +30,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from .. import home as qhome
 from .. import jobs
@@ -36,6 +42,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 TOKEN_HEADER = "X-Queuectl-Token"
 DEFAULT_LIST_LIMIT = 100
+MAX_PAGE_JOBS = 1000  # jobs in one /api/jobs answer; the rest through its next cursor
+MAX_CURSOR = 2 ** 63 - 1  # a cursor is a job's seq: SQLite's largest integer at most
 OUTPUT_TAIL_CHARS = 4096
 MAX_BODY_BYTES = 65536
 STATS_COST_FACTOR = 5  # see DashboardServer.stats
@@ -185,18 +193,18 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):
         """Quiet: the page polls every 2 s, a line per request would bury everything else."""
 
-    def _send(self, status, body, content_type):
+    def _send(self, status, body, content_type, headers=()):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        for name, value in SECURITY_HEADERS:
+        for name, value in tuple(headers) + SECURITY_HEADERS:
             self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _json(self, status, value):
-        self._send(status, json.dumps(value).encode("ascii"), "application/json")
+    def _json(self, status, value, headers=()):
+        self._send(status, json.dumps(value).encode("ascii"), "application/json", headers)
 
     def _dispatch(self, route):
         try:
@@ -300,9 +308,27 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(400, "limit must be a whole number, not %r" % limit_text) from None
         if limit < 0:
             raise HttpError(400, "limit must be 0 (all) or more, not %d" % limit)
+        if limit == 0 or limit > MAX_PAGE_JOBS:  # 0 means all, but one answer holds a page at most
+            limit = MAX_PAGE_JOBS
         newest_first = (query.get("newest") or [""])[-1] in ("1", "true")
-        self._with_store(lambda store: [jobs.public_job(r) for r in store.list_jobs(
-            state=state, limit=limit, newest_first=newest_first)])
+        after_text = (query.get("after") or [""])[-1]
+        try:
+            after = int(after_text) if after_text else None
+        except ValueError:
+            after = -1
+        if after is not None and not 0 <= after <= MAX_CURSOR:
+            raise HttpError(400, "after must be a cursor from X-Next-Cursor, not %r" % after_text)
+        with self._store() as store:
+            # One more than the page: whether there is a next page, without counting.
+            rows = store.list_jobs(state=state, limit=limit + 1, newest_first=newest_first, after_seq=after)
+        headers = ()
+        if len(rows) > limit:
+            rows = rows[:limit]
+            cursor = str(rows[-1]["seq"])
+            params = [("state", state)] if state else []
+            params += [("limit", limit)] + ([("newest", 1)] if newest_first else []) + [("after", cursor)]
+            headers = (("X-Next-Cursor", cursor), ("Link", '</api/jobs?%s>; rel="next"' % urlencode(params)))
+        self._json(200, [jobs.public_job(r) for r in rows], headers)
 
     def _metrics(self):
         with self._store() as store:
