@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -25,6 +26,8 @@ XSS_COMMAND = "<img src=x onerror=alert(1)>"
 # The command holds no markup; its output does: printf writes <script>alert(2)</script>.
 XSS_OUTPUT_COMMAND = r"printf '\074script\076alert(2)\074/script\076\n'"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+# Short, so that the tests of the idle timeout take a moment; the default is IDLE_TIMEOUT_S.
+TEST_IDLE_TIMEOUT_S = 0.5
 
 
 class DashboardCase(HomeTestCase):
@@ -86,6 +89,21 @@ class DashboardCase(HomeTestCase):
         self.store().enqueue([jobs.validate_job({"id": job_id, "command": "true", "delay": 3600}, now=now, cwd="/",
                                                 default_max_retries=0) for job_id in ids], now)
         return ids
+
+
+def read_until_closed(sock):
+    chunks = []
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def parse_answer(answer):
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    return int(lines[0].split()[1]), dict(line.split(": ", 1) for line in lines[1:]), body
 
 
 class ApiTest(DashboardCase):
@@ -204,6 +222,86 @@ class PagingTest(DashboardCase):
             with self.subTest(after=after):
                 self.assertIn("error", self.get_json("/api/jobs?after=" + after, status=400))
 
+
+class BoundsTest(DashboardCase):
+    def setUp(self):
+        super().setUp()
+        self.server.idle_timeout_s = TEST_IDLE_TIMEOUT_S
+
+    def connect(self):
+        sock = socket.create_connection(("127.0.0.1", self.server.port), timeout=DEADLINE_S)
+        self.addCleanup(sock.close)
+        return sock
+
+    def test_the_default_idle_timeout_is_10s(self):
+        self.assertEqual(dashboard.IDLE_TIMEOUT_S, 10)
+        self.assertEqual(self.serve().idle_timeout_s, 10)
+
+    def test_a_body_over_64k_gets_413_and_changes_nothing(self):
+        self.dead_job()
+        headers = {dashboard.TOKEN_HEADER: self.page_token(), "Content-Type": "application/octet-stream"}
+        conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=DEADLINE_S)
+        self.addCleanup(conn.close)
+        # 8 MiB is more than the sockets buffer: it arrives while the server answers, which must
+        # read and drop it rather than reset the connection under the client's feet.
+        for size in (70 * 1024, 8 * 1024 * 1024):
+            with self.subTest(size=size):
+                conn.request("POST", "/api/jobs/doomed/retry", body=b"x" * size, headers=headers)
+                response = conn.getresponse()
+                self.assertEqual(response.status, 413)
+                self.assertIn("error", json.loads(response.read()))
+                self.assertEqual(self.job("doomed")["state"], jobs.DEAD)
+                conn.close()
+        conn.request("POST", "/api/jobs/doomed/retry", body=b"x" * dashboard.MAX_BODY_BYTES, headers=headers)
+        self.assertEqual(conn.getresponse().status, 200)  # 64 KiB is still fine
+        self.assertEqual(self.job("doomed")["state"], jobs.PENDING)
+
+    def test_a_half_sent_request_is_dropped_after_the_idle_timeout(self):
+        started = time.monotonic()  # before connecting: the server's clock cannot start earlier
+        sock = self.connect()
+        sock.sendall(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % self.server.port)  # no blank line
+        self.assertEqual(read_until_closed(sock), b"")
+        elapsed = time.monotonic() - started
+        self.assertGreaterEqual(elapsed, TEST_IDLE_TIMEOUT_S * 0.9)
+        self.assertLess(elapsed, TEST_IDLE_TIMEOUT_S + 5)
+
+    def test_a_client_sending_a_byte_now_and_then_is_dropped_too(self):
+        # Never silent for the idle timeout, but the request is not whole by then.
+        started = time.monotonic()
+        sock = self.connect()
+        request = b"GET /api/status HTTP/1.1\r\nX-Slow: " + b"x" * 1000
+        sent = 0
+        while time.monotonic() - started < TEST_IDLE_TIMEOUT_S + 5:
+            try:
+                sock.sendall(request[sent:sent + 1])
+            except OSError:  # the server has closed
+                break
+            sent += 1
+            if select.select([sock], [], [], TEST_IDLE_TIMEOUT_S / 10)[0]:  # wait a little, or for the close
+                break
+        with contextlib.suppress(ConnectionResetError):
+            self.assertEqual(read_until_closed(sock), b"")
+        self.assertGreater(sent, 3)
+        self.assertLess(time.monotonic() - started, TEST_IDLE_TIMEOUT_S + 5)
+
+    def test_a_body_shorter_than_announced_times_out_and_others_are_served_meanwhile(self):
+        self.server.idle_timeout_s = 1.0  # long enough to see the server answer someone else first
+        self.dead_job()
+        started = time.monotonic()
+        sock = self.connect()
+        sock.sendall(b"POST /api/jobs/doomed/retry HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s: %s\r\n"
+                     b"Content-Length: 100\r\n\r\nabc" % (self.server.port, dashboard.TOKEN_HEADER.encode(),
+                                                          self.server.token.encode()))
+        self.assertEqual(self.get_json("/api/status")["jobs"]["dead"], 1)
+        answer = read_until_closed(sock)
+        elapsed = time.monotonic() - started
+        code, headers, body = parse_answer(answer)
+        self.assertEqual(code, 408, answer)
+        self.assertEqual(headers["Content-Security-Policy"], dashboard.CSP)
+        self.assertIn("error", json.loads(body))
+        self.assertGreaterEqual(elapsed, 0.9)
+        self.assertLess(elapsed, 1.0 + 5)
+        self.assertEqual(self.job("doomed")["state"], jobs.DEAD)
 
 class SafetyTest(DashboardCase):
     def test_host_header_must_name_the_served_address(self):

@@ -17,10 +17,13 @@ Bounds (SPEC "Bounded dashboard"): `GET /api/jobs` answers at most MAX_PAGE_JOBS
 jobs (a larger `limit`, or 0, is capped); when more match, the answer stays the
 array `list --json` prints and names the rest in its headers, `X-Next-Cursor: C`
 and `Link: </api/jobs?...&after=C>; rel="next"`: ask again with `after=C`
-(in either order, `newest=1` too).
+(in either order, `newest=1` too). A body over MAX_BODY_BYTES gets 413 unread.
+The request line, headers and body must arrive within IDLE_TIMEOUT_S, else the
+connection is closed.
 """
 
 import hmac
+import io
 import ipaddress
 import json
 import os
@@ -46,6 +49,8 @@ MAX_PAGE_JOBS = 1000  # jobs in one /api/jobs answer; the rest through its next 
 MAX_CURSOR = 2 ** 63 - 1  # a cursor is a job's seq: SQLite's largest integer at most
 OUTPUT_TAIL_CHARS = 4096
 MAX_BODY_BYTES = 65536
+IDLE_TIMEOUT_S = 10.0  # a request must arrive whole within this (DashboardServer.idle_timeout_s)
+LINGER_S = 2.0  # at most this long draining a refused body; see Handler.finish
 STATS_COST_FACTOR = 5  # see DashboardServer.stats
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 STATIC_FILES = {
@@ -62,7 +67,8 @@ SECURITY_HEADERS = (
     ("Referrer-Policy", "no-referrer"),
     ("Cache-Control", "no-store"),
 )
-_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+# socket.timeout: a client that stopped reading our answer for the whole idle timeout.
+_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, socket.timeout)
 
 
 class HttpError(Exception):
@@ -127,10 +133,36 @@ def host_allowed(header, server):
     return True
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A socket as a raw input stream whose reads fail with socket.timeout once `deadline`
+    (time.monotonic()) has passed. A plain socket timeout restarts at every byte, so a client
+    that sends one every few seconds would hold its thread for ever."""
+
+    def __init__(self, sock, timeout_s):
+        super().__init__()
+        self._sock = sock
+        self._timeout_s = timeout_s
+        self.deadline = time.monotonic() + timeout_s
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("timed out")
+        self._sock.settimeout(left)
+        try:
+            return self._sock.recv_into(buffer)
+        finally:
+            self._sock.settimeout(self._timeout_s)  # writes keep the whole timeout
+
+
 class DashboardServer(ThreadingHTTPServer):
     """A ThreadingHTTPServer that knows its home, token and rules; see `make_server`."""
 
     daemon_threads = True
+    idle_timeout_s = IDLE_TIMEOUT_S  # tests lower it on their server
     request_queue_size = 64  # a page asks for six things at once; the default backlog of 5 drops some
 
     def __init__(self, db_path, host, port, *, read_only=False):
@@ -185,6 +217,8 @@ def _read_static(name):
 
 
 class Handler(BaseHTTPRequestHandler):
+    timeout = IDLE_TIMEOUT_S  # per connection, from DashboardServer.idle_timeout_s in setup
+
     def version_string(self):
         return "queuectl"
 
@@ -192,6 +226,36 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args):
         """Quiet: the page polls every 2 s, a line per request would bury everything else."""
+
+    def setup(self):
+        self.timeout = self.server.idle_timeout_s
+        super().setup()
+        self.rfile.close()  # the socket stays open: it is only makefile()'s reader
+        self._reader = _DeadlineReader(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self._reader)
+        self._input_unread = False
+
+    def handle_one_request(self):
+        # The request line, headers and body together get the idle timeout.
+        self._reader.deadline = time.monotonic() + self.timeout
+        super().handle_one_request()
+
+    def finish(self):
+        if self._input_unread:
+            self._linger()
+        super().finish()
+
+    def _linger(self):
+        """Drop what arrives of a request we answered unread, until the client hangs up or for
+        LINGER_S: closing a socket with unread input sends a reset, which can destroy our answer
+        before the client has read it."""
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            self._reader.deadline = time.monotonic() + min(LINGER_S, self.timeout)
+            while self.rfile.read1(65536):
+                pass
+        except OSError:  # socket.timeout among them
+            pass
 
     def _send(self, status, body, content_type, headers=()):
         self.send_response(status)
@@ -206,8 +270,34 @@ class Handler(BaseHTTPRequestHandler):
     def _json(self, status, value, headers=()):
         self._send(status, json.dumps(value).encode("ascii"), "application/json", headers)
 
+    def _read_body(self):
+        """The request's body, refused unread (413) when it announces more than MAX_BODY_BYTES."""
+        if self.headers.get("Transfer-Encoding"):
+            self._input_unread = True
+            raise HttpError(411, "send a Content-Length, not a Transfer-Encoding")
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._input_unread = True
+            raise HttpError(400, "bad Content-Length header")
+        if length > MAX_BODY_BYTES:
+            self._input_unread = True
+            raise HttpError(413, "request body over %d KiB" % (MAX_BODY_BYTES // 1024))
+        try:
+            body = self.rfile.read(length)
+        except socket.timeout:
+            raise HttpError(408, "the request did not arrive whole within %gs" % self.timeout) from None
+        if len(body) < length:
+            raise HttpError(400, "request body shorter than its Content-Length")
+        return body
+
     def _dispatch(self, route):
         try:
+            # Read it even though no action takes one: one left unread would make our close() a
+            # reset that eats the answer.
+            self._read_body()
             if not host_allowed(self.headers.get("Host"), self.server):
                 raise HttpError(400, "unexpected Host header: use %s" % self.server.url)
             parts = urlsplit(self.path)
@@ -248,7 +338,7 @@ class Handler(BaseHTTPRequestHandler):
         self._dispatch(self._post_route)
 
     def _refuse(self, *_):
-        self._json(405, {"error": "method not allowed"})
+        self._dispatch(self._refused_route)
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
 
@@ -274,6 +364,9 @@ class Handler(BaseHTTPRequestHandler):
         if len(rest) == 2 and rest[0] == "jobs":
             return lambda: self._with_store(lambda store: job_detail(store, rest[1]))
         return None
+
+    def _refused_route(self, seg, query):
+        raise HttpError(405, "method not allowed")
 
     def _post_route(self, seg, query):
         if len(seg) == 4 and seg[:2] == ["api", "jobs"] and seg[3] == "retry":
@@ -336,12 +429,6 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, text.encode("utf-8"), "text/plain; version=0.0.4; charset=utf-8")
 
     def _retry(self, job_id):
-        # No action takes a body, but one left unread would make our close() a reset that eats the answer.
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            raise HttpError(400, "bad Content-Length header") from None
-        self.rfile.read(max(0, min(length, MAX_BODY_BYTES)))
         if self.server.read_only:
             raise HttpError(403, "the dashboard is read-only")
         token = self.headers.get(TOKEN_HEADER) or ""
