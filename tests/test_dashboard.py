@@ -56,6 +56,14 @@ class DashboardCase(HomeTestCase):
         finally:
             conn.close()
 
+    def raw(self, data, *, server=None):
+        """Send `data` on a new connection and read until the server closes it: (status, headers, body)."""
+        server = server or self.server
+        with socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE_S) as sock:
+            sock.sendall(data)
+            answer = read_until_closed(sock)
+        return parse_answer(answer)
+
     def get_json(self, path, status=200):
         code, headers, body = self.request("GET", path)
         self.assertEqual(code, status, body)
@@ -302,6 +310,31 @@ class BoundsTest(DashboardCase):
         self.assertGreaterEqual(elapsed, 0.9)
         self.assertLess(elapsed, 1.0 + 5)
         self.assertEqual(self.job("doomed")["state"], jobs.DEAD)
+
+    def test_every_answer_carries_the_security_headers(self):
+        host = b"Host: 127.0.0.1:%d\r\n" % self.server.port
+        requests = {
+            400: [b"GET / HTTP/1.1 extra\r\n\r\n", b"GET /api/status HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+                  b"POST /api/jobs/x/retry HTTP/1.1\r\n" + host + b"Content-Length: x\r\n\r\n"],
+            404: [b"GET /nope HTTP/1.1\r\n" + host + b"\r\n"],
+            405: [b"DELETE /api/jobs/x HTTP/1.1\r\n" + host + b"\r\n"],
+            411: [b"POST /api/jobs/x/retry HTTP/1.1\r\n" + host + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"],
+            413: [b"POST /api/jobs/x/retry HTTP/1.1\r\n" + host + b"Content-Length: 71680\r\n\r\n" + b"x" * 71680],
+            414: [b"GET /" + b"x" * 70000 + b" HTTP/1.1\r\n" + host + b"\r\n"],
+            431: [b"GET / HTTP/1.1\r\n" + host + b"X-Big: " + b"x" * 70000 + b"\r\n\r\n"],
+            501: [b"BOGUS / HTTP/1.1\r\n" + host + b"\r\n"],
+            505: [b"GET / HTTP/2.0\r\n" + host + b"\r\n", b"GET /\r\n\r\n"],  # the last one is HTTP/0.9
+        }
+        for status, variants in requests.items():
+            for data in variants:
+                with self.subTest(status=status, request=data[:40]):
+                    code, headers, body = self.raw(data)
+                    self.assertEqual(code, status, body)
+                    for name, value in dashboard.SECURITY_HEADERS:
+                        self.assertEqual(headers.get(name), value, name)
+                    self.assertEqual(headers["Content-Type"], "application/json")
+                    self.assertIn("error", json.loads(body))
+
 
 class SafetyTest(DashboardCase):
     def test_host_header_must_name_the_served_address(self):

@@ -19,7 +19,8 @@ array `list --json` prints and names the rest in its headers, `X-Next-Cursor: C`
 and `Link: </api/jobs?...&after=C>; rel="next"`: ask again with `after=C`
 (in either order, `newest=1` too). A body over MAX_BODY_BYTES gets 413 unread.
 The request line, headers and body must arrive within IDLE_TIMEOUT_S, else the
-connection is closed.
+connection is closed. Every response, http.server's own errors included, carries
+SECURITY_HEADERS (`end_headers` adds them).
 """
 
 import hmac
@@ -240,6 +241,31 @@ class Handler(BaseHTTPRequestHandler):
         self._reader.deadline = time.monotonic() + self.timeout
         super().handle_one_request()
 
+    def parse_request(self):
+        if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9":  # its answer has no headers, so no CSP; no browser sends it
+            self.send_error(505, "HTTP/0.9 is not supported")
+            return False
+        return True
+
+    def end_headers(self):
+        # Here rather than in _send, so that no answer can go without them: not http.server's
+        # own errors (send_error), nor one a later handler writes by hand.
+        for name, value in SECURITY_HEADERS:
+            self.send_header(name, value)
+        super().end_headers()
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own refusals (bad request line, 414, 431, 501, 505) as JSON errors like ours.
+
+        The status line keeps the standard reason: `message` may quote the client's bytes."""
+        if self.request_version == "HTTP/0.9":  # else send_response would write no status line
+            self.request_version = "HTTP/1.0"
+        self.close_connection = True
+        self._input_unread = True  # the rest of a request line or headers, and any body
+        self._json(code, {"error": message or self.responses.get(code, ("error",))[0]})
+
     def finish(self):
         if self._input_unread:
             self._linger()
@@ -261,7 +287,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        for name, value in tuple(headers) + SECURITY_HEADERS:
+        for name, value in headers:
             self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
