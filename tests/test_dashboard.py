@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import unittest
+from urllib.parse import quote
 
 from qctl import dashboard
 from qctl import jobs
@@ -26,6 +27,8 @@ XSS_COMMAND = "<img src=x onerror=alert(1)>"
 # The command holds no markup; its output does: printf writes <script>alert(2)</script>.
 XSS_OUTPUT_COMMAND = r"printf '\074script\076alert(2)\074/script\076\n'"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+# Ids a path cannot carry as they are: dot segments, URL delimiters, escapes, and plain oddities.
+AWKWARD_IDS = (".", "..", "a/b", "../api/status", "q?x=1", "h#frag", "p%41", "100%", "a+b", "sp ace", "ünï")
 # Short, so that the tests of the idle timeout take a moment; the default is IDLE_TIMEOUT_S.
 TEST_IDLE_TIMEOUT_S = 0.5
 
@@ -336,6 +339,37 @@ class BoundsTest(DashboardCase):
                     self.assertIn("error", json.loads(body))
 
 
+class AwkwardIdTest(DashboardCase):
+    def test_any_id_opens_and_retries_by_query(self):
+        token = self.page_token()
+        for job_id in AWKWARD_IDS:
+            self.dead_job(job_id)
+        for job_id in AWKWARD_IDS:
+            with self.subTest(id=job_id):
+                query = "?id=" + quote(job_id, safe="")
+                self.assertEqual(self.get_json("/api/job" + query)["id"], job_id)
+                # A client that does not normalise paths may name it there too.
+                self.assertEqual(self.get_json("/api/jobs/" + quote(job_id, safe=""))["id"], job_id)
+                code, _, body = self.request("POST", "/api/job/retry" + query, headers={dashboard.TOKEN_HEADER: token})
+                self.assertEqual(code, 200, body)
+                self.assertEqual(json.loads(body)["id"], job_id)
+                self.assertEqual(self.job(job_id)["state"], jobs.PENDING)
+
+    def test_the_query_form_refuses_what_the_path_form_does(self):
+        self.dead_job()
+        self.assertIn("error", self.get_json("/api/job", status=400))
+        self.assertIn("error", self.get_json("/api/job?id=nope", status=404))
+        self.assertIn("error", self.get_json("/api/job?id=%01", status=404))
+        code, _, _ = self.request("POST", "/api/job/retry?id=doomed")
+        self.assertEqual(code, 403)  # the token rule holds here too
+        self.assertEqual(self.job("doomed")["state"], jobs.DEAD)
+
+    def test_the_page_names_every_id_in_the_query(self):
+        script = self.request("GET", "/static/app.js")[2].decode()
+        self.assertNotIn('"/api/jobs/" +', script)  # a path the browser would resolve "." and ".." in
+        self.assertIn('"?id=" + encodeURIComponent(id)', script)
+
+
 class SafetyTest(DashboardCase):
     def test_host_header_must_name_the_served_address(self):
         port = self.server.port
@@ -491,3 +525,12 @@ class BrowserTest(DashboardCase):
         self.assertNotIn("<script>alert", dom)
         self.assertIn(">Retry<", dom)
         self.assertIn("updated ", dom)  # the script ran and the API answered
+
+    def test_page_opens_jobs_whose_ids_are_dot_segments(self):
+        for job_id in ("..", "."):
+            self.dead_job(job_id)
+        for job_id in ("..", "."):
+            with self.subTest(id=job_id):
+                dom = self.dump_dom("/#job=" + quote(job_id, safe=""))
+                self.assertIn('<code id="detail-id">%s</code>' % job_id, dom)
+                self.assertRegex(dom, r'<section class="panel detail" id="detail">')  # shown, not hidden

@@ -21,6 +21,11 @@ and `Link: </api/jobs?...&after=C>; rel="next"`: ask again with `after=C`
 The request line, headers and body must arrive within IDLE_TIMEOUT_S, else the
 connection is closed. Every response, http.server's own errors included, carries
 SECURITY_HEADERS (`end_headers` adds them).
+
+Ids: in a path an id is percent-encoded (`a/b` is `/api/jobs/a%2Fb`). Browsers
+and fetch() resolve `.` and `..` as dot segments even when sent as `%2E%2E`, so
+any id may also go in the query, which nobody normalises: `GET /api/job?id=ID`
+and `POST /api/job/retry?id=ID`. The page always uses that form.
 """
 
 import hmac
@@ -389,6 +394,8 @@ class Handler(BaseHTTPRequestHandler):
             return lambda: self._list(query)
         if len(rest) == 2 and rest[0] == "jobs":
             return lambda: self._with_store(lambda store: job_detail(store, rest[1]))
+        if rest == ["job"]:
+            return lambda: self._with_store(lambda store: job_detail(store, query_id(query)))
         return None
 
     def _refused_route(self, seg, query):
@@ -397,6 +404,8 @@ class Handler(BaseHTTPRequestHandler):
     def _post_route(self, seg, query):
         if len(seg) == 4 and seg[:2] == ["api", "jobs"] and seg[3] == "retry":
             return lambda: self._retry(seg[2])
+        if seg == ["api", "job", "retry"]:
+            return lambda: self._retry(query_id(query))
         return None
 
     # ------------------------------------------------------------ handlers
@@ -463,6 +472,14 @@ class Handler(BaseHTTPRequestHandler):
         with self._store() as store:
             store.retry_dead(job_id, time.time())
             self._json(200, jobs.public_job(store.get(job_id)))
+
+
+def query_id(query):
+    """The job id a `?id=` query names: the one way to name `.` and `..` from a browser."""
+    values = query.get("id")
+    if not values:
+        raise HttpError(400, "name the job: ?id=ID")
+    return values[-1]
 
 
 def job_detail(store, job_id):
