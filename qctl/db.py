@@ -636,13 +636,19 @@ class Store:
                 return alive
             time.sleep(WAIT_POLL_S)
 
-    def list_jobs(self, *, state=None, limit=DEFAULT_LIST_LIMIT, newest_first=False):
-        """Jobs in enqueue order (oldest first, or newest first), at most `limit` (0 = all)."""
+    def list_jobs(self, *, state=None, limit=DEFAULT_LIST_LIMIT, newest_first=False, after_seq=None):
+        """Jobs in enqueue order (oldest first, or newest first), at most `limit` (0 = all).
+
+        `after_seq` continues a listing: only the jobs after that `seq` (each row has its own) in this order.
+        """
         sql = "SELECT " + JOB_COLUMNS + " FROM jobs"
         params = []
         if state is not None:
             sql += " WHERE state = ?"
             params.append(state)
+        if after_seq is not None:
+            sql += (" AND " if params else " WHERE ") + ("seq < ?" if newest_first else "seq > ?")
+            params.append(after_seq)
         sql += " ORDER BY seq DESC" if newest_first else " ORDER BY seq"
         if 0 < limit <= SQLITE_MAX_INT:  # a larger limit means all, as 0 does: SQLite cannot bind it
             sql += " LIMIT ?"
