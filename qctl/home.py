@@ -25,11 +25,10 @@ def resolve(home=None):
 
 
 def ensure(home):
-    """Create the home (0700 on POSIX) if needed; return the database path."""
+    """Create the home (0700) and an empty database file (0600) if missing, whatever
+    the umask; return the database path."""
     try:
-        os.makedirs(home, mode=0o700, exist_ok=True)
-    except FileExistsError:
-        raise StoreError("cannot use %s as the queuectl home: it is not a directory" % home) from None
+        _make_private_dirs(home)
     except OSError as exc:
         raise StoreError("cannot create the queuectl home %s: %s" % (home, exc.strerror or exc)) from None
     if not os.path.isdir(home):
@@ -39,12 +38,59 @@ def ensure(home):
         # Create it 0600 before SQLite does (with the umask's 0644): its -wal and
         # -shm files take the database file's mode.
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.close(_create_private(path, os.O_WRONLY | os.O_EXCL))
         except FileExistsError:
             pass
         except OSError as exc:
             raise StoreError("cannot create the database %s: %s" % (path, exc.strerror or exc)) from None
     return path
+
+
+def _make_private_dirs(path):
+    """os.makedirs, but every folder made is 0700 whatever the umask.
+
+    makedirs gives the parents it creates 0777 less the umask (so 0777 under
+    umask 000), and mode bits are masked by the umask anyway: each level is
+    made here and chmod-ed. Folders that exist already are left as they are.
+    """
+    head, tail = os.path.split(path)
+    if not tail:  # a trailing separator
+        head, tail = os.path.split(head)
+    if head and tail and not os.path.exists(head):
+        _make_private_dirs(head)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:  # a file there is reported by the caller: "not a directory"
+        return
+    except OSError:
+        if os.path.isdir(path):  # there already (Windows may say so with another error): not ours to chmod
+            return
+        raise
+    if POSIX:
+        os.chmod(path, 0o700)
+
+
+def _create_private(path, flags):
+    """os.open(path, flags | O_CREAT) with mode 0600 whatever the umask; returns the fd.
+
+    The fchmod also tightens a file that existed already (a stale temp file).
+    """
+    fd = os.open(path, flags | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o600)
+    if POSIX:
+        try:
+            os.fchmod(fd, 0o600)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
+
+
+def open_private_log(path):
+    """The worker log, opened to append (binary), created 0600 whatever the umask."""
+    try:
+        return os.fdopen(_create_private(path, os.O_WRONLY | os.O_APPEND), "ab")
+    except OSError as exc:
+        raise StoreError("cannot open the worker log %s: %s" % (path, exc.strerror or exc)) from None
 
 
 def check_private(home):
@@ -95,14 +141,17 @@ def request_stop(home):
 
     A worker remembers the generation it started under and stops once the file
     holds a larger one, so a worker started after this call is not affected.
-    Written to a temporary file and renamed, so a reader never sees half of it.
+    Written to a temporary file (0600) and renamed, so a reader never sees half of it.
     """
     generation = stop_generation(home) + 1
     path = stopfile_path(home)
     tmp = "%s.%d.tmp" % (path, os.getpid())
     try:
-        with open(tmp, "w", encoding="ascii") as fh:
-            fh.write("%d\n" % generation)
+        fd = _create_private(tmp, os.O_WRONLY | os.O_TRUNC)
+        try:
+            os.write(fd, b"%d\n" % generation)
+        finally:
+            os.close(fd)  # before the rename: Windows cannot rename an open file
         os.replace(tmp, path)
     except OSError as exc:
         raise StoreError("cannot write the stopfile %s: %s" % (path, exc.strerror or exc)) from None
@@ -111,7 +160,6 @@ def request_stop(home):
 
 def log_path(home):
     return os.path.join(home, LOG_NAME)
-
 
 
 # ---------------------------------------------------------------- worker liveness
