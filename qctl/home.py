@@ -24,15 +24,22 @@ def resolve(home=None):
         raise StoreError("cannot find the queuectl home %s: %s" % (chosen, exc.strerror or exc)) from None
 
 
-def ensure(home):
-    """Create the home (0700) and an empty database file (0600) if missing, whatever
-    the umask; return the database path."""
+def ensure(home, *, allow_shared=False):
+    """Create the home (0700) and an empty database file (0600) if missing; return the
+    database path.
+
+    Every command opens the store through here, so none can forget the check:
+    unless `allow_shared`, a home or database that is not private (see
+    `check_private`) is refused before anything is written to it.
+    """
     try:
         _make_private_dirs(home)
     except OSError as exc:
         raise StoreError("cannot create the queuectl home %s: %s" % (home, exc.strerror or exc)) from None
     if not os.path.isdir(home):
         raise StoreError("cannot use %s as the queuectl home: it is not a directory" % home)
+    if not allow_shared:
+        _refuse_if_shared(home)
     path = os.path.join(home, DB_NAME)
     if not os.path.exists(path):
         # Create it 0600 before SQLite does (with the umask's 0644): its -wal and
@@ -43,6 +50,8 @@ def ensure(home):
             pass
         except OSError as exc:
             raise StoreError("cannot create the database %s: %s" % (path, exc.strerror or exc)) from None
+    if not allow_shared:
+        _refuse_if_shared(path)
     return path
 
 
@@ -98,27 +107,45 @@ def check_private(home):
     (they could run commands as us).
 
     Returns nothing; raises QueueError with what to fix. POSIX only: Windows
-    homes live in the user's profile, protected by its ACL.
+    homes live in the user's profile, protected by its ACL. A symlink is judged
+    by its target (os.stat follows it): a queue.db linked to another user's
+    file is theirs.
     """
+    for path in (home, os.path.join(home, DB_NAME)):
+        _refuse_if_shared(path)
+
+
+def _refuse_if_shared(path):
     if not POSIX:
         return
-    for path in (home, os.path.join(home, DB_NAME)):
-        try:
-            info = os.stat(path)
-        except FileNotFoundError:
-            continue
-        mode = stat.S_IMODE(info.st_mode)
-        if info.st_uid != os.geteuid():
-            # Its owner can always chmod it and write jobs: same danger as a writable mode.
-            raise QueueError(
-                "%s belongs to another user (uid %d): they could run commands as you. Use a home of "
-                "your own (--home or QUEUECTL_HOME), or pass --allow-shared-home" % (path, info.st_uid))
-        if mode & 0o022:
-            raise QueueError(
-                "%s is writable by %s (mode %03o): anyone who can write the queue can run commands "
-                "as you. Fix it with: chmod go-w %s (or pass --allow-shared-home)"
-                % (path, "group and others" if mode & 0o022 == 0o022 else ("group" if mode & 0o020 else "others"),
-                   mode, path))
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            # SQLite would create the target through the link, with its own mode.
+            raise QueueError("%s is a symlink to %s, which does not exist: remove the link or create its "
+                             "target" % (path, os.path.realpath(path))) from None
+        return
+    except OSError as exc:
+        raise StoreError("cannot check the permissions of %s: %s" % (path, exc.strerror or exc)) from None
+    mode = stat.S_IMODE(info.st_mode)
+    if info.st_uid != os.geteuid():
+        # Its owner can always chmod it and write jobs: same danger as a writable mode.
+        raise QueueError(
+            "%s belongs to another user (uid %d): they could run commands as you. Use a home of "
+            "your own (--home or QUEUECTL_HOME), or run queuectl --allow-shared-home COMMAND"
+            % (_described(path), info.st_uid))
+    if mode & 0o022:
+        raise QueueError(
+            "%s is writable by %s (mode %03o): anyone who can write the queue can run commands "
+            "as you. Fix it with: chmod go-w %s (or run queuectl --allow-shared-home COMMAND)"
+            % (_described(path), "group and others" if mode & 0o022 == 0o022 else ("group" if mode & 0o020 else "others"),
+               mode, path))
+
+
+def _described(path):
+    """The path, and where it leads when it is a symlink."""
+    return "%s (a link to %s)" % (path, os.path.realpath(path)) if os.path.islink(path) else path
 
 
 # ---------------------------------------------------------------- stop protocol

@@ -283,9 +283,9 @@ class Worker:
     or, with `burst`, until nothing is runnable and nothing runs.
     """
 
-    def __init__(self, home, *, threads=None, burst=False, stop_generation=None):
+    def __init__(self, home, *, threads=None, burst=False, stop_generation=None, allow_shared_home=False):
         self.home = home
-        self.db_path = qhome.ensure(home)
+        self.db_path = qhome.ensure(home, allow_shared=allow_shared_home)
         self.host = qhome.host()
         self.pid = os.getpid()
         self.id = "%s:%d:%s" % (self.host, self.pid, os.urandom(3).hex())
