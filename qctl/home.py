@@ -168,10 +168,14 @@ def request_stop(home):
 
     A worker remembers the generation it started under and stops once the file
     holds a larger one, so a worker started after this call is not affected.
-    Written to a temporary file (0600) and renamed, so a reader never sees half of it.
+    Written to a temporary file (0600) and renamed, so a reader never sees half
+    of it; on any failure the temporary file is removed.
     """
     generation = stop_generation(home) + 1
     path = stopfile_path(home)
+    if os.path.isdir(path):
+        raise StoreError("cannot write the stopfile %s: it is a directory (remove it, then stop the workers "
+                         "again)" % path)
     tmp = "%s.%d.tmp" % (path, os.getpid())
     try:
         fd = _create_private(tmp, os.O_WRONLY | os.O_TRUNC)
@@ -180,8 +184,14 @@ def request_stop(home):
         finally:
             os.close(fd)  # before the rename: Windows cannot rename an open file
         os.replace(tmp, path)
-    except OSError as exc:
-        raise StoreError("cannot write the stopfile %s: %s" % (path, exc.strerror or exc)) from None
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise StoreError("cannot write the stopfile %s: %s" % (path, exc.strerror or exc)) from None
+        raise
     return generation
 
 

@@ -1,16 +1,17 @@
-"""The home: private files whatever the umask, and every command refusing a shared home or
-database."""
+"""The home: private files whatever the umask, every command refusing a shared home or
+database, and the stopfile's failure modes."""
 
 import os
 import stat
 import time
 import unittest
+from unittest import mock
 
 from tests.base import HomeTestCase, wait_until
 from qctl import home as qhome
 from qctl import jobs
 from qctl.db import Store
-from qctl.errors import QueueError
+from qctl.errors import QueueError, StoreError
 from qctl.worker import Worker
 
 POSIX = os.name == "posix"
@@ -156,6 +157,30 @@ class SharedHomeTest(HomeTestCase):
         os.symlink(missing, self.db_path)
         self.assert_refused(self.cli("status"), "which does not exist")
         self.assertFalse(os.path.exists(missing))
+
+
+# ---------------------------------------------------------------- the stopfile
+
+class StopfileTest(HomeTestCase):
+    def temp_files(self):
+        return [n for n in os.listdir(self.home) if n.endswith(".tmp")]
+
+    def test_a_stopfile_that_is_a_directory_gives_one_line_and_leaves_no_temp_file(self):
+        os.mkdir(qhome.stopfile_path(self.home))
+        result = self.cli("worker", "stop")
+        self.assertEqual(result.code, 1, result)
+        self.assertEqual(result.stderr.splitlines(),
+                         ["queuectl: error: cannot write the stopfile %s: it is a directory (remove it, then stop "
+                          "the workers again)" % qhome.stopfile_path(self.home)])
+        self.assertEqual(self.temp_files(), [])
+
+    def test_any_failed_write_removes_its_temp_file(self):
+        with mock.patch("os.replace", side_effect=OSError(28, "No space left on device")):
+            with self.assertRaisesRegex(StoreError, "cannot write the stopfile .*: No space left on device"):
+                qhome.request_stop(self.home)
+        self.assertEqual(self.temp_files(), [])
+        self.assertFalse(os.path.exists(qhome.stopfile_path(self.home)))
+        self.assertEqual(qhome.request_stop(self.home), 1)  # and it works once the fault is gone
 
 
 if __name__ == "__main__":
