@@ -88,7 +88,11 @@ SCHEMA_V1 = (
     ) WITHOUT ROWID""",
 )
 
-MIGRATIONS = (SCHEMA_V1,)  # MIGRATIONS[n] takes user_version n to n + 1
+# What makes a worker's pid meaningful to another (qctl.home.host_key): the same
+# hostname is not the same process table. NULL (workers before V2): unsure.
+SCHEMA_V2 = ("ALTER TABLE workers ADD COLUMN host_key TEXT",)
+
+MIGRATIONS = (SCHEMA_V1, SCHEMA_V2)  # MIGRATIONS[n] takes user_version n to n + 1
 SCHEMA_VERSION = len(MIGRATIONS)
 
 JOB_COLUMNS = ("seq, id, command, state, attempts, runs, max_retries, priority, run_at, next_run_at, "
@@ -367,14 +371,16 @@ class Store:
             "error, stdout, stderr) SELECT seq, ?, attempts, worker, started_at, ?, ?, ?, ?, ? FROM jobs WHERE seq = ?",
             (run, now, exit_code, error, stdout or None, stderr or None, job_seq))
 
-    def heartbeat(self, worker, now, lease_s, *, pid, host, threads, started_at):
-        """Renew this worker's row and the leases of every job it is running."""
+    def heartbeat(self, worker, now, lease_s, *, pid, host, threads, started_at, host_key=None):
+        """Renew this worker's row and the leases of every job it is running.
+
+        `host_key` says whose process table `pid` belongs to (None: unsure)."""
         with self._write() as con:
             con.execute(
                 # Plain INSERT OR REPLACE, not an upsert: ON CONFLICT DO UPDATE needs SQLite 3.24.
-                "INSERT OR REPLACE INTO workers (id, pid, host, threads, started_at, heartbeat_at, lease_until) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (worker, pid, host, threads, started_at, now, now + lease_s))
+                "INSERT OR REPLACE INTO workers (id, pid, host, threads, started_at, heartbeat_at, lease_until, "
+                "host_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (worker, pid, host, threads, started_at, now, now + lease_s, host_key))
             con.execute("UPDATE jobs SET lease_until = ? WHERE state = ? AND worker = ?",
                         (now + lease_s, PROCESSING, worker))
 
@@ -414,18 +420,18 @@ class Store:
     def workers(self, now, *, alive=None):
         """Live worker processes, each with the ids of the jobs it runs.
 
-        Live means its lease has not expired and, when `alive(host, pid)` is
-        given, that it says so (a worker on this host whose pid is gone is dead).
+        Live means its lease has not expired and, when `alive(host_key, pid)`
+        is given, that it says so (a worker in our process table whose pid is gone is dead).
         """
-        rows = [r for r in self._read("SELECT id, pid, host, threads, started_at, heartbeat_at FROM workers "
-                                      "WHERE lease_until >= ? ORDER BY started_at", (now,))
-                if alive is None or alive(r[2], r[1])]
+        rows = [r for r in self._read("SELECT id, pid, host, threads, started_at, heartbeat_at, host_key "
+                                      "FROM workers WHERE lease_until >= ? ORDER BY started_at", (now,))
+                if alive is None or alive(r[6], r[1])]
         running = {}
         for worker, job_id in self._read("SELECT worker, id FROM jobs WHERE state = ? ORDER BY started_at",
                                          (PROCESSING,)):
             running.setdefault(worker, []).append(job_id)
         return [{"id": r[0], "pid": r[1], "host": r[2], "threads": r[3], "started_at": r[4],
-                 "heartbeat_at": r[5], "running": running.get(r[0], [])} for r in rows]
+                 "heartbeat_at": r[5], "host_key": r[6], "running": running.get(r[0], [])} for r in rows]
 
     def next_due(self):
         """The earliest time any waiting job becomes claimable, or None.

@@ -1,4 +1,5 @@
-"""The data directory ("home"): where it is, how it is protected, and the stopfile.
+"""The data directory ("home"): where it is, how it is protected, the stopfile, and
+which workers' pids we may judge (host identity).
 
 The stop protocol lives here in three small functions (request, read, and the
 generation a worker compares against), like rq's suspension module.
@@ -6,6 +7,7 @@ generation a worker compares against), like rq's suspension module.
 
 import os
 import stat
+import sys
 
 from .errors import QueueError, StoreError
 
@@ -224,6 +226,62 @@ def pid_alive(pid):
     return True
 
 
-def worker_alive(host_name, pid):
-    """False for a worker registered from this host whose process is gone; True otherwise."""
-    return host_name != host() or pid_alive(pid)
+def worker_alive(key, pid):
+    """False for a worker whose process we can see is gone; True otherwise (its lease decides).
+
+    We can see it only when it registered our `host_key()`: the same boot and
+    the same PID namespace. A same-named host is not enough: a container
+    sharing the hostname has its own process table, where our pids do not
+    exist. An older worker's row has no key (None): unsure, so alive.
+    """
+    mine = host_key()
+    return key is None or mine is None or key != mine or pid_alive(pid)
+
+
+_host_key = (None, None)  # (pid that computed it, key): a forked child in another namespace recomputes
+
+
+def host_key():
+    """What makes pids comparable: equal keys mean the same process table.
+
+    Linux: the boot id and the PID namespace (its inode), so containers that
+    share a hostname (or a kernel) still differ. macOS has no PID namespaces:
+    the hostname and boot time. Elsewhere None: unsure, and liveness falls
+    back to leases. Computed once per process.
+    """
+    global _host_key
+    pid = os.getpid()
+    if _host_key[0] != pid:
+        _host_key = (pid, _compute_host_key())
+    return _host_key[1]
+
+
+def _compute_host_key():
+    try:
+        if sys.platform.startswith("linux"):
+            with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+                boot = fh.read().strip()
+            ns = os.stat("/proc/self/ns/pid")
+            return "linux:%s:pidns:%d:%d" % (boot, ns.st_dev, ns.st_ino) if boot else None
+        if sys.platform == "darwin":
+            booted = _darwin_boot_time()
+            return None if booted is None else "darwin:%s:boot:%s" % (host(), booted)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _darwin_boot_time():
+    """sysctl kern.boottime as "seconds.microseconds", or None (through libc: no subprocess)."""
+    try:
+        import ctypes
+        import struct
+        libc = ctypes.CDLL(None, use_errno=True)
+        buf = ctypes.create_string_buffer(16)  # struct timeval: int64 tv_sec, int32 tv_usec, padding
+        size = ctypes.c_size_t(len(buf))
+        if libc.sysctlbyname(b"kern.boottime", buf, ctypes.byref(size), None, ctypes.c_size_t(0)) != 0:
+            return None
+        seconds, micros = struct.unpack_from("=qi", buf.raw)
+        return "%d.%06d" % (seconds, micros) if seconds > 0 else None
+    except Exception:  # no ctypes, no such sysctl: unsure
+        return None

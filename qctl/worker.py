@@ -287,6 +287,7 @@ class Worker:
         self.home = home
         self.db_path = qhome.ensure(home, allow_shared=allow_shared_home)
         self.host = qhome.host()
+        self.host_key = qhome.host_key()  # whose process table our pid is in: others compare it before trusting it
         self.pid = os.getpid()
         self.id = "%s:%d:%s" % (self.host, self.pid, os.urandom(3).hex())
         self.burst = burst
@@ -552,12 +553,13 @@ class Worker:
 
     def _beat(self):
         self._heartbeat_store.heartbeat(self.id, time.time(), self.settings["lease-seconds"], pid=self.pid,
-                                        host=self.host, threads=self.threads, started_at=self.started_at)
+                                        host=self.host, threads=self.threads, started_at=self.started_at,
+                                        host_key=self.host_key)
 
     def _recover(self):
-        """Jobs of workers whose lease expired, or that died on this host, back to the queue."""
+        """Jobs of workers whose lease expired, or that died in our process table, back to the queue."""
         store, now = self._heartbeat_store, time.time()
-        dead = [w["id"] for w in store.workers(now) if not qhome.worker_alive(w["host"], w["pid"])]
+        dead = [w["id"] for w in store.workers(now) if not qhome.worker_alive(w["host_key"], w["pid"])]
         for job_id, state in store.recover(now, self._backoff, dead_workers=dead):
             log.info("job %s recovered from a lost worker: now %s", job_id, state)
 
