@@ -121,7 +121,7 @@ def add_json(parser):
 
 def open_store(args):
     from qctl.db import Store
-    return Store(qhome.ensure(args.home))
+    return Store(qhome.ensure(args.home, allow_shared=args.allow_shared_home))
 
 
 # ---------------------------------------------------------------- enqueue and run
@@ -218,8 +218,9 @@ def worker_start_arguments(q):
                    help="worker threads (default: config worker-count)")
     q.add_argument("--burst", action="store_true", help="exit once nothing is runnable and nothing runs")
     q.add_argument("--detach", action="store_true", help="run in the background (log: HOME/worker.log)")
-    q.add_argument("--allow-shared-home", action="store_true",
-                   help="serve a home or database that group or others can write (unsafe)")
+    # Also here, where it began; `queuectl --allow-shared-home COMMAND` is the same for every command.
+    q.add_argument("--allow-shared-home", action="store_true", default=argparse.SUPPRESS,
+                   help="serve a home or database that another user owns or group or others can write (unsafe)")
     q.add_argument("--stop-generation", type=int, help=argparse.SUPPRESS)  # from --detach to its child
 
 
@@ -231,9 +232,7 @@ def cmd_worker_start(args):
     from qctl import runner
     from qctl import worker as qworker
     home = args.home
-    qhome.ensure(home)
-    if not args.allow_shared_home:
-        qhome.check_private(home)
+    qhome.ensure(home, allow_shared=args.allow_shared_home)
     if args.detach:
         argv = [sys.executable, os.path.abspath(__file__), "--home", home, "worker", "start"]
         if args.count:
@@ -254,7 +253,8 @@ def cmd_worker_start(args):
     logger.setLevel(logging.INFO)
     logger.propagate = False
     try:
-        worker = qworker.Worker(home, threads=args.count, burst=args.burst, stop_generation=args.stop_generation)
+        worker = qworker.Worker(home, threads=args.count, burst=args.burst, stop_generation=args.stop_generation,
+                                allow_shared_home=args.allow_shared_home)
         worker.install_signal_handlers()
         return worker.run()
     finally:
@@ -429,8 +429,8 @@ def dashboard_arguments(p):
          "queuectl dashboard\nqueuectl dashboard --port 9000 --read-only", dashboard_arguments)
 def cmd_dashboard(args):
     from qctl import dashboard
-    server = dashboard.make_server(qhome.ensure(args.home), host=args.host, port=args.port,
-                                   read_only=args.read_only)
+    server = dashboard.make_server(qhome.ensure(args.home, allow_shared=args.allow_shared_home),
+                                   host=args.host, port=args.port, read_only=args.read_only)
     try:
         if not dashboard.is_loopback(args.host):
             sys.stderr.write("queuectl: warning: serving on %s, not loopback: anyone who can reach this "
@@ -569,13 +569,16 @@ def add_command(subparsers, name, func, summary, example, **kwargs):
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="queuectl", usage="queuectl [-h] [--version] [--home DIR] COMMAND ...",
+        prog="queuectl", usage="queuectl [-h] [--version] [--home DIR] [--allow-shared-home] COMMAND ...",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'queuectl COMMAND -h' for a command's options and examples.\n\nexample:\n"
                "  queuectl enqueue --command 'echo hello'\n  queuectl worker start --burst",
         allow_abbrev=False)
     parser.add_argument("--home", metavar="DIR",
                         help="data directory (default: $QUEUECTL_HOME, else ~/.queuectl)")
+    parser.add_argument("--allow-shared-home", action="store_true",
+                        help="use a home or database that another user owns or group or others can write "
+                             "(unsafe: they can run commands as you)")
     parser.add_argument("--version", action="version", version="queuectl " + __version__)
     # The flat list of commands is hidden: the description lists them by group instead.
     sub = parser.add_subparsers(dest="command_name", metavar="COMMAND", help=argparse.SUPPRESS, prog="queuectl")

@@ -109,7 +109,12 @@ SCHEMA_V1 = (
 
 # Marks the file as ours ("qctl"), so that another application's SQLite file is never taken over.
 APPLICATION_ID = 0x7163746C
-SCHEMA_V2 = ("PRAGMA application_id = %d" % APPLICATION_ID,)
+SCHEMA_V2 = (
+    "PRAGMA application_id = %d" % APPLICATION_ID,
+    # What makes a worker's pid meaningful to another (qctl.home.host_key): the same
+    # hostname is not the same process table. NULL (workers before V2): unsure.
+    "ALTER TABLE workers ADD COLUMN host_key TEXT",
+)
 
 MIGRATIONS = (SCHEMA_V1, SCHEMA_V2)  # MIGRATIONS[n] takes user_version n to n + 1
 OUR_TABLES = {"jobs", "runs", "config", "workers"}
@@ -519,9 +524,10 @@ class Store:
             "error, stdout, stderr) SELECT seq, ?, attempts, worker, started_at, ?, ?, ?, ?, ? FROM jobs WHERE seq = ?",
             (run, now, exit_code, error, stdout or None, stderr or None, job_seq))
 
-    def heartbeat(self, worker, lease_s, *, pid, host, threads, started_at, now=None):
+    def heartbeat(self, worker, lease_s, *, pid, host, threads, started_at, host_key=None, now=None):
         """Renew this worker's row and the leases of every job it is running.
 
+        `host_key` says whose process table `pid` belongs to (None: unsure).
         `now` defaults to when the write lock was granted: a beat that waited
         long for the lock must not renew to a time already past.
         """
@@ -529,9 +535,9 @@ class Store:
             now = time.time() if now is None else now
             con.execute(
                 # Plain INSERT OR REPLACE, not an upsert: ON CONFLICT DO UPDATE needs SQLite 3.24.
-                "INSERT OR REPLACE INTO workers (id, pid, host, threads, started_at, heartbeat_at, lease_until) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (worker, pid, host, threads, started_at, now, now + lease_s))
+                "INSERT OR REPLACE INTO workers (id, pid, host, threads, started_at, heartbeat_at, lease_until, "
+                "host_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (worker, pid, host, threads, started_at, now, now + lease_s, host_key))
             con.execute("UPDATE jobs SET lease_until = ? WHERE state = ? AND worker = ?",
                         (now + lease_s, PROCESSING, worker))
 
@@ -543,7 +549,7 @@ class Store:
         """processing -> failed/dead ("worker lost") for every job whose worker is lost;
         forget lost workers. Returns the recovered jobs as (id, new state) pairs.
 
-        A worker is lost when it died on this host (its pid is gone), or when
+        A worker is lost when it died in our process table (its pid is gone), or when
         its lease expired and it has stopped pulsing (see `home.pulse`): a lease
         that lapsed while a long transaction held the lock, or while we were
         frozen ourselves, is not a lost worker. `me`, the caller, is never lost.
@@ -557,8 +563,8 @@ class Store:
             age = qhome.pulse_age(self.home, worker)
             return age is None or age > lease_s
 
-        dead_workers = {worker for worker, host, pid in self._read(
-            "SELECT id, host, pid FROM workers WHERE lease_until >= ?", (now,)) if not qhome.worker_alive(host, pid)}
+        dead_workers = {worker for worker, key, pid in self._read(
+            "SELECT id, host_key, pid FROM workers WHERE lease_until >= ?", (now,)) if not qhome.worker_alive(key, pid)}
         # Read first: almost always there is nothing to do, and then no write lock is taken.
         if not dead_workers and not self._read(
                 "SELECT 1 FROM jobs WHERE state = ? AND lease_until < ? UNION ALL "
@@ -583,18 +589,18 @@ class Store:
     def live_workers(self, now):
         """Live worker processes, each with the ids of the jobs it runs.
 
-        Live means its lease has not expired and, for a worker registered from
-        this host, that its process still exists.
+        Live means its lease has not expired and, for a worker registered in
+        our process table (same host key), that its process still exists.
         """
-        rows = [r for r in self._read("SELECT id, pid, host, threads, started_at, heartbeat_at FROM workers "
-                                      "WHERE lease_until >= ? ORDER BY started_at", (now,))
-                if qhome.worker_alive(r[2], r[1])]
+        rows = [r for r in self._read("SELECT id, pid, host, threads, started_at, heartbeat_at, host_key "
+                                      "FROM workers WHERE lease_until >= ? ORDER BY started_at", (now,))
+                if qhome.worker_alive(r[6], r[1])]
         running = {}
         for worker, job_id in self._read("SELECT worker, id FROM jobs WHERE state = ? ORDER BY started_at",
                                          (PROCESSING,)):
             running.setdefault(worker, []).append(job_id)
         return [{"id": r[0], "pid": r[1], "host": r[2], "threads": r[3], "started_at": r[4],
-                 "heartbeat_at": r[5], "running": running.get(r[0], [])} for r in rows]
+                 "heartbeat_at": r[5], "host_key": r[6], "running": running.get(r[0], [])} for r in rows]
 
     # ------------------------------------------------------------ queries
 

@@ -46,10 +46,11 @@ class Worker:
     or, with `burst`, until nothing is runnable and nothing runs.
     """
 
-    def __init__(self, home, *, threads=None, burst=False, stop_generation=None):
+    def __init__(self, home, *, threads=None, burst=False, stop_generation=None, allow_shared_home=False):
         self.home = home
-        self.db_path = qhome.ensure(home)
+        self.db_path = qhome.ensure(home, allow_shared=allow_shared_home)
         self.host = qhome.host()
+        self.host_key = qhome.host_key()  # whose process table our pid is in: others compare it before trusting it
         self.pid = os.getpid()
         self.id = "%s:%d:%s" % (self.host, self.pid, os.urandom(3).hex())
         self.burst = burst
@@ -375,7 +376,8 @@ class Worker:
 
     def _beat(self):
         self._house_store.heartbeat(self.id, self.settings["lease-seconds"], pid=self.pid,
-                                    host=self.host, threads=self.threads, started_at=self.started_at)
+                                    host=self.host, threads=self.threads, started_at=self.started_at,
+                                    host_key=self.host_key)
 
     def _recover(self):
         """Jobs of workers whose lease expired, or that died on this host, back to the queue."""

@@ -305,8 +305,10 @@ class RecoveryTest(StoreTestCase):
         self.add("b")
         self.claim("w1", T)
         self.claim("w2", T)
-        self.s.heartbeat("w1", LEASE_S, pid=dead_pid(), host=qhome.host(), threads=1, started_at=T, now=T)
-        self.s.heartbeat("w2", LEASE_S, pid=os.getpid(), host=qhome.host(), threads=1, started_at=T, now=T)
+        self.s.heartbeat("w1", LEASE_S, pid=dead_pid(), host=qhome.host(), threads=1, started_at=T,
+                         host_key=qhome.host_key(), now=T)
+        self.s.heartbeat("w2", LEASE_S, pid=os.getpid(), host=qhome.host(), threads=1, started_at=T,
+                         host_key=qhome.host_key(), now=T)
         self.assertEqual([w["id"] for w in self.s.live_workers(T + 1)], ["w2"], "a dead pid here is not live")
         self.assertEqual(self.s.recover(T + 1, SETTINGS), [("a", jobs.FAILED)])
         self.assertEqual(self.s.get("b")["state"], jobs.PROCESSING)
