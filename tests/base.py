@@ -4,6 +4,7 @@ and waiting on a condition with a deadline (never a bare sleep)."""
 import contextlib
 import io
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from qctl import jobs  # noqa: E402
 from qctl.db import Store  # noqa: E402
 
 SCRIPT = os.path.join(ROOT, "queuectl.py")
+POSIX = os.name == "posix"
 # Deadlines are generous: CI runs on a busy 2-core machine. A passing test never waits them out.
 DEADLINE_S = float(os.environ.get("QUEUECTL_TEST_DEADLINE", "30"))
 
@@ -45,6 +47,17 @@ def new_job(job_id=None, *, now=0.0, cwd="/", default_max_retries=3, **fields):
 def add_job(store, job_id=None, *, now=0.0, **fields):
     """Enqueue one job (see `new_job`) at `now`; returns its id."""
     return store.enqueue([new_job(job_id, now=now, **fields)], now)[0]
+
+
+def run_next(store, job_id, *, start, end, error=None, exit_code=1, output=b"", settings=None, worker="w-test"):
+    """Claim the next due job at `start` (it must be `job_id`) and record its outcome at `end`:
+    completed when `error` is None, else failed with `exit_code`; `output` is its stdout."""
+    job = store.claim(worker, 30.0, now=start)
+    if job is None or job["id"] != job_id:
+        raise AssertionError("the next due job is %r, not %r" % (job and job["id"], job_id))
+    if error is None:
+        return store.complete(job, worker, end, stdout=output)
+    return store.fail(job, worker, end, error=error, exit_code=exit_code, settings=settings or retry_in(0), stdout=output)
 
 
 def wait_until(predicate, timeout=DEADLINE_S, interval=0.02, message="condition"):
@@ -111,19 +124,24 @@ class HomeTestCase(unittest.TestCase):
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
     def spawn_worker(self, *args, env=None):
-        """Start `queuectl worker start ARGS` as a real process; killed at cleanup if still alive."""
+        """Start `queuectl worker start ARGS` as a real process in its own session (so kill -9 of
+        its whole group is possible); its group is killed at cleanup if it is still alive.
+        Its output goes to `proc.log`."""
         full_env = dict(os.environ, QUEUECTL_HOME=self.home)
         if env:
             full_env.update(env)
         log = open(os.path.join(self.tmp, "worker-%d.log" % time.monotonic_ns()), "w+")
         self.addCleanup(log.close)
         proc = subprocess.Popen([sys.executable, SCRIPT, "worker", "start"] + [str(a) for a in args],
-                                stdout=log, stderr=subprocess.STDOUT, env=full_env)
+                                stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=POSIX)
         proc.log = log
 
         def reap():
             if proc.poll() is None:
-                proc.kill()
+                if POSIX:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    proc.kill()
             proc.wait()
         self.addCleanup(reap)
         return proc

@@ -18,7 +18,7 @@ from qctl import home as qhome
 from qctl import config as qconfig
 from qctl import jobs
 from qctl.db import Store
-from tests.base import HomeTestCase, retry_in
+from tests.base import HomeTestCase, add_job, run_next
 
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 SPEC_JOB_KEYS = {"id", "command", "state", "attempts", "max_retries", "priority", "run_at", "timeout", "created_at",
@@ -56,9 +56,7 @@ class CliTestCase(HomeTestCase):
         self.ok("enqueue", json.dumps({"id": job_id, "command": "false", "max_retries": 0,
                                        "priority": jobs.PRIORITY_LIMIT}))
         with Store(self.db_path) as store:
-            job = store.claim("w-test", 30, now=time.time())
-            self.assertEqual(job["id"], job_id)
-            store.fail(job, "w-test", time.time(), error=error, exit_code=3, settings=retry_in(0))
+            run_next(store, job_id, start=time.time(), end=time.time(), error=error, exit_code=3)
 
     def make_processing(self, job_id):
         self.ok("enqueue", "--id", job_id, "--command", "sleep 1", "--priority", jobs.PRIORITY_LIMIT)
@@ -265,9 +263,8 @@ class QueryTest(CliTestCase):
         self.assertEqual(job["runs"], [])
         with Store(self.db_path) as store:
             now = time.time() + 1
-            claimed = store.claim("w-test", 30, now=now)
-            store.fail(claimed, "w-test", now + 0.25, error="exit code 3", exit_code=3, settings=retry_in(0))
-            store.complete(store.claim("w-test", 30, now=now + 1), "w-test", now + 1.5)
+            run_next(store, "s", start=now, end=now + 0.25, error="exit code 3", exit_code=3)
+            run_next(store, "s", start=now + 1, end=now + 1.5)
         job = self.json_of("show", "s")
         self.assertEqual((job["state"], job["attempts"], job["exit_code"], job["next_run_at"]),
                          ("completed", 2, 0, None))
@@ -487,7 +484,7 @@ class HomeTest(CliTestCase):
         db = os.path.join(fresh, qhome.DB_NAME)
         self.assertEqual(stat.S_IMODE(os.stat(db).st_mode), 0o600)
         with Store(db) as store:  # while a connection is open, the -wal and -shm files exist
-            store.enqueue([jobs.validate_job({"command": "y"}, now=0, default_max_retries=0)], 0)
+            add_job(store, command="y")
             for suffix in ("-wal", "-shm"):
                 self.assertEqual(stat.S_IMODE(os.stat(db + suffix).st_mode), 0o600, suffix)
 

@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from qctl import dashboard
 from qctl import jobs
-from tests.base import DEADLINE_S, SCRIPT, HomeTestCase, retry_in
+from tests.base import DEADLINE_S, SCRIPT, HomeTestCase, new_job, run_next
 
 XSS_COMMAND = "<img src=x onerror=alert(1)>"
 # The command holds no markup; its output does: printf writes <script>alert(2)</script>.
@@ -80,14 +80,8 @@ class DashboardCase(HomeTestCase):
 
     def finish(self, job_id, *, fail=False, output=b""):
         """Run the next due job (which must be `job_id`) to an outcome, through the store."""
-        store = self.store()
-        job = store.claim("test-worker", 30.0, now=time.time())
-        self.assertEqual(job["id"], job_id)
-        if fail:
-            store.fail(job, "test-worker", time.time(), error="exit code 1", exit_code=1, settings=retry_in(0),
-                       stdout=output)
-        else:
-            store.complete(job, "test-worker", time.time(), stdout=output)
+        run_next(self.store(), job_id, start=time.time(), end=time.time(), error="exit code 1" if fail else None,
+                 output=output)
 
     def dead_job(self, job_id="doomed"):
         self.ok("enqueue", json.dumps({"id": job_id, "command": "exit 1", "max_retries": 0}))
@@ -97,8 +91,7 @@ class DashboardCase(HomeTestCase):
         """`count` pending jobs j00000, j00001, ... in one batch, through the store."""
         ids = ["j%05d" % n for n in range(count)]
         now = time.time()
-        self.store().enqueue([jobs.validate_job({"id": job_id, "command": "true", "delay": 3600}, now=now, cwd="/",
-                                                default_max_retries=0) for job_id in ids], now)
+        self.store().enqueue([new_job(job_id, now=now, delay=3600) for job_id in ids], now)
         return ids
 
 
@@ -176,8 +169,7 @@ class ApiTest(DashboardCase):
         # A page of about 4 MB of JSON (1,000 jobs): far more than the socket buffers hold, so the server
         # is mid-write when we reset.
         store = self.store()
-        store.enqueue([jobs.validate_job({"command": "x" * 4000, "delay": 3600}, now=0, cwd="/", default_max_retries=0)
-                       for _ in range(2000)], 0)
+        store.enqueue([new_job(command="x" * 4000, delay=3600) for _ in range(2000)], 0)
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
             for _ in range(3):

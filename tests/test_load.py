@@ -70,7 +70,7 @@ class StallTest(ReliabilityCase):
         for name in ("a", "b"):
             self.ok("enqueue", "--id", name, "--command", "echo %s >> %s; sleep 4" % (name, starts))
         for _ in range(2):
-            self.start_worker("--count", "1")
+            self.spawn_worker("--count", "1")
         with Store(self.db_path) as store:
             wait_until(lambda: store.counts()[jobs.PROCESSING] == 2, message="both jobs to start")
             con = sqlite3.connect(self.db_path, isolation_level=None)
@@ -100,7 +100,7 @@ class FullDiskTest(ReliabilityCase):
         with open(filler, "wb") as fh:  # leave about 40 KiB
             free = os.statvfs(point).f_bavail * os.statvfs(point).f_frsize
             fh.write(b"x" * max(0, free - 40 * 1024))
-        worker = self.start_worker("--count", "2")
+        worker = self.spawn_worker("--count", "2")
 
         def log_text():
             worker.log.seek(0)
@@ -121,7 +121,7 @@ class WalStressTest(ReliabilityCase):
         with open(path, "w") as fh:
             fh.write('{"command": "true"}\n' * n)
         self.ok("enqueue", "--file", path)
-        workers = [self.start_worker("--count", "2", "--burst") for _ in range(4)]
+        workers = [self.spawn_worker("--count", "2", "--burst") for _ in range(4)]
         peak = 0
         while any(w.poll() is None for w in workers):
             try:
