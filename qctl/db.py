@@ -44,6 +44,7 @@ WAL_RETRY_S = 0.005
 WAIT_POLL_S = 0.1  # wait_finished / wait_workers_gone look this often
 WAL_RESTART_BYTES = 16 * 1024 * 1024  # past this, housekeep() makes the WAL start over (and SQLite cuts it back)
 WAL_IDLE_S = 2.0   # no other commit for this long: housekeep() truncates the WAL to nothing
+PULSE_GRACE_S = 1.0  # a pulse file's mtime may be as coarse as a second (HFS+)
 CHECKPOINT_BUSY_MS = 100  # a checkpoint waits this long for readers, then tries again next time
 HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 SQLITE_MAX_INT = 2 ** 63 - 1
@@ -561,7 +562,7 @@ class Store:
             if worker == me:
                 return False
             age = qhome.pulse_age(self.home, worker)
-            return age is None or age > lease_s
+            return age is None or age > lease_s + PULSE_GRACE_S
 
         dead_workers = {worker for worker, key, pid in self._read(
             "SELECT id, host_key, pid FROM workers WHERE lease_until >= ?", (now,)) if not qhome.worker_alive(key, pid)}
