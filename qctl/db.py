@@ -27,6 +27,7 @@ The store's verbs, which a second backend would implement one for one:
 """
 
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -43,6 +44,7 @@ BUSY_TIMEOUT_S = 30.0
 WAL_RETRY_S = 0.005
 WAIT_POLL_S = 0.1  # wait_finished / wait_workers_gone look this often
 WAL_RESTART_BYTES = 16 * 1024 * 1024  # past this, housekeep() makes the WAL start over (and SQLite cuts it back)
+WAL_SMALL_BYTES = 256 * 1024  # a WAL this small is never worth a RESTART checkpoint
 WAL_IDLE_S = 2.0   # no other commit for this long: housekeep() truncates the WAL to nothing
 PULSE_GRACE_S = 1.0  # a pulse file's mtime may be as coarse as a second (HFS+)
 CHECKPOINT_BUSY_MS = 100  # a checkpoint waits this long for readers, then tries again next time
@@ -147,6 +149,9 @@ class RecentRun(NamedTuple):
     attempt: int
 
 
+# Set by a commit that found the WAL past its bound: the process's housekeeping runs at once.
+_UPKEEP = threading.Event()
+
 # Threads of one process queue on this lock before SQLite's: SQLite's busy
 # handler sleeps in growing steps, a Python lock hands over at once. Safety
 # between processes still rests on BEGIN IMMEDIATE alone.
@@ -199,20 +204,12 @@ class Store:
         self._next_due = None      # poll_for_work: when the earliest waiting job falls due
         self._house_version = None # housekeep: PRAGMA data_version, and since when it has not changed
         self._quiet_since = time.monotonic()
-        try:
-            self.con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                       check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise _store_error(exc, path) from None
+        self._durable, self._autocheckpoint = durable, autocheckpoint
+        self._stuck = False        # a write failed for want of space: open afresh before the next
+        self._connect()
         try:
             st = os.stat(path)
             self._identity = (st.st_dev, st.st_ino)
-            self.con.execute("PRAGMA busy_timeout = %d" % int(BUSY_TIMEOUT_S * 1000))
-            self.con.execute("PRAGMA synchronous = %s" % ("FULL" if durable else "NORMAL"))
-            # When the WAL starts over, its file is cut back to this size instead of staying at its peak.
-            self.con.execute("PRAGMA journal_size_limit = %d" % WAL_RESTART_BYTES)
-            if not autocheckpoint:
-                self.con.execute("PRAGMA wal_autocheckpoint = 0")
             self._migrate()
         except sqlite3.Error as exc:
             self.con.close()
@@ -220,6 +217,39 @@ class Store:
         except BaseException:
             self.con.close()
             raise
+
+    def _connect(self):
+        try:
+            self.con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                       check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise _store_error(exc, self.path) from None
+        try:
+            self.con.execute("PRAGMA busy_timeout = %d" % int(BUSY_TIMEOUT_S * 1000))
+            self.con.execute("PRAGMA synchronous = %s" % ("FULL" if self._durable else "NORMAL"))
+            # When the WAL starts over, its file is cut back to this size instead of staying at its peak.
+            self.con.execute("PRAGMA journal_size_limit = %d" % WAL_RESTART_BYTES)
+            if not self._autocheckpoint:
+                self.con.execute("PRAGMA wal_autocheckpoint = 0")
+        except sqlite3.Error as exc:
+            self.con.close()
+            raise _store_error(exc, self.path) from None
+
+    def _unstick(self):
+        """After a write failed for want of space, SQLite can keep answering "disk is full" on
+        that connection even once space is freed (seen with a worker's threads on a full tmpfs):
+        the next use opens a fresh one."""
+        if self._stuck:
+            self.con.close()
+            self._connect()
+            self._stuck = False
+
+    def _note(self, exc):
+        """The StoreError for `exc`, remembering when the connection must be opened afresh."""
+        error = _store_error(exc, self.path)
+        if "full" in str(exc).lower() or "disk i/o" in str(exc).lower():
+            self._stuck = True
+        return error
 
     def close(self):
         self.con.close()
@@ -290,26 +320,32 @@ class Store:
         """One BEGIN IMMEDIATE transaction: commit on success, roll back and re-raise on error."""
         with _WRITE_LOCK:
             try:
+                self._unstick()
                 self.con.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise _store_error(exc, self.path) from None
+                raise self._note(exc) from None
             try:
                 yield self.con
                 self.con.execute("COMMIT")
+                self._check_wal()
             except BaseException as exc:
                 if self.con.in_transaction:
-                    self.con.execute("ROLLBACK")
+                    try:
+                        self.con.execute("ROLLBACK")
+                    except sqlite3.Error:  # SQLite rolled back already, or cannot: start afresh
+                        self._stuck = True
                 if isinstance(exc, UnicodeEncodeError):
                     raise _not_unicode(exc) from None
                 if isinstance(exc, sqlite3.IntegrityError) or not isinstance(exc, sqlite3.Error):
                     raise
-                raise _store_error(exc, self.path) from None
+                raise self._note(exc) from None
 
     def _read(self, sql, params=()):
         try:
+            self._unstick()
             return self.con.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise _store_error(exc, self.path) from None
+            raise self._note(exc) from None
         except UnicodeEncodeError as exc:
             raise _not_unicode(exc) from None
 
@@ -332,18 +368,35 @@ class Store:
             return True
         return False
 
-    def _free_bytes(self):
-        import shutil
-        try:
-            return shutil.disk_usage(self.home).free
-        except OSError:
-            return float("inf")
-
     def _next_due_at(self):
         # The claim's index covers this query, where the planner's own choice (the state
         # index) also reads every waiting row (12 ms against 5.6 ms with 100,000 future jobs).
         return self._read("SELECT min(next_run_at) FROM jobs INDEXED BY jobs_ready "
                           "WHERE state IN ('pending', 'failed')")[0][0]
+
+    def _check_wal(self):
+        """After a commit: a WAL past its bound wakes the housekeeping (see `await_upkeep`) at once.
+        A stat, no more, when it is within bounds: at full speed the WAL grows ~30 MB a second."""
+        try:
+            size = os.path.getsize(self.path + "-wal")
+        except OSError:
+            return
+        if size > WAL_SMALL_BYTES and size > self._wal_limit():
+            _UPKEEP.set()
+
+    def _wal_limit(self):
+        """WAL_RESTART_BYTES, or a quarter of the free disk space if that is less: the checkpoint
+        that lets the WAL start over needs room to grow the database file itself."""
+        try:
+            return min(WAL_RESTART_BYTES, shutil.disk_usage(self.home).free / 4)
+        except OSError:
+            return WAL_RESTART_BYTES
+
+    @staticmethod
+    def await_upkeep(timeout):
+        """Block until `housekeep` is due: a commit found the WAL past its bound, or `timeout` passed."""
+        _UPKEEP.wait(timeout)
+        _UPKEEP.clear()
 
     def housekeep(self):
         """Keep the WAL small, off the job path; cheap enough to call several times a second
@@ -357,8 +410,9 @@ class Store:
         (an idle queue's WAL shrinks to nothing). Either waits at most
         CHECKPOINT_BUSY_MS for readers and writers, since it holds new writers
         back while it waits; a busy checkpoint is simply tried again next call.
-        On a nearly full disk the WAL starts over sooner, so that it never
-        takes the last free space.
+        On a nearly full disk the WAL starts over sooner (see `_wal_limit`), and
+        a commit that finds the WAL past its bound wakes the caller's
+        `await_upkeep` rather than waiting for its next tick.
         """
         try:
             size = os.path.getsize(self.path + "-wal")
@@ -369,8 +423,8 @@ class Store:
             self._house_version, self._quiet_since = version, time.monotonic()
         if size > 0 and time.monotonic() - self._quiet_since >= WAL_IDLE_S:
             mode = "TRUNCATE"
-        elif size > WAL_RESTART_BYTES or size > self._free_bytes() / 2:
-            mode = "RESTART"  # on a nearly full disk the WAL may take half of what is left, no more
+        elif size > WAL_SMALL_BYTES and size > self._wal_limit():
+            mode = "RESTART"
         else:
             return
         with _WRITE_LOCK:  # our own threads queue here rather than in SQLite's busy handler

@@ -347,7 +347,8 @@ class Worker:
         """Heartbeat, config reload, recovery of lost workers' jobs (every TICK_S) and WAL
         upkeep (every WAL_TICK_S)."""
         last_beat = last_tick = time.monotonic()
-        while not self._done.wait(WAL_TICK_S):
+        while not self._done.is_set():
+            self._house_store.await_upkeep(WAL_TICK_S)
             try:
                 self._house_store.housekeep()
                 if time.monotonic() - last_tick < TICK_S:
