@@ -200,17 +200,16 @@ def parse_env_pair(pair):
 def read_job_lines(path, *, now, cwd, default_max_retries):
     """Every job of a JSON Lines file (or stdin), validated, and the line number of each.
 
-    The first bad line raises."""
+    Read line by line with bounded memory (see `jobs.parse_job_lines`); the first bad line raises."""
+    source = "stdin" if path == "-" else path
     try:
         if path == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            with open(path, "rb") as fh:
-                data = fh.read()
+            return jobs.parse_job_lines(sys.stdin.buffer, source, now=now, cwd=cwd,
+                                        default_max_retries=default_max_retries)
+        with open(path, "rb") as fh:
+            return jobs.parse_job_lines(fh, source, now=now, cwd=cwd, default_max_retries=default_max_retries)
     except OSError as exc:
         raise QueueError("cannot read %s: %s" % (path, exc.strerror or exc)) from None
-    return jobs.parse_job_lines(data, "stdin" if path == "-" else path, now=now, cwd=cwd,
-                                default_max_retries=default_max_retries)
 
 
 def worker_start_arguments(q):

@@ -81,6 +81,19 @@ CASES = [
      J({"command": "true", "id": "d"}) + "\n" + J({"command": "true", "id": "d"}) + "\n"),
     ("--file id already stored", ["enqueue", "--file", "-"],
      J({"command": "true", "id": "new"}) + "\n" + J({"command": "true", "id": "done"}) + "\n"),
+    # Bounded input: a command under 128 KiB, one JSON job at most 1 MiB, cwd and env capped.
+    ("command of 128 KiB", ["enqueue", J({"command": "x" * 128 * 1024})], None),
+    ("command of 128 KiB in 2-byte chars", ["enqueue", J({"command": "\u00e9" * 64 * 1024}, ensure_ascii=False)], None),
+    ("option --command of 128 KiB", ["enqueue", "--command", "x" * 128 * 1024], None),
+    ("job JSON over 1 MiB", ["enqueue", '{"command": "true"%s}' % (" " * 1024 * 1024)], None),
+    ("--file line over 1 MiB", ["enqueue", "--file", "-"],
+     J({"command": "true"}) + "\n" + '{"command": "true"%s}\n' % (" " * 1024 * 1024)),
+    ("--file command of 200 KiB", ["enqueue", "--file", "-"], J({"command": "x" * 200 * 1024}) + "\n"),
+    ("--file endless line", ["enqueue", "--file", "-"], "{" + " " * 3 * 1024 * 1024),
+    ("cwd over 4095 bytes", ["enqueue", J({"command": "true", "cwd": "/" + "d" * 4095})], None),
+    ("env over 128 KiB", ["enqueue", J({"command": "true", "env": {"A": "x" * 65536, "B": "x" * 65536}})], None),
+    ("env of 1001 variables", ["enqueue", J({"command": "true", "env": {"K%d" % i: "" for i in range(1001)}})], None),
+    ("option --env over 128 KiB", ["enqueue", "--command", "true", "--env", "K=" + "x" * 128 * 1024], None),
     ("show unknown", ["show", "nope"], None),
     ("show empty id", ["show", ""], None),
     ("show undecodable id", ["show", "\udcff"], None),
@@ -256,6 +269,38 @@ class BrokenEnvironmentTest(HomeTestCase):
             con.close()
         # The queue still works once the disk has room: the failed batch left no debris behind.
         self.ok("--home", home, "enqueue", "--command", "true", "--id", "second")
+
+
+class BoundedInputTest(HomeTestCase):
+    @unittest.skipUnless(sys.platform.startswith("linux"), "/dev/zero and RLIMIT_AS as Linux has them")
+    def test_an_endless_file_is_one_error_in_bounded_memory(self):
+        import resource
+
+        def limit_memory():  # in the child: what it maps, Python included, stays under 512 MB
+            resource.setrlimit(resource.RLIMIT_AS, (512 << 20, 512 << 20))
+        self.ok("enqueue", "--id", "kept", "--command", "true")
+        before = dump(self.db_path)
+        env = dict(os.environ, QUEUECTL_HOME=self.home)
+        env.pop("QUEUECTL_DEBUG", None)
+        for argv in (["--file", "/dev/zero"], ["--file", "-"]):
+            with self.subTest(argv=argv), open("/dev/zero", "rb") as zeros:
+                proc = subprocess.run([sys.executable, SCRIPT, "enqueue"] + argv, stdin=zeros, capture_output=True,
+                                      text=True, env=env, timeout=60, preexec_fn=limit_memory)
+                self.assertEqual(proc.returncode, 1, proc)
+                self.assertEqual(proc.stdout, "")
+                self.assertRegex(proc.stderr, r"^queuectl: error: line 1: a job must be at most 1 MiB of JSON "
+                                              r"\(1048576 bytes as UTF-8\); this line is longer "
+                                              r"\(nothing was enqueued\)\n$")
+                self.assertEqual(dump(self.db_path), before)
+
+    def test_the_longest_command_allowed_runs(self):
+        # The limit is where the system's own is: a command just under 128 KiB still starts.
+        command = "true #" + "x" * (jobs.COMMAND_MAX_BYTES - 6)
+        self.ok("enqueue", J({"id": "long", "command": command}))
+        self.assertEqual(self.job("long")["command"], command)
+        Worker(self.home, threads=1, burst=True).run()
+        job = self.job("long")
+        self.assertEqual((job["state"], job["last_error"]), (jobs.COMPLETED, None))
 
 
 class DashboardBadInputTest(HomeTestCase):
