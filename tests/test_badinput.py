@@ -6,12 +6,16 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 import unittest
+from unittest import mock
 
 from tests.base import SCRIPT, HomeTestCase, Result
 from qctl import jobs
+from qctl import home as qhome
 from qctl.db import Store
 from qctl.worker import Worker
+from tests.base import wait_until
 
 J = json.dumps
 
@@ -301,6 +305,126 @@ class BoundedInputTest(HomeTestCase):
         Worker(self.home, threads=1, burst=True).run()
         job = self.job("long")
         self.assertEqual((job["state"], job["last_error"]), (jobs.COMPLETED, None))
+
+
+EVIL = "\x1b]0;PWNED\x07\x1b[2J\x9b31m"   # set the window title, clear the screen, a C1 CSI
+SHOWN = "\\x1b]0;PWNED\\x07\\x1b[2J\\x9b31m"  # as people see it: escaped, still recognisable
+EVIL_ID = "ev" + EVIL
+
+
+class ControlCharactersTest(HomeTestCase):
+    """Every field printed for people escapes control characters: a job's command, cwd
+    or error, and (from a database written by anything else: enqueue refuses them) its id
+    and env keys, a worker's id and host, cannot drive the terminal."""
+
+    def setUp(self):
+        super().setUp()
+        # Never created: the run cannot start, and its error names the directory.
+        self.cwd = os.path.join(self.tmp, "gone" + EVIL)
+        self.ok("enqueue", J({"id": "evil", "command": "echo " + EVIL + "; exit 3", "cwd": self.cwd,
+                              "max_retries": 0}))
+        con = sqlite3.connect(self.db_path)
+        try:
+            with con:
+                con.execute("UPDATE jobs SET id = ?, env = ? WHERE id = 'evil'",
+                            (EVIL_ID, J({"K" + EVIL: "s3cret"})))
+        finally:
+            con.close()
+        # Wide enough that no table cuts a value short: each is checked whole.
+        patcher = mock.patch.dict(os.environ, {"COLUMNS": "1000"})
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def assert_escaped(self, text, *shown):
+        self.assertNotIn("\x1b", text)
+        self.assertNotIn("\x07", text)
+        self.assertNotIn("\x9b", text)
+        for fragment in shown:
+            self.assertIn(fragment, text)
+
+    def run_to_the_dlq(self):
+        worker = self.run_cli("worker", "start", "--burst")
+        self.assertEqual(worker.code, 0, worker)
+        job = self.job(EVIL_ID)
+        self.assertEqual(job["state"], jobs.DEAD)
+        self.assertIn(EVIL, job["last_error"])  # raw in the store: escaping is the printer's business
+        return worker.stdout
+
+    def test_job_fields_in_show_list_dlq_and_logs(self):
+        log = self.run_to_the_dlq()
+        with self.subTest("worker log"):
+            self.assert_escaped(log, "job ev%s started" % SHOWN, "working directory %s/gone%s does not exist"
+                                % (self.tmp, SHOWN))
+        show = self.ok("show", EVIL_ID).stdout
+        with self.subTest("show"):
+            self.assert_escaped(show, "id           ev" + SHOWN, "command      echo %s; exit 3" % SHOWN,
+                                "cwd          %s/gone%s" % (self.tmp, SHOWN), "env          K%s=***" % SHOWN,
+                                "last_error   cannot start: working directory")
+            self.assertNotIn("s3cret", show)
+        for argv in (["list"], ["list", "--state", "dead"], ["dlq", "list"]):
+            with self.subTest(argv=argv):
+                self.assert_escaped(self.ok(*argv).stdout, "ev" + SHOWN, "echo %s; exit 3" % SHOWN)
+        with self.subTest("dlq list"):
+            self.assert_escaped(self.ok("dlq", "list").stdout, "working directory %s/gone%s" % (self.tmp, SHOWN))
+        with self.subTest("logs"):
+            self.assert_escaped(self.ok("logs", EVIL_ID).stdout, "== job ev%s, run 1 of 1: cannot start" % SHOWN)
+        for argv in (["dlq", "retry", EVIL_ID], ["delete", EVIL_ID]):
+            with self.subTest(argv=argv):
+                self.assert_escaped(self.ok(*argv).stdout, "ev" + SHOWN)
+
+    def test_worker_ids_hosts_and_running_jobs_in_worker_list(self):
+        self.run_to_the_dlq()
+        self.ok("enqueue", J({"id": "busy", "command": "true"}))
+        con = sqlite3.connect(self.db_path)
+        try:
+            with con:
+                con.execute("UPDATE jobs SET id = ? WHERE id = 'busy'", ("busy" + EVIL,))
+        finally:
+            con.close()
+        now = time.time()
+        with Store(self.db_path) as store:
+            # A worker on another host (so its pid is not checked) with a hostile name.
+            store.heartbeat("w" + EVIL, now, 300, pid=1, host="h" + EVIL, threads=1, started_at=now)
+            self.assertEqual(store.claim("w" + EVIL, 300, now=now)["id"], "busy" + EVIL)
+        self.assert_escaped(self.ok("worker", "list").stdout, "h" + SHOWN, "busy" + SHOWN)
+
+    def test_error_lines(self):
+        for argv in (["show", "nope" + EVIL], ["enqueue", "--file", os.path.join(self.tmp, "none" + EVIL)],
+                     ["list", "extra" + EVIL], ["logs", EVIL_ID, "--run", "9"]):
+            with self.subTest(argv=argv[0]):
+                result = self.cli(*argv)
+                self.assertIn(result.code, (1, 2), result)
+                self.assert_escaped(result.stderr, "error: ")
+                self.assertIn("PWNED", result.stderr)
+
+    def test_a_traceback_in_the_worker_log_keeps_its_lines(self):
+        import io
+        import logging
+        import queuectl
+        stream = io.StringIO()
+        handler = queuectl.worker_log_handler(stream)
+        logger = logging.getLogger("qctl.test-worker-log")
+        logger.propagate = False
+        logger.addHandler(handler)
+        self.addCleanup(logger.removeHandler, handler)
+        try:
+            raise ValueError("bad\n" + EVIL)
+        except ValueError:
+            logger.exception("job %s: error\nforged line", EVIL_ID)
+        text = stream.getvalue()
+        self.assert_escaped(text, "job ev%s: error\\x0aforged line\nTraceback (most recent call last):\n" % SHOWN,
+                            "\nValueError: bad\n" + SHOWN + "\n")
+
+    def test_the_detached_worker_log(self):
+        started = self.run_cli("worker", "start", "--detach", "--burst")
+        self.assertEqual(started.code, 0, started)
+        log_path = qhome.log_path(self.home)
+
+        def log():
+            with open(log_path, encoding="utf-8", errors="replace") as fh:
+                return fh.read()
+        wait_until(lambda: os.path.exists(log_path) and " stopped" in log(), message="the detached worker's exit")
+        self.assert_escaped(log(), "job ev%s started" % SHOWN, "gone%s does not exist" % SHOWN)
 
 
 class DashboardBadInputTest(HomeTestCase):
