@@ -383,8 +383,9 @@ class ControlCharactersTest(HomeTestCase):
             con.close()
         now = time.time()
         with Store(self.db_path) as store:
-            # A worker on another host (so its pid is not checked) with a hostile name.
-            store.heartbeat("w" + EVIL, now, 300, pid=1, host="h" + EVIL, threads=1, started_at=now)
+            # A worker on another host (so its pid is not checked) with a hostile name. Every argument
+            # by keyword: main's heartbeat takes `now` as a keyword, this branch's as the second argument.
+            store.heartbeat("w" + EVIL, now=now, lease_s=300, pid=1, host="h" + EVIL, threads=1, started_at=now)
             self.assertEqual(store.claim("w" + EVIL, 300, now=now)["id"], "busy" + EVIL)
         self.assert_escaped(self.ok("worker", "list").stdout, "h" + SHOWN, "busy" + SHOWN)
 
