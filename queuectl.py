@@ -58,7 +58,9 @@ def command(name, summary, example, arguments=None, **parser_options):
 # ---------------------------------------------------------------- output helpers
 
 def out(text=""):
-    sys.stdout.write(text + "\n")
+    """Print a line for people. A job's id, command, cwd or error may hold control characters:
+    they are shown escaped, unless `display` has already made the text safe (`Escaped`)."""
+    sys.stdout.write(display.printable(text) + "\n")
 
 
 def out_lines(lines):
@@ -68,13 +70,43 @@ def out_lines(lines):
 
 def print_json(value):
     import json  # only --json output needs it: keep it off every command's start-up
-    out(json.dumps(value, indent=2, ensure_ascii=False))
+    # JSON escapes what it must itself; `out` would turn a raw U+0085 into \x85, which is not JSON.
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
 def error_line(message):
     # splitlines, not split("\n"): a \r in a path the user typed must not break the one line either.
     text = " ".join(str(message).splitlines())
-    sys.stderr.write("queuectl: error: %s\n" % text)
+    sys.stderr.write("queuectl: error: %s\n" % display.printable(text))
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, but its error line escapes control characters: "unrecognized
+    arguments: ..." quotes argv as given, and a script may pass anything there."""
+
+    def error(self, message):
+        super().error(display.printable(" ".join(message.splitlines())))
+
+
+def worker_log_handler(stream):
+    """The handler for the worker's log lines (HH:MM:SS message). A job's id, a host name or
+    an error may hold control characters: each line shows them escaped, so nothing read from
+    the queue can move the cursor or fake a line; a traceback keeps its own newlines."""
+    import logging
+
+    class PrintableFormatter(logging.Formatter):
+        def formatMessage(self, record):
+            return display.printable(super().formatMessage(record))
+
+        def formatException(self, exc_info):
+            return display.printable(super().formatException(exc_info), keep="\n")
+
+        def formatStack(self, stack_info):
+            return display.printable(super().formatStack(stack_info), keep="\n")
+
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(PrintableFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    return handler
 
 
 def colour():
@@ -200,17 +232,16 @@ def parse_env_pair(pair):
 def read_job_lines(path, *, now, cwd, default_max_retries):
     """Every job of a JSON Lines file (or stdin), validated, and the line number of each.
 
-    The first bad line raises."""
+    Read line by line with bounded memory (see `jobs.parse_job_lines`); the first bad line raises."""
+    source = "stdin" if path == "-" else path
     try:
         if path == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            with open(path, "rb") as fh:
-                data = fh.read()
+            return jobs.parse_job_lines(sys.stdin.buffer, source, now=now, cwd=cwd,
+                                        default_max_retries=default_max_retries)
+        with open(path, "rb") as fh:
+            return jobs.parse_job_lines(fh, source, now=now, cwd=cwd, default_max_retries=default_max_retries)
     except OSError as exc:
         raise QueueError("cannot read %s: %s" % (path, exc.strerror or exc)) from None
-    return jobs.parse_job_lines(data, "stdin" if path == "-" else path, now=now, cwd=cwd,
-                                default_max_retries=default_max_retries)
 
 
 def worker_start_arguments(q):
@@ -246,8 +277,7 @@ def cmd_worker_start(args):
         pid = runner.start_detached(argv, qhome.log_path(home))
         out("worker started in the background: pid %d, log %s" % (pid, qhome.log_path(home)))
         return EXIT_OK
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler = worker_log_handler(sys.stdout)
     logger = logging.getLogger("qctl.worker")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -435,7 +465,8 @@ def cmd_dashboard(args):
         if not dashboard.is_loopback(args.host):
             sys.stderr.write("queuectl: warning: serving on %s, not loopback: anyone who can reach this "
                              "address can see every job%s\n"
-                             % (args.host, "" if args.read_only else " and retry dead ones (try --read-only)"))
+                             % (display.printable(args.host),
+                                "" if args.read_only else " and retry dead ones (try --read-only)"))
         out("dashboard: %s%s (Ctrl-C to stop)" % (server.url, " read-only" if args.read_only else ""))
         sys.stdout.flush()
         server.serve_forever()
@@ -568,7 +599,7 @@ def add_command(subparsers, name, func, summary, example, **kwargs):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="queuectl", usage="queuectl [-h] [--version] [--home DIR] [--allow-shared-home] COMMAND ...",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'queuectl COMMAND -h' for a command's options and examples.\n\nexample:\n"

@@ -18,7 +18,7 @@ from qctl import home as qhome
 from qctl import config as qconfig
 from qctl import jobs
 from qctl.db import Store
-from tests.base import HomeTestCase, add_job, run_next
+from tests.base import HomeTestCase, add_job, retry_in, run_next
 
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 SPEC_JOB_KEYS = {"id", "command", "state", "attempts", "max_retries", "priority", "run_at", "timeout", "created_at",
@@ -206,6 +206,31 @@ class EnqueueFileTest(CliTestCase):
         self.fails("enqueue", "--file", self.tmp, message="cannot read")
         self.fails("enqueue", "--file", os.path.join(self.tmp, "two\rlines\nhere"), message="cannot read")
         self.assertEqual(self.ids(), [])
+
+
+class ClaimOrderTest(CliTestCase):
+    def test_priority_then_due_time_then_enqueue_order(self):
+        """What README says: higher priority first; among equal priority the job due first (its
+        run_at, or after a failure its retry time), then the one enqueued first. So a job
+        enqueued later with an earlier run_at runs first."""
+        self.ok("enqueue", "--id", "retried", "--command", "false", "--run-at", "2019-01-01T00:00:00Z")
+        with Store(self.db_path) as store:
+            job = store.claim("w-test", 30, now=time.time())
+            store.fail(job, "w-test", time.time(), error="exit code 1", exit_code=1, settings=retry_in(0))
+        for job_id, options in (("same-time-1", ["--run-at", "2021-01-01T00:00:00Z"]),
+                                ("due-earlier", ["--run-at", "2020-01-01T00:00:00Z"]),
+                                ("same-time-2", ["--run-at", "2021-01-01T00:00:00Z"]),
+                                ("urgent-last", ["--priority", "1"])):
+            self.ok("enqueue", "--id", job_id, "--command", "true", *options)
+        order = []
+        with Store(self.db_path) as store:
+            while True:
+                job = store.claim("w-test", 30, now=time.time())
+                if job is None:
+                    break
+                order.append(job["id"])
+        # "retried" was enqueued first with the earliest run_at, but is due at its retry time: now.
+        self.assertEqual(order, ["urgent-last", "due-earlier", "same-time-1", "same-time-2", "retried"])
 
 
 class QueryTest(CliTestCase):
