@@ -164,3 +164,40 @@ def mount_tmpfs(test, size_kb):
         test.skipTest("cannot mount a tmpfs here: %s" % proc.stderr.decode().strip())
     test.addCleanup(subprocess.run, ["umount", "-l", point], capture_output=True)
     return point
+
+
+# ---------------------------------------------------------------- test times, for .ci/run
+
+TEST_TIMES_ENV = "QUEUECTL_TEST_TIMES"
+
+
+def record_test_times(path):
+    """Make every test append "seconds<TAB>test id" to `path` as it ends (setUp and cleanups included).
+
+    `.ci/run` sets QUEUECTL_TEST_TIMES and prints the slowest. Python 3.12's
+    `unittest --durations` does the same, but CI may run an older Python. This
+    patches unittest.TestCase itself, once, and unittest imports every test
+    module before it runs any test: so tests in modules that never import this
+    one are timed too, as long as one module does.
+    """
+    original = unittest.TestCase.run
+    if getattr(original, "queuectl_timed", False):
+        return
+
+    def run(self, result=None):
+        started = time.perf_counter()
+        try:
+            return original(self, result)
+        finally:
+            took = time.perf_counter() - started
+            try:
+                with open(path, "a", encoding="utf-8") as fh:
+                    fh.write("%.3f\t%s\n" % (took, self.id()))
+            except OSError:
+                pass  # timing is a report, never a reason for a test to fail
+    run.queuectl_timed = True
+    unittest.TestCase.run = run
+
+
+if os.environ.get(TEST_TIMES_ENV):
+    record_test_times(os.environ[TEST_TIMES_ENV])
