@@ -4,6 +4,14 @@
 (POSIX) or process group (Windows), keeps only the tail of each output stream
 (with env secrets masked), and kills the whole process tree on timeout.
 `start_detached` starts a worker that outlives its terminal.
+
+Which processes make up "the whole tree" depends on the platform. On Linux it
+is every descendant, wherever it moved (its own session or process group), and
+what a command leaves running when it ends is killed too: `qctl/proctree.py`
+finds them, with the tag each command gets in its environment (TAG_VAR) and a
+worker that adopts orphans (`adopt_orphans`). On macOS it is the command's
+process group, on a timeout or a hard stop only; on Windows, what taskkill /T
+finds.
 """
 
 import os
@@ -13,6 +21,8 @@ import subprocess
 import threading
 import time
 
+from . import proctree
+from .proctree import TAG_VAR
 from .times import format_seconds
 
 POSIX = os.name == "posix"
@@ -122,14 +132,28 @@ def kill_tree_argv(pid):
     return ["taskkill", "/T", "/F", "/PID", str(pid)]
 
 
+def adopt_orphans():
+    """Make this process the parent of its commands' orphaned descendants (Linux), so that
+    none slips out of a kill; the worker calls it once. True if it is."""
+    return proctree.become_subreaper()
+
+
 def kill_tree(proc, *, grace_s=KILL_GRACE_S):
-    """TERM the command's process group, then KILL it after `grace_s` (POSIX); taskkill /T /F (Windows)."""
+    """TERM the command and all it started, then KILL what is left after `grace_s`.
+
+    Linux: every process of its tree, wherever it moved (qctl/proctree.py).
+    macOS: its process group. Windows: taskkill /T /F.
+    """
     if not POSIX:
         try:
             subprocess.run(kill_tree_argv(proc.pid), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            creationflags=CREATE_NO_WINDOW)
         except OSError:  # no taskkill (a stripped-down Windows): the shell at least
             proc.kill()
+        return
+    tree = getattr(proc, "tree", None)
+    if tree is not None:
+        tree.kill(grace_s)
         return
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 0)):
         try:
@@ -162,12 +186,14 @@ def run_command(command, *, cwd=None, env=None, timeout=None, output_limit=65536
     Output beyond `output_limit` bytes per stream is dropped from the front, and
     every `env` value (see `secrets_of`) is replaced by *** in it.
     `on_start(proc)` is called once the process exists (the worker keeps it to
-    kill on a hard stop).
+    kill on a hard stop); the timeout runs from before it is called.
+    On Linux, what the command leaves running when it ends is killed (see the
+    module docstring).
     """
-    full_env = None
-    if env:
-        full_env = dict(os.environ)
-        full_env.update(env)
+    tag = os.urandom(8).hex()
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    full_env[TAG_VAR] = tag
     try:
         proc = subprocess.Popen(command, shell=True, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen_options())
@@ -175,26 +201,48 @@ def run_command(command, *, cwd=None, env=None, timeout=None, output_limit=65536
         if cwd and not os.path.isdir(cwd):
             return Result(None, "cannot start: working directory %s does not exist" % cwd)
         return Result(None, "cannot start: %s" % (exc.strerror or exc))
-    if on_start is not None:
-        on_start(proc)
+    deadline = None if not timeout else time.monotonic() + timeout
+    proc.tree = proctree.Tree(proc.pid, tag) if proctree.SUPPORTED else None
     secrets = secrets_of(env)
     if secrets:
         out, err = RedactedTail(output_limit, secrets), RedactedTail(output_limit, secrets)
     else:
         out, err = Tail(output_limit), Tail(output_limit)
-    deadline = None if not timeout else time.monotonic() + timeout
+    try:
+        if on_start is not None:
+            on_start(proc)
+        code, timed_out = _wait_for(proc, out, err, deadline)
+        if timed_out:
+            kill_tree(proc)
+            code = proc.wait()
+    except BaseException:
+        kill_tree(proc, grace_s=0)  # a run cut short by a bug leaves nothing running either
+        proc.wait()
+        raise
+    if proc.tree is not None:
+        proc.tree.finish(KILL_GRACE_S)
+    error = "timed out after %ss" % format_seconds(timeout) if timed_out else describe_exit(code)
+    return Result(code, error, out.value(), err.value())
+
+
+def _wait_for(proc, out, err, deadline):
+    """Read both pipes to EOF, then wait for the shell: (exit code, whether `deadline` passed first)."""
     reader = _read_posix if POSIX else _read_threads
-    timed_out = reader(proc, out, err, deadline)
-    if not timed_out:
-        # The pipes are done, but a command that closed or redirected its stdio may still run.
+    if reader(proc, out, err, deadline):
+        return None, True
+    # The pipes are done, but a command that closed or redirected its stdio may still run.
+    tree = getattr(proc, "tree", None)
+    while True:
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if tree is not None:  # keep looking at the tree meanwhile
+            wait = proctree.LOOK_EVERY_S if wait is None else min(wait, proctree.LOOK_EVERY_S)
         try:
-            code = proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            return proc.wait(wait), False
         except subprocess.TimeoutExpired:
-            timed_out = True
-    if timed_out:
-        kill_tree(proc)
-        return Result(proc.wait(), "timed out after %ss" % format_seconds(timeout), out.value(), err.value())
-    return Result(code, describe_exit(code), out.value(), err.value())
+            if deadline is not None and time.monotonic() >= deadline:
+                return None, True
+            if tree is not None:
+                tree.look()
 
 
 def _read_posix(proc, out, err, deadline):
@@ -202,6 +250,7 @@ def _read_posix(proc, out, err, deadline):
     import selectors
     # poll(2), as subprocess.communicate uses: one syscall a wait, where epoll
     # costs four more per command (create, two registrations, close).
+    tree = getattr(proc, "tree", None)
     with selectors.PollSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ, out)
         sel.register(proc.stderr, selectors.EVENT_READ, err)
@@ -226,6 +275,8 @@ def _read_posix(proc, out, err, deadline):
             # Every time round, not only when idle: a chatty grandchild must not hold the job.
             if orphan_deadline is None and proc.poll() is not None:
                 orphan_deadline = time.monotonic() + ORPHAN_PIPE_GRACE_S
+            if tree is not None:
+                tree.look()
     return False
 
 

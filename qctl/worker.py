@@ -24,7 +24,7 @@ from . import home as qhome
 from .db import Store
 from .errors import QueueError
 from .jobs import COMPLETED, DEAD, FAIL, FAILED, RELEASE, COMPLETE, Outcome
-from .runner import kill_tree, run_command
+from .runner import adopt_orphans, kill_tree, run_command
 from .times import format_seconds
 
 log = logging.getLogger("qctl.worker")
@@ -104,6 +104,7 @@ class Worker:
 
     def run(self):
         """Serve until stopped; returns 0."""
+        adopt_orphans()  # Linux: our commands' orphans become ours, so that none escapes a kill
         self._house_store = Store(self.db_path, durable=False, autocheckpoint=False)
         housekeeping = None
         try:
