@@ -17,6 +17,7 @@ The store's verbs, which a second backend would implement one for one:
   enqueue                                  store new jobs, all or none
   claim, finish_and_claim                  the next due job -> processing (with the last one's outcome)
   record, complete, fail, release          a claimed job's outcome, fenced by its claim
+  note_process                             how to find a claimed job's running command (for recover)
   heartbeat, deregister, live_workers      worker registration and liveness
   recover                                  jobs of lost workers back to the queue
   poll_for_work, housekeep                 an idle worker's wake-up check; WAL upkeep
@@ -104,7 +105,11 @@ SCHEMA_V1 = (
     ) WITHOUT ROWID""",
 )
 
-MIGRATIONS = (SCHEMA_V1,)  # MIGRATIONS[n] takes user_version n to n + 1
+# What a worker on the same host needs to kill a run's processes once the run's worker died
+# (opaque to the store: the worker writes it when the command starts, `recover` hands it back).
+SCHEMA_V2 = ("ALTER TABLE jobs ADD COLUMN run_process TEXT",)
+
+MIGRATIONS = (SCHEMA_V1, SCHEMA_V2)  # MIGRATIONS[n] takes user_version n to n + 1
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # `runs`, the column, counts the job's runs over its whole life; rows call it `run`: the number
@@ -453,16 +458,28 @@ class Store:
             con.execute("UPDATE jobs SET lease_until = ? WHERE state = ? AND worker = ?",
                         (now + lease_s, PROCESSING, worker))
 
+    def note_process(self, job, worker, process):
+        """Keep `process` (text) on a processing job's row while its command runs, fenced by the claim.
+
+        Returns whether it was kept (False: the claim was lost).
+        """
+        with self._write() as con:
+            return con.execute(
+                "UPDATE jobs SET run_process = ? WHERE seq = ? AND state = ? AND worker = ? AND runs = ?",
+                (process, job["seq"], PROCESSING, worker, job["run"])).rowcount == 1
+
     def deregister(self, worker):
         with self._write() as con:
             con.execute("DELETE FROM workers WHERE id = ?", (worker,))
 
-    def recover(self, now, settings):
+    def recover(self, now, settings, *, before_retry=None):
         """processing -> failed/dead ("worker lost") for every job whose lease expired
         or whose worker died on this host; forget workers whose lease expired.
 
         Returns the recovered jobs as (id, new state) pairs. Fenced by the run
-        number, like every transition.
+        number, like every transition. `before_retry(id, run, process)` is called
+        for each job whose run noted a process (`note_process`), inside the
+        transaction: the job cannot be claimed again before it returns.
         """
         recovered = []
         dead_workers = [worker for worker, host, pid in self._read(
@@ -472,13 +489,16 @@ class Store:
                 "SELECT 1 FROM jobs WHERE state = ? AND lease_until < ? UNION ALL "
                 "SELECT 1 FROM workers WHERE lease_until < ? LIMIT 1", (PROCESSING, now, now)):
             return recovered
-        lost_sql = "SELECT seq, id, attempts, max_retries, runs AS run, worker FROM jobs WHERE state = ? AND "
+        lost_sql = ("SELECT seq, id, attempts, max_retries, runs AS run, worker, run_process FROM jobs "
+                    "WHERE state = ? AND ")
         with self._write() as con:
             rows = con.execute(lost_sql + "lease_until < ?", (PROCESSING, now)).fetchall()
             for worker in set(dead_workers):
                 rows += con.execute(lost_sql + "worker = ? AND lease_until >= ?", (PROCESSING, worker, now)).fetchall()
                 con.execute("DELETE FROM workers WHERE id = ?", (worker,))
-            for seq, job_id, attempts, max_retries, run, worker in rows:
+            for seq, job_id, attempts, max_retries, run, worker, process in rows:
+                if before_retry is not None and process is not None:
+                    before_retry(job_id, run, process)
                 job = {"seq": seq, "attempts": attempts, "max_retries": max_retries, "run": run}
                 state = self._fail(con, Outcome(FAIL, job, worker, now, "worker lost"), settings)
                 recovered.append((job_id, state.state))

@@ -63,7 +63,8 @@ LINUX = sys.platform.startswith("linux")
 SUPPORTED = LINUX and os.path.exists("/proc/self/stat")
 TAG_VAR = "QUEUECTL_RUN"      # set in every command's environment to its run's tag
 LOOK_EVERY_S = 0.5            # a running command's tree is looked at at most this often
-KILL_FOR_S = 5.0              # KILL what a fresh look finds for this long at most (a process stuck in the kernel outlasts it)
+KILL_FOR_S = 5.0              # KILL what a fresh look finds for this long at most (a process
+                              # stuck in the kernel, state D, can outlast it)
 SETTLE_S = 0.01               # between signals and the look that checks them
 PR_SET_CHILD_SUBREAPER = 36   # <linux/prctl.h>
 # Kernels built without CONFIG_PROC_CHILDREN cannot list a process's children: read every process instead.
@@ -227,6 +228,14 @@ class Tree:
             seen = self._seen.get(pid)
         return self.pid in (info.sid, info.pgrp) or seen == info.start or (
             not info.dead and info.start >= self.start and _tagged(pid, self._entry))
+
+
+def kill_lost(pid, start, tag):
+    """KILL what is left of a run whose worker died: the session and process group of its shell
+    (`pid`, started at `start`), every process carrying `tag`, and all below them. Returns how many."""
+    if not SUPPORTED:
+        return 0
+    return Tree(pid, tag, start=start, lost=True).kill_now()
 
 
 # ---------------------------------------------------------------- /proc

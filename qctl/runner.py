@@ -138,6 +138,20 @@ def adopt_orphans():
     return proctree.become_subreaper()
 
 
+def run_identity(proc):
+    """What another process needs to kill `proc`'s tree once this one has died (a dict for
+    `kill_lost`), or None where that is not possible (not Linux)."""
+    tree = getattr(proc, "tree", None)
+    if tree is None:
+        return None
+    return {"pid": tree.pid, "start": tree.start, "tag": tree.tag}
+
+
+def kill_lost(identity):
+    """KILL what is left of a command whose worker died, from its `run_identity`; returns how many processes."""
+    return proctree.kill_lost(identity["pid"], identity["start"], identity["tag"])
+
+
 def kill_tree(proc, *, grace_s=KILL_GRACE_S):
     """TERM the command and all it started, then KILL what is left after `grace_s`.
 

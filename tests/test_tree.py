@@ -158,6 +158,31 @@ class WorkerTreeTest(TreeCase):
         self.assertEqual(self.job(job_id)["state"], "pending")
         self.assert_gone(pids, "after a hard stop")
 
+    def test_kill_9_of_the_worker_the_next_one_kills_the_lost_run_before_rerunning(self):
+        # Run 1 leaves two orphans, then execs into a sleep: one in a session of its own (only
+        # the run's tag finds it) and one without an environment (only the session finds it).
+        # Run 2 writes down which of run 1's processes it finds running: "before the job runs
+        # again" is checked by the job itself.
+        names = ("setsid", "bare", "shell")
+        check = ("for f in " + " ".join(names) + "; do p=$(cat {d}/$f); "
+                 "s=$(sed -n 's/^State:[[:space:]]*\\(.\\).*/\\1/p' /proc/$p/status 2>/dev/null); "
+                 "if [ -n \"$s\" ] && [ \"$s\" != Z ]; then echo alive-$f >> {d}/log; fi; done")
+        run_1 = ("(" + SETSID + " while [ ! -s {d}/setsid ]; do sleep 0.01; done); "
+                 "(env -i sh -c 'echo $$ > {d}/bare; exec sleep 60' >/dev/null 2>&1 & "
+                 "while [ ! -s {d}/bare ]; do sleep 0.01; done); echo $$ > {d}/shell; exec sleep 60")
+        job_id = self.enqueue(self.command("if [ -f {d}/shell ]; then " + check + "; echo second >> {d}/log; "
+                                           "else echo first >> {d}/log; " + run_1 + "; fi"))
+        first = self.spawn_worker()
+        pids = self.pids(*names)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        self.assertTrue(all(alive(pid) for pid in pids), "the lost run's processes outlive its worker")
+        self.ok("config", "set", "backoff-base", "1")
+        self.spawn_worker()  # same host: recovers the job at once, and kills its processes first
+        wait_until(lambda: self.job(job_id)["state"] == "completed", message="the job to be recovered and rerun")
+        self.assertEqual(read(os.path.join(self.tmp, "log")).split(), ["first", "second"],
+                         "run 2 found run 1's processes running")
+        self.assert_gone(pids, "after the recovery")
 
 if __name__ == "__main__":
     unittest.main()
