@@ -55,13 +55,16 @@ class Tail:
 
 
 class RedactedTail(Tail):
-    """A Tail that replaces every occurrence of each secret with `***` before keeping it.
+    """A Tail that masks every secret before keeping it: each stretch of output that
+    occurrences of secrets cover (overlapping or adjacent ones together) becomes one `***`.
 
-    Only a match that starts at least len(longest secret) - 1 bytes before the
-    end of what has arrived is decided; the rest waits for more, so a secret
+    A match is decided only once no longer secret can still be arriving there:
+    the last len(longest secret) - 1 bytes wait for the next read, so a secret
     split across two reads is still caught (and not cut short by a shorter
-    secret that is its prefix). The tail is cut only after redaction: no part of
-    a secret survives at its front either.
+    secret that is its prefix). The bytes just before those are kept too,
+    already stored, so that a secret that starts inside the last mask and ends
+    after it extends that mask instead of leaking its end. The tail is cut only
+    after redaction: no part of a secret survives at its front either.
     """
 
     MASK = b"***"
@@ -69,29 +72,61 @@ class RedactedTail(Tail):
     def __init__(self, limit, secrets):
         super().__init__(limit)
         longest_first = sorted(set(secrets), key=len, reverse=True)
+        # Longest first: a match is the longest secret that starts where it does.
         self.pattern = re.compile(b"|".join(re.escape(s) for s in longest_first))
         self.hold = len(longest_first[0]) - 1
-        self.pending = b""
+        self.pending = b""   # not decided yet
+        self.context = b""   # the `hold` bytes before `pending`, already decided
+        self.masked = False  # whether what was decided ends with a mask
 
     def add(self, data):
-        data = self.pending + data
-        cut = len(data) - self.hold
-        done, kept = 0, []
-        for match in self.pattern.finditer(data):
-            if match.start() >= cut:
-                break
-            kept += [data[done:match.start()], self.MASK]
-            done = match.end()
-        end = max(done, cut)
-        kept.append(data[done:end])
-        self.pending = data[end:]
-        super().add(b"".join(kept))
+        self._decide(self.context + self.pending + data, final=False)
 
     def value(self):
         if self.pending:
-            super().add(self.pattern.sub(self.MASK, self.pending))
-            self.pending = b""
+            self._decide(self.context + self.pending, final=True)
         return super().value()
+
+    def _decide(self, data, final):
+        base = len(self.context)  # data[:base] was decided before
+        cut = len(data) if final else len(data) - self.hold  # a match from here on may be incomplete
+        kept, done, masked = [], base, self.masked
+        for start, end in self._covered(data):
+            if end <= base:
+                continue
+            if start >= cut:
+                break
+            if start > done:
+                kept.append(data[done:start])
+                masked = False
+            if not masked:  # else it extends the mask before it: one *** for the whole stretch
+                kept.append(self.MASK)
+            done, masked = end, True
+        if done < cut:
+            kept.append(data[done:cut])
+            done, masked = cut, False
+        self.pending, self.context, self.masked = data[done:], data[max(0, done - self.hold):done], masked
+        super().add(b"".join(kept))
+
+    def _covered(self, data):
+        """(start, end) of each stretch of `data` that secrets cover, in order; overlapping and
+        adjacent matches make one stretch."""
+        # Searching again one byte after each match's start, not after its end, finds the matches
+        # that overlap it; output without secrets is still one search at C speed.
+        search = self.pattern.search
+        start = end = None
+        match = search(data)
+        while match is not None:
+            at, to = match.span()
+            if end is not None and at <= end:
+                end = max(end, to)
+            else:
+                if end is not None:
+                    yield start, end
+                start, end = at, to
+            match = search(data, at + 1)
+        if end is not None:
+            yield start, end
 
 
 def secrets_of(env):
