@@ -83,9 +83,12 @@ class _Stat(NamedTuple):
 
 
 def become_subreaper():
-    """Make this process the parent of its orphaned descendants (Linux 3.4+); True if it is."""
+    """Make this process the parent of its orphaned descendants (Linux 3.4+); True if it is,
+    None where this module does nothing (not Linux, or no /proc)."""
     global _subreaper
-    if SUPPORTED and not _subreaper:
+    if not SUPPORTED:
+        return None
+    if not _subreaper:
         try:
             import ctypes  # here: only a worker pays for importing it
             _subreaper = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
@@ -110,7 +113,7 @@ class Tree:
         self.start = start
         self.lost = lost
         self._entry = b"\0%s=%s\0" % (TAG_VAR.encode(), tag.encode())
-        self._seen = {}   # pid -> start time of every member found so far
+        self._seen = {}   # pid -> start time of the members running at the last look or kill
         self._lock = threading.Lock()
         self._next_look = time.monotonic() + LOOK_EVERY_S
 
@@ -122,7 +125,9 @@ class Tree:
         self._next_look = now + LOOK_EVERY_S
         found = self._walk() if _HAS_CHILDREN else self._scan()
         with self._lock:
-            self._seen.update(found)
+            # Every member seen before that still runs is in `found` (the walk starts from them):
+            # replacing keeps the memory to what runs now, however many processes a long job starts.
+            self._seen = found
 
     def kill(self, grace_s):
         """TERM every member; once they are gone or `grace_s` has passed, KILL until none is left.
@@ -170,7 +175,8 @@ class Tree:
     def _scan(self):
         """pid -> start time of every running member, from one read of every process.
 
-        Remembers them, and reaps the members that are zombies of ours.
+        Remembers them (in place of what was remembered: those still running are among
+        them), and reaps the members that are zombies of ours.
         """
         table = _table()
         me = os.getpid()
@@ -196,7 +202,7 @@ class Tree:
                 todo += below.get(pid, ())
         running = {pid: info.start for pid, info in members.items() if not info.dead}
         with self._lock:
-            self._seen.update(running)
+            self._seen = running
         for pid, info in members.items():
             if info.dead and info.ppid == me and pid != self.pid:  # the shell is its Popen's to reap
                 _reap(pid, info.start)

@@ -169,7 +169,8 @@ def kill_tree_argv(pid):
 
 def adopt_orphans():
     """Make this process the parent of its commands' orphaned descendants (Linux), so that
-    none slips out of a kill; the worker calls it once. True if it is."""
+    none slips out of a kill; the worker calls it once. True if it is, False if Linux refused,
+    None where there is nothing to adopt them with (not Linux)."""
     return proctree.become_subreaper()
 
 

@@ -104,7 +104,9 @@ class Worker:
 
     def run(self):
         """Serve until stopped; returns 0."""
-        adopt_orphans()  # Linux: our commands' orphans become ours, so that none escapes a kill
+        if adopt_orphans() is False:  # Linux: our commands' orphans become ours, so none escapes a kill
+            log.warning("worker %s: cannot adopt orphaned processes (prctl refused): every job's end will "
+                        "read every process to find what the job left running", self.id)
         self._house_store = Store(self.db_path, durable=False, autocheckpoint=False)
         housekeeping = None
         try:

@@ -16,7 +16,7 @@ import threading
 import unittest
 
 from tests.base import ROOT, HomeTestCase, wait_until
-from qctl import runner
+from qctl import proctree, runner
 from qctl.runner import run_command
 from qctl.worker import Worker
 
@@ -82,16 +82,16 @@ class RunCommandTreeTest(TreeCase):
         runner.adopt_orphans()
 
     def test_timeout_kills_descendants_in_their_own_session_or_group(self):
-        result = run_command(self.command(SETSID + TIMEOUT + BOTH_STARTED + "; sleep 30"), timeout=1)
-        self.assertEqual(result.error, "timed out after 1s")
+        result = run_command(self.command(SETSID + TIMEOUT + BOTH_STARTED + "; sleep 30"), timeout=0.5)
+        self.assertEqual(result.error, "timed out after 0.5s")
         self.assert_gone(self.pids("setsid", "timeout"), "after a timeout")
 
     def test_timeout_kills_a_descendant_whose_parent_exited_first(self):
         # The subshell that started the setsid grandchild is gone before the timeout: the
         # grandchild was re-parented to us, and only the run's tag in its environment is left.
         result = run_command(self.command("(" + SETSID + " while [ ! -s {d}/setsid ]; do sleep 0.01; done); "
-                                          "sleep 30"), timeout=1)
-        self.assertEqual(result.error, "timed out after 1s")
+                                          "sleep 30"), timeout=0.5)
+        self.assertEqual(result.error, "timed out after 0.5s")
         self.assert_gone(self.pids("setsid"), "after a timeout")
 
     def test_a_finished_job_leaves_nothing_running_and_no_zombie(self):
@@ -121,13 +121,31 @@ class RunCommandTreeTest(TreeCase):
         self.assert_gone(self.pids("setsid"), "after a run in a process that is no subreaper")
 
     def test_a_descendant_seen_before_it_cleared_its_environment_is_killed(self):
-        # env -i drops the tag and setsid the session; its parent lives long enough (1.2 s) for
-        # the run's periodic look (every 0.5 s) to see it, then exits before the timeout.
+        # env -i drops the tag and setsid the session; its parent lives long enough (1 s) for the
+        # run's first look (after 0.5 s) to see it, then exits before the timeout.
         command = ("(setsid env -i sh -c 'echo $$ > {d}/bare; exec sleep 30' >/dev/null 2>&1 & "
-                   "while [ ! -s {d}/bare ]; do sleep 0.01; done; sleep 1.2); sleep 30")
-        result = run_command(self.command(command), timeout=2)
-        self.assertEqual(result.error, "timed out after 2s")
+                   "while [ ! -s {d}/bare ]; do sleep 0.01; done; sleep 1); sleep 30")
+        result = run_command(self.command(command), timeout=1.3)
+        self.assertEqual(result.error, "timed out after 1.3s")
         self.assert_gone(self.pids("bare"), "after a timeout")
+
+    def test_a_long_run_remembers_only_the_processes_that_still_run(self):
+        proc = subprocess.Popen("while :; do sleep 0.01; done", shell=True, start_new_session=True)
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        tree = proctree.Tree(proc.pid, "a-tag")
+        seen = set()
+
+        def look():
+            tree._next_look = 0  # look now, not in LOOK_EVERY_S
+            tree.look()
+            seen.update(tree._seen)
+            return len(seen) >= 20
+        wait_until(look, interval=0.005, message="20 of the loop's sleeps to be seen")
+        self.assertLessEqual(len(tree._seen), 3, "the shell and a sleep or two, not every sleep ever seen")
+        tree.kill(0)
+        self.assertIsNotNone(proc.wait(30))
+        self.assertEqual(tree._scan(), {}, "a sleep forked between the TERM and the KILL is killed too")
 
 
 def ppid_of(pid):
@@ -177,7 +195,7 @@ class WorkerTreeTest(TreeCase):
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
         self.assertTrue(all(alive(pid) for pid in pids), "the lost run's processes outlive its worker")
-        self.ok("config", "set", "backoff-base", "1")
+        self.ok("config", "set", "backoff-max", "0.1")
         self.spawn_worker()  # same host: recovers the job at once, and kills its processes first
         wait_until(lambda: self.job(job_id)["state"] == "completed", message="the job to be recovered and rerun")
         self.assertEqual(read(os.path.join(self.tmp, "log")).split(), ["first", "second"],
