@@ -58,7 +58,9 @@ def command(name, summary, example, arguments=None, **parser_options):
 # ---------------------------------------------------------------- output helpers
 
 def out(text=""):
-    sys.stdout.write(text + "\n")
+    """Print a line for people. A job's id, command, cwd or error may hold control characters:
+    they are shown escaped, unless `display` has already made the text safe (`Escaped`)."""
+    sys.stdout.write(display.printable(text) + "\n")
 
 
 def out_lines(lines):
@@ -68,13 +70,43 @@ def out_lines(lines):
 
 def print_json(value):
     import json  # only --json output needs it: keep it off every command's start-up
-    out(json.dumps(value, indent=2, ensure_ascii=False))
+    # JSON escapes what it must itself; `out` would turn a raw U+0085 into \x85, which is not JSON.
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
 def error_line(message):
     # splitlines, not split("\n"): a \r in a path the user typed must not break the one line either.
     text = " ".join(str(message).splitlines())
-    sys.stderr.write("queuectl: error: %s\n" % text)
+    sys.stderr.write("queuectl: error: %s\n" % display.printable(text))
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, but its error line escapes control characters: "unrecognized
+    arguments: ..." quotes argv as given, and a script may pass anything there."""
+
+    def error(self, message):
+        super().error(display.printable(" ".join(message.splitlines())))
+
+
+def worker_log_handler(stream):
+    """The handler for the worker's log lines (HH:MM:SS message). A job's id, a host name or
+    an error may hold control characters: each line shows them escaped, so nothing read from
+    the queue can move the cursor or fake a line; a traceback keeps its own newlines."""
+    import logging
+
+    class PrintableFormatter(logging.Formatter):
+        def formatMessage(self, record):
+            return display.printable(super().formatMessage(record))
+
+        def formatException(self, exc_info):
+            return display.printable(super().formatException(exc_info), keep="\n")
+
+        def formatStack(self, stack_info):
+            return display.printable(super().formatStack(stack_info), keep="\n")
+
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(PrintableFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    return handler
 
 
 def colour():
@@ -121,7 +153,7 @@ def add_json(parser):
 
 def open_store(args):
     from qctl.db import Store
-    return Store(qhome.ensure(args.home))
+    return Store(qhome.ensure(args.home, allow_shared=args.allow_shared_home))
 
 
 # ---------------------------------------------------------------- enqueue and run
@@ -200,17 +232,16 @@ def parse_env_pair(pair):
 def read_job_lines(path, *, now, cwd, default_max_retries):
     """Every job of a JSON Lines file (or stdin), validated, and the line number of each.
 
-    The first bad line raises."""
+    Read line by line with bounded memory (see `jobs.parse_job_lines`); the first bad line raises."""
+    source = "stdin" if path == "-" else path
     try:
         if path == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            with open(path, "rb") as fh:
-                data = fh.read()
+            return jobs.parse_job_lines(sys.stdin.buffer, source, now=now, cwd=cwd,
+                                        default_max_retries=default_max_retries)
+        with open(path, "rb") as fh:
+            return jobs.parse_job_lines(fh, source, now=now, cwd=cwd, default_max_retries=default_max_retries)
     except OSError as exc:
         raise QueueError("cannot read %s: %s" % (path, exc.strerror or exc)) from None
-    return jobs.parse_job_lines(data, "stdin" if path == "-" else path, now=now, cwd=cwd,
-                                default_max_retries=default_max_retries)
 
 
 def worker_start_arguments(q):
@@ -218,8 +249,9 @@ def worker_start_arguments(q):
                    help="worker threads (default: config worker-count)")
     q.add_argument("--burst", action="store_true", help="exit once nothing is runnable and nothing runs")
     q.add_argument("--detach", action="store_true", help="run in the background (log: HOME/worker.log)")
-    q.add_argument("--allow-shared-home", action="store_true",
-                   help="serve a home or database that group or others can write (unsafe)")
+    # Also here, where it began; `queuectl --allow-shared-home COMMAND` is the same for every command.
+    q.add_argument("--allow-shared-home", action="store_true", default=argparse.SUPPRESS,
+                   help="serve a home or database that another user owns or group or others can write (unsafe)")
     q.add_argument("--stop-generation", type=int, help=argparse.SUPPRESS)  # from --detach to its child
 
 
@@ -231,9 +263,7 @@ def cmd_worker_start(args):
     from qctl import runner
     from qctl import worker as qworker
     home = args.home
-    qhome.ensure(home)
-    if not args.allow_shared_home:
-        qhome.check_private(home)
+    qhome.ensure(home, allow_shared=args.allow_shared_home)
     if args.detach:
         argv = [sys.executable, os.path.abspath(__file__), "--home", home, "worker", "start"]
         if args.count:
@@ -247,14 +277,14 @@ def cmd_worker_start(args):
         pid = runner.start_detached(argv, qhome.log_path(home))
         out("worker started in the background: pid %d, log %s" % (pid, qhome.log_path(home)))
         return EXIT_OK
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler = worker_log_handler(sys.stdout)
     logger = logging.getLogger("qctl.worker")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
     try:
-        worker = qworker.Worker(home, threads=args.count, burst=args.burst, stop_generation=args.stop_generation)
+        worker = qworker.Worker(home, threads=args.count, burst=args.burst, stop_generation=args.stop_generation,
+                                allow_shared_home=args.allow_shared_home)
         worker.install_signal_handlers()
         return worker.run()
     finally:
@@ -429,13 +459,14 @@ def dashboard_arguments(p):
          "queuectl dashboard\nqueuectl dashboard --port 9000 --read-only", dashboard_arguments)
 def cmd_dashboard(args):
     from qctl import dashboard
-    server = dashboard.make_server(qhome.ensure(args.home), host=args.host, port=args.port,
-                                   read_only=args.read_only)
+    server = dashboard.make_server(qhome.ensure(args.home, allow_shared=args.allow_shared_home),
+                                   host=args.host, port=args.port, read_only=args.read_only)
     try:
         if not dashboard.is_loopback(args.host):
             sys.stderr.write("queuectl: warning: serving on %s, not loopback: anyone who can reach this "
                              "address can see every job%s\n"
-                             % (args.host, "" if args.read_only else " and retry dead ones (try --read-only)"))
+                             % (display.printable(args.host),
+                                "" if args.read_only else " and retry dead ones (try --read-only)"))
         out("dashboard: %s%s (Ctrl-C to stop)" % (server.url, " read-only" if args.read_only else ""))
         sys.stdout.flush()
         server.serve_forever()
@@ -568,14 +599,17 @@ def add_command(subparsers, name, func, summary, example, **kwargs):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="queuectl", usage="queuectl [-h] [--version] [--home DIR] COMMAND ...",
+    parser = Parser(
+        prog="queuectl", usage="queuectl [-h] [--version] [--home DIR] [--allow-shared-home] COMMAND ...",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'queuectl COMMAND -h' for a command's options and examples.\n\nexample:\n"
                "  queuectl enqueue --command 'echo hello'\n  queuectl worker start --burst",
         allow_abbrev=False)
     parser.add_argument("--home", metavar="DIR",
                         help="data directory (default: $QUEUECTL_HOME, else ~/.queuectl)")
+    parser.add_argument("--allow-shared-home", action="store_true",
+                        help="use a home or database that another user owns or group or others can write "
+                             "(unsafe: they can run commands as you)")
     parser.add_argument("--version", action="version", version="queuectl " + __version__)
     # The flat list of commands is hidden: the description lists them by group instead.
     sub = parser.add_subparsers(dest="command_name", metavar="COMMAND", help=argparse.SUPPRESS, prog="queuectl")

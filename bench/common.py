@@ -2,6 +2,9 @@
 
 Benchmarks print figures; they are not tests. Every script takes --quick (a
 run of seconds, to smoke-test it) and --runs N (medians are over N runs).
+Run them from the repo root as modules (`python -m bench.NAME`), so that
+`qctl` and `bench` import as they are, without touching sys.path. They use
+the store only through its public verbs (listed in qctl/db.py's docstring).
 """
 
 import argparse
@@ -13,20 +16,19 @@ import tempfile
 import threading
 import time
 
+from qctl import config as qconfig
+from qctl import home as qhome
+from qctl import jobs
+from qctl.db import Store
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
 SCRIPT = os.path.join(ROOT, "queuectl.py")
-
-from qctl import home as qhome  # noqa: E402  (needs ROOT on the path)
-from qctl import jobs  # noqa: E402
-from qctl.db import Store  # noqa: E402
 
 WORKER = "bench:1:000000"
 LEASE_S = 30.0
-CHECKPOINT_EVERY_S = 0.5  # the worker's heartbeat tick
+HOUSEKEEP_EVERY_S = 0.5  # the worker's housekeeping tick
 ENQUEUE_BATCH = 100000
+SETTINGS = dict(qconfig.defaults(), **{"lease-seconds": LEASE_S})
 
 
 def options(description, *, runs, quick_runs=1, extra=None):
@@ -123,7 +125,8 @@ def enqueue_true(path, count):
 
 
 class Checkpointer:
-    """The worker's heartbeat thread, reduced to its checkpoint: PASSIVE every 0.5 s, off the job path."""
+    """The worker's housekeeping thread, reduced to its WAL upkeep: `Store.housekeep()` every 0.5 s,
+    off the job path."""
 
     def __init__(self, path):
         self.store = Store(path, durable=False, autocheckpoint=False)
@@ -131,8 +134,8 @@ class Checkpointer:
         self.thread = threading.Thread(target=self.loop, daemon=True)
 
     def loop(self):
-        while not self.done.wait(CHECKPOINT_EVERY_S):
-            self.store.checkpoint()
+        while not self.done.wait(HOUSEKEEP_EVERY_S):
+            self.store.housekeep()
 
     def __enter__(self):
         self.thread.start()
@@ -144,17 +147,28 @@ class Checkpointer:
         self.store.close()
 
 
-def store_cycle(store, limit=None):
+def store_cycle(store, limit=None, on_verb=None):
     """Claim and complete jobs through the Store as a worker thread does, with a no-op runner,
-    until none is due (or `limit` are done); returns how many."""
+    until none is due (or `limit` are done); returns how many.
+
+    As the worker does: the first job by `claim`, then each job's outcome and the
+    next claim in one `finish_and_claim`, the last outcome by `record`.
+    `on_verb(seconds)`, if given, is told how long each of those calls took.
+    """
     done, finish = 0, None
     while limit is None or done < limit:
-        job = store.claim(WORKER, time.time(), LEASE_S, finish=finish)
+        started = time.perf_counter() if on_verb is not None else 0.0
+        if finish is None:
+            job = store.claim(WORKER, LEASE_S)
+        else:
+            job = store.finish_and_claim(finish, SETTINGS)[1]
+        if on_verb is not None:
+            on_verb(time.perf_counter() - started)
         finish = None
         if job is None:
             break
         done += 1
-        finish = ("complete", {"job": job, "worker": WORKER, "now": time.time(), "stdout": b"", "stderr": b""})
+        finish = jobs.Outcome(jobs.COMPLETE, job, WORKER, time.time())
     if finish is not None:
-        store.record(finish)
+        store.record(finish, SETTINGS)
     return done

@@ -11,17 +11,15 @@ takes per job is printed too (user + system, the commands' own included, from
 getrusage): on saturated cores the drain ratio cannot beat the inverse ratio
 of CPU per job, whatever the load.
 
-    python bench/drain.py [--quick] [--runs N] [--jobs N] [--threads 2 8]
+    python -m bench.drain [--quick] [--runs N] [--jobs N] [--threads 2 8]
 """
 
 import resource
-import os
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 from bench.common import fresh_db, home_in, machine, median, options, run_cli, table, temp_home
 
 from qctl import jobs

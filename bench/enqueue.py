@@ -5,7 +5,7 @@ as most batch users would). The limit it is compared with is reading the file
 and parsing every line with `json.loads` in the same interpreter: the part no
 implementation can skip.
 
-    python bench/enqueue.py [--quick] [--runs N] [--jobs N]
+    python -m bench.enqueue [--quick] [--runs N] [--jobs N]
 """
 
 import json
@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 from bench.common import home_in, machine, median, options, run_cli, table, temp_home
 
 from qctl import home as qhome

@@ -10,7 +10,7 @@ p50 is about half of that and p99 about all of it: that is the limit here.
 Idle CPU: the same worker, left with nothing to do for 10 s, its user + system
 time read from /proc (Linux only; elsewhere it is not measured).
 
-    python bench/latency.py [--quick] [--runs N] [--jobs N]
+    python -m bench.latency [--quick] [--runs N] [--jobs N]
 """
 
 import os
@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 from bench.common import SCRIPT, cli_env, home_in, machine, median, options, percentile, table, temp_home
 
 from qctl import home as qhome
@@ -54,7 +53,7 @@ def one_run(count, idle_s, rng):
                                   stdout=subprocess.DEVNULL)
         try:
             with Store(path) as store:
-                wait_for(lambda: store.workers(time.time()))
+                wait_for(lambda: store.live_workers(time.time()))
                 time.sleep(1.0)  # let the worker settle into idling: start-up is not idle time
                 cpu_before, idle_from = process_cpu_s(worker.pid), time.perf_counter()
                 time.sleep(idle_s)

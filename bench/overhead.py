@@ -1,43 +1,70 @@
-"""Queue overhead: claim + complete through qctl/db.py with a no-op runner.
+"""Queue overhead: claim + complete through the Store's verbs with a no-op runner.
 
-The limit is SQLite itself: a bare cycle on a raw connection with the same
-schema and settings, issuing the same two statements in one transaction per
-job (the complete of the previous job, then the claim of the next: the shape
-`Store.claim(..., finish=...)` uses). Both run with the worker's settings
-(synchronous NORMAL, no auto-checkpoint, a background thread checkpointing
-every 0.5 s), alternating within each run.
+queuectl's side is the worker's job path without the process: `claim`, then
+`finish_and_claim` (the last job's outcome and the next claim in one
+transaction) until nothing is due, through qctl.db.Store's public verbs only.
 
-Then 4 threads in 2 processes share one database, and the time each job
-spends waiting is split into: the process-wide lock (threads of one process),
-SQLite's write lock (BEGIN IMMEDIATE: the other process), and the
-transaction itself.
+The limit is SQLite itself: a bare cycle on a raw `sqlite3` connection, on the
+same database (schema made by the Store), doing the same work per job in one
+transaction: BEGIN IMMEDIATE, an UPDATE completing the previous job, an
+UPDATE ... RETURNING claiming the next, COMMIT. Its SQL is this script's own,
+written from the claim docs/architecture.md describes (one statement
+over the claim index `jobs_ready`, in claim order); it is not read from
+qctl/db.py, so if the store's statements change, this limit has to follow by
+hand. Both run with the worker's settings (synchronous NORMAL, no
+auto-checkpoint, a background thread calling `Store.housekeep()` every 0.5 s),
+alternating within each run.
 
-    python bench/overhead.py [--quick] [--runs N] [--jobs N]
+Then 4 threads share one database, in 1 process or 2, and each thread times
+its verb calls: the time per job inside the Store (waiting for the write lock
+plus the transaction). How that wait splits between the Store's process-wide
+lock and SQLite's lock is not measured: that needs the Store's internals.
+
+    python -m bench.overhead [--quick] [--runs N] [--jobs N]
 """
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
-from bench.common import LEASE_S, WORKER, Checkpointer, fresh_db, machine, median, options, store_cycle, table, temp_home
+from bench.common import (LEASE_S, ROOT, WORKER, Checkpointer, fresh_db, machine, median, options, store_cycle,
+                          table, temp_home)
 
 from qctl import db
 from qctl import jobs
 from qctl.db import Store
 
-# The same statements Store.claim and Store._complete issue, on a raw connection.
-BARE_CLAIM = db._CLAIM_SQL + "(" + db._CLAIM_SELECT + ") RETURNING " + db.CLAIM_COLUMNS
-BARE_COMPLETE = ("UPDATE jobs SET state = ?, exit_code = 0, last_error = NULL, finished_at = ?, updated_at = ?, "
-                 "lease_until = NULL WHERE seq = ? AND state = ? AND worker = ? AND runs = ?")
+# The bare cycle's statements: this script's own SQL, doing what a claim and a complete must.
+BARE_COLUMNS = "seq, id, command, attempts, runs, max_retries, timeout, cwd, env"
+BARE_SELECT = ("SELECT seq FROM jobs INDEXED BY jobs_ready WHERE state IN ('pending', 'failed') "
+               "AND next_run_at <= ? ORDER BY priority DESC, next_run_at, seq LIMIT 1")
+BARE_UPDATE = ("UPDATE jobs SET state = 'processing', attempts = attempts + 1, runs = runs + 1, worker = ?, "
+               "lease_until = ?, started_at = ?, finished_at = NULL, updated_at = ? WHERE seq = ")
+BARE_CLAIM = BARE_UPDATE + "(" + BARE_SELECT + ") RETURNING " + BARE_COLUMNS
+BARE_COMPLETE = ("UPDATE jobs SET state = 'completed', exit_code = 0, last_error = NULL, finished_at = ?, "
+                 "updated_at = ?, lease_until = NULL WHERE seq = ? AND state = 'processing' AND worker = ? "
+                 "AND runs = ?")
+HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+
+
+def bare_claim(con, now):
+    params = (WORKER, now + LEASE_S, now, now)
+    if HAS_RETURNING:
+        return con.execute(BARE_CLAIM, params + (now,)).fetchone()
+    found = con.execute(BARE_SELECT, (now,)).fetchone()  # no RETURNING before SQLite 3.35
+    if found is None:
+        return None
+    con.execute(BARE_UPDATE + "?", params + found)
+    return con.execute("SELECT " + BARE_COLUMNS + " FROM jobs WHERE seq = ?", found).fetchone()
 
 
 def bare_cycle(path):
     con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    if not con.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'jobs_ready'").fetchone():
+        raise SystemExit("the store's schema has no index jobs_ready: update this script's bare cycle")
     con.execute("PRAGMA busy_timeout = %d" % int(db.BUSY_TIMEOUT_S * 1000))
     con.execute("PRAGMA synchronous = NORMAL")
     con.execute("PRAGMA wal_autocheckpoint = 0")
@@ -47,9 +74,8 @@ def bare_cycle(path):
             con.execute("BEGIN IMMEDIATE")
             now = time.time()
             if previous is not None:
-                con.execute(BARE_COMPLETE, (jobs.COMPLETED, now, now, previous[0], jobs.PROCESSING, WORKER,
-                                            previous[4]))
-            previous = con.execute(BARE_CLAIM, (WORKER, now + LEASE_S, now, now, now)).fetchone()
+                con.execute(BARE_COMPLETE, (now, now, previous[0], WORKER, previous[4]))
+            previous = bare_claim(con, now)
             con.execute("COMMIT")
             if previous is None:
                 return done
@@ -66,64 +92,30 @@ def timed(path, cycle_on_store):
                 done = store_cycle(store)
         else:
             done = bare_cycle(path)
-        return done / (time.perf_counter() - started)
+        took = time.perf_counter() - started
+    with Store(path) as store:
+        completed = store.counts()[jobs.COMPLETED]
+    if completed != done:
+        raise SystemExit("%d jobs claimed but %d completed" % (done, completed))
+    return done / took
 
 
 # ---------------------------------------------------------------- contention (child processes)
 
-class TimedLock:
-    """db._WRITE_LOCK with the time spent acquiring it added to a per-thread tally."""
-
-    def __init__(self, tally):
-        self.lock, self.tally = threading.Lock(), tally
-
-    def __enter__(self):
-        started = time.perf_counter()
-        self.lock.acquire()
-        self.tally()["process_lock"] += time.perf_counter() - started
-
-    def __exit__(self, *exc):
-        self.lock.release()
-
-
-class TimedConnection:
-    """A connection that adds the time BEGIN IMMEDIATE takes (waiting for SQLite's lock) to the tally."""
-
-    def __init__(self, con, tally):
-        self.con, self.tally = con, tally
-
-    def execute(self, sql, *params):
-        if sql != "BEGIN IMMEDIATE":
-            return self.con.execute(sql, *params)
-        started = time.perf_counter()
-        try:
-            return self.con.execute(sql)
-        finally:
-            self.tally()["sqlite_lock"] += time.perf_counter() - started
-
-    def __getattr__(self, name):
-        return getattr(self.con, name)
-
-
 def child(path, threads):
-    """Run `threads` store cycles once the parent says go; print their tallies as JSON."""
-    local = threading.local()
+    """Run `threads` store cycles once the parent says go; print each thread's tally as JSON."""
     tallies = []
-
-    def tally():
-        return local.tally
-    db._WRITE_LOCK = TimedLock(tally)
+    go = threading.Event()
 
     def thread_main():
-        local.tally = {"jobs": 0, "process_lock": 0.0, "sqlite_lock": 0.0, "busy": 0.0}
-        tallies.append(local.tally)
+        tally = {"jobs": 0, "in_store": 0.0}
+        tallies.append(tally)
+
+        def on_verb(seconds):
+            tally["in_store"] += seconds
         with Store(path, durable=False, autocheckpoint=False) as store:
-            store.con = TimedConnection(store.con, tally)
             go.wait()
-            started = time.perf_counter()
-            local.tally["jobs"] = store_cycle(store)
-            local.tally["busy"] = time.perf_counter() - started
-    go = threading.Event()
+            tally["jobs"] = store_cycle(store, on_verb=on_verb)
     pool = [threading.Thread(target=thread_main) for _ in range(threads)]
     for thread in pool:
         thread.start()
@@ -136,11 +128,11 @@ def child(path, threads):
 
 
 def contention(tmp, count, processes, threads):
-    """Aggregate jobs/s and per-job waits of `processes` x `threads` store cycles on one database."""
+    """Aggregate jobs/s, and µs per job spent inside Store verbs, of `processes` x `threads` store cycles."""
     path = fresh_db(tmp, count)
     with Checkpointer(path):
-        procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", path, str(threads)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        procs = [subprocess.Popen([sys.executable, "-m", "bench.overhead", "--child", path, str(threads)],
+                                  cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                  for _ in range(processes)]
         for proc in procs:
             if proc.stdout.readline().strip() != "ready":
@@ -157,12 +149,7 @@ def contention(tmp, count, processes, threads):
     done = sum(t["jobs"] for t in tallies)
     if done != count:
         raise SystemExit("%d of %d jobs were claimed" % (done, count))
-
-    def per_job_us(key):
-        return sum(t[key] for t in tallies) / done * 1e6
-    waits = {k: per_job_us(k) for k in ("process_lock", "sqlite_lock", "busy")}
-    waits["in_transaction"] = waits.pop("busy") - waits["process_lock"] - waits["sqlite_lock"]
-    return done / took, waits
+    return done / took, sum(t["in_store"] for t in tallies) / done * 1e6
 
 
 def main():
@@ -173,8 +160,6 @@ def main():
     def extra(parser):
         parser.add_argument("--jobs", type=int, help="jobs per measurement (default 20000, quick 2000)")
     args = options(__doc__, runs=5, extra=extra)
-    if not db.HAS_RETURNING:
-        raise SystemExit("the bare cycle mirrors the claim's UPDATE ... RETURNING: it needs SQLite 3.35 or newer")
     count = args.jobs or (2000 if args.quick else 20000)
     bare, ours = [], []
     shapes = {(1, 1): [], (1, 4): [], (2, 2): []}
@@ -188,17 +173,16 @@ def main():
     print(machine())
     table("claim + complete, one process, one thread: %d jobs, median of %d runs" % (count, args.runs),
           ["cycle", "jobs/s", "us/job", "x bare"],
-          [["bare sqlite3, same statements", "%.0f" % median(bare), "%.1f" % (1e6 / median(bare)), "1.00"],
-           ["qctl.db Store.claim(finish=)", "%.0f" % median(ours), "%.1f" % (1e6 / median(ours)),
+          [["bare sqlite3, the same work in one transaction", "%.0f" % median(bare), "%.1f" % (1e6 / median(bare)),
+            "1.00"],
+           ["Store.claim / finish_and_claim", "%.0f" % median(ours), "%.1f" % (1e6 / median(ours)),
             "%.2f" % (median(ours) / median(bare))]])
     rows = []
     for (processes, threads), results in shapes.items():
-        rate = median([r[0] for r in results])
-        waits = {k: median([r[1][k] for r in results]) for k in results[0][1]}
-        rows.append(["%d x %d" % (processes, threads), "%.0f" % rate, "%.1f" % waits["process_lock"],
-                     "%.1f" % waits["sqlite_lock"], "%.1f" % waits["in_transaction"]])
-    table("contention: processes x threads, aggregate jobs/s and time per job (us), median of %d runs" % args.runs,
-          ["shape", "jobs/s", "wait process lock", "wait sqlite lock", "transaction + python"], rows)
+        rows.append(["%d x %d" % (processes, threads), "%.0f" % median([r[0] for r in results]),
+                     "%.1f" % median([r[1] for r in results])])
+    table("contention: processes x threads, aggregate jobs/s, median of %d runs" % args.runs,
+          ["shape", "jobs/s", "us/job inside Store verbs (lock wait + transaction)"], rows)
 
 
 if __name__ == "__main__":

@@ -11,16 +11,14 @@ database is compared with the rate on a database holding only the jobs being
 claimed, alternating the two. The limit each is measured against: the
 targets of issue 5 (status < 200 ms, list < 100 ms, claim rate within 20%).
 
-    python bench/scale.py [--quick] [--runs N] [--jobs N]
+    python -m bench.scale [--quick] [--runs N] [--jobs N]
 """
 
 import contextlib
 import io
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 from bench.common import Checkpointer, enqueue_true, fresh_db, home_in, machine, median, options, store_cycle, table, temp_home
 
 import queuectl
@@ -66,7 +64,7 @@ def main():
         with Checkpointer(path), Store(path, durable=False, autocheckpoint=False) as store:
             store_cycle(store, total - pending)
         with Store(path) as store:
-            store.checkpoint()
+            store.housekeep()
             counts = store.counts()
         built = time.perf_counter() - started
         size = sum(os.path.getsize(path + suffix) for suffix in ("", "-wal") if os.path.exists(path + suffix))

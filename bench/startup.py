@@ -9,16 +9,14 @@ database, count, print). `python -m qctl status` runs the same main() from
 queuectl.py imported as a module, whose bytecode is cached: the difference is
 the compile.
 
-    python bench/startup.py [--quick] [--runs N]
+    python -m bench.startup [--quick] [--runs N]
 """
 
 import json
-import os
 import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 from bench.common import ROOT, SCRIPT, cli_env, home_in, machine, median, options, run_cli, table, temp_home
 
 BREAKDOWN = """
@@ -27,7 +25,6 @@ t0 = time.perf_counter()
 with open(sys.argv[1]) as fh:
     code = compile(fh.read(), sys.argv[1], "exec")
 t1 = time.perf_counter()
-sys.path.insert(0, sys.argv[2])
 cli = {"__name__": "queuectl_breakdown", "__file__": sys.argv[1]}
 exec(code, cli)
 t2 = time.perf_counter()
@@ -59,7 +56,8 @@ def main():
             bare.append(wall([sys.executable, "-c", "pass"], env))
             status.append(wall([sys.executable, SCRIPT, "status"], env))
             module.append(wall([sys.executable, "-m", "qctl", "status"], env, cwd=ROOT))
-            parts.append(json.loads(subprocess.run([sys.executable, "-c", BREAKDOWN, SCRIPT, ROOT], env=env,
+            # Run from the repo root, so qctl imports as it does for `python queuectl.py`.
+            parts.append(json.loads(subprocess.run([sys.executable, "-c", BREAKDOWN, SCRIPT], env=env, cwd=ROOT,
                                                    stdout=subprocess.PIPE, check=True).stdout))
     print(machine())
     table("start-up, median of %d alternating runs" % args.runs, ["command", "ms", "x python -c pass"],

@@ -28,6 +28,7 @@ The store's verbs, which a second backend would implement one for one:
 """
 
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -36,13 +37,18 @@ from typing import NamedTuple, Optional
 
 from . import config as qconfig
 from . import home as qhome
-from .errors import DuplicateJob, InvalidJob, InvalidState, JobNotFound, StoreError
+from .errors import DatabaseDamaged, DuplicateJob, InvalidJob, InvalidState, JobNotFound, StoreError
 from .jobs import (COMPLETE, COMPLETED, DEAD, FAIL, FAILED, FINISHED_STATES, PENDING, PROCESSING, RELEASE, STATES,
                    UNFINISHED_STATES, DEFAULT_LIST_LIMIT, Outcome, after_failure)
 
 BUSY_TIMEOUT_S = 30.0
 WAL_RETRY_S = 0.005
 WAIT_POLL_S = 0.1  # wait_finished / wait_workers_gone look this often
+WAL_RESTART_BYTES = 16 * 1024 * 1024  # past this, housekeep() makes the WAL start over (and SQLite cuts it back)
+WAL_SMALL_BYTES = 256 * 1024  # a WAL this small is never worth a RESTART checkpoint
+WAL_IDLE_S = 2.0   # no other commit for this long: housekeep() truncates the WAL to nothing
+PULSE_GRACE_S = 1.0  # a pulse file's mtime may be as coarse as a second (HFS+)
+CHECKPOINT_BUSY_MS = 100  # a checkpoint waits this long for readers, then tries again next time
 HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 SQLITE_MAX_INT = 2 ** 63 - 1
 
@@ -105,11 +111,20 @@ SCHEMA_V1 = (
     ) WITHOUT ROWID""",
 )
 
+# Marks the file as ours ("qctl"), so that another application's SQLite file is never taken over.
+APPLICATION_ID = 0x7163746C
+SCHEMA_V2 = (
+    "PRAGMA application_id = %d" % APPLICATION_ID,
+    # What makes a worker's pid meaningful to another (qctl.home.host_key): the same
+    # hostname is not the same process table. NULL (workers before V2): unsure.
+    "ALTER TABLE workers ADD COLUMN host_key TEXT",
+)
 # What a worker on the same host needs to kill a run's processes once the run's worker died
 # (opaque to the store: the worker writes it when the command starts, `recover` hands it back).
-SCHEMA_V2 = ("ALTER TABLE jobs ADD COLUMN run_process TEXT",)
+SCHEMA_V3 = ("ALTER TABLE jobs ADD COLUMN run_process TEXT",)
 
-MIGRATIONS = (SCHEMA_V1, SCHEMA_V2)  # MIGRATIONS[n] takes user_version n to n + 1
+MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)  # MIGRATIONS[n] takes user_version n to n + 1
+OUR_TABLES = {"jobs", "runs", "config", "workers"}
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # `runs`, the column, counts the job's runs over its whole life; rows call it `run`: the number
@@ -138,6 +153,9 @@ class RecentRun(NamedTuple):
     attempt: int
 
 
+# Set by a commit that found the WAL past its bound: the process's housekeeping runs at once.
+_UPKEEP = threading.Event()
+
 # Threads of one process queue on this lock before SQLite's: SQLite's busy
 # handler sleeps in growing steps, a Python lock hands over at once. Safety
 # between processes still rests on BEGIN IMMEDIATE alone.
@@ -160,6 +178,13 @@ def _sqlite_message(exc, path):
     return "database error on %s: %s" % (path, text)
 
 
+def _store_error(exc, path):
+    """The StoreError for an sqlite3 error: DatabaseDamaged when retrying cannot help."""
+    low = str(exc).lower()
+    damaged = "malformed" in low or "not a database" in low or "corrupt" in low
+    return (DatabaseDamaged if damaged else StoreError)(_sqlite_message(exc, path))
+
+
 def _not_unicode(exc):
     # A value typed by the user (a job id from argv) held bytes that are not UTF-8:
     # Python passes them on as lone surrogates, which SQLite cannot bind.
@@ -178,25 +203,57 @@ class Store:
 
     def __init__(self, path, *, durable=True, autocheckpoint=True):
         self.path = path
+        self.home = os.path.dirname(path)
         self._seen_version = None  # poll_for_work: PRAGMA data_version last time
         self._next_due = None      # poll_for_work: when the earliest waiting job falls due
+        self._house_version = None # housekeep: PRAGMA data_version, and since when it has not changed
+        self._quiet_since = time.monotonic()
+        self._durable, self._autocheckpoint = durable, autocheckpoint
+        self._stuck = False        # a write failed for want of space: open afresh before the next
+        self._connect()
         try:
-            self.con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                       check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise StoreError(_sqlite_message(exc, path)) from None
-        try:
-            self.con.execute("PRAGMA busy_timeout = %d" % int(BUSY_TIMEOUT_S * 1000))
-            self.con.execute("PRAGMA synchronous = %s" % ("FULL" if durable else "NORMAL"))
-            if not autocheckpoint:
-                self.con.execute("PRAGMA wal_autocheckpoint = 0")
+            st = os.stat(path)
+            self._identity = (st.st_dev, st.st_ino)
             self._migrate()
         except sqlite3.Error as exc:
             self.con.close()
-            raise StoreError(_sqlite_message(exc, path)) from None
+            raise _store_error(exc, path) from None
         except BaseException:
             self.con.close()
             raise
+
+    def _connect(self):
+        try:
+            self.con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                       check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise _store_error(exc, self.path) from None
+        try:
+            self.con.execute("PRAGMA busy_timeout = %d" % int(BUSY_TIMEOUT_S * 1000))
+            self.con.execute("PRAGMA synchronous = %s" % ("FULL" if self._durable else "NORMAL"))
+            # When the WAL starts over, its file is cut back to this size instead of staying at its peak.
+            self.con.execute("PRAGMA journal_size_limit = %d" % WAL_RESTART_BYTES)
+            if not self._autocheckpoint:
+                self.con.execute("PRAGMA wal_autocheckpoint = 0")
+        except sqlite3.Error as exc:
+            self.con.close()
+            raise _store_error(exc, self.path) from None
+
+    def _unstick(self):
+        """After a write failed for want of space, SQLite can keep answering "disk is full" on
+        that connection even once space is freed (seen with a worker's threads on a full tmpfs):
+        the next use opens a fresh one."""
+        if self._stuck:
+            self.con.close()
+            self._connect()
+            self._stuck = False
+
+    def _note(self, exc):
+        """The StoreError for `exc`, remembering when the connection must be opened afresh."""
+        error = _store_error(exc, self.path)
+        if "full" in str(exc).lower() or "disk i/o" in str(exc).lower():
+            self._stuck = True
+        return error
 
     def close(self):
         self.con.close()
@@ -211,6 +268,9 @@ class Store:
 
     def _migrate(self):
         version = self.con.execute("PRAGMA user_version").fetchone()[0]
+        if self.con.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID and not self._unmarked_ours(version):
+            raise StoreError("%s is not a queuectl database (another application's SQLite file?): it was left "
+                             "unchanged; give queuectl a home of its own (--home or QUEUECTL_HOME)" % self.path)
         if version == SCHEMA_VERSION:
             return
         if version > SCHEMA_VERSION:
@@ -228,6 +288,20 @@ class Store:
                 for statement in MIGRATIONS[step]:
                     con.execute(statement)
             con.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
+
+    def _unmarked_ours(self, version):
+        """Whether a database without our application_id is a new empty one, or one queuectl made
+        before it marked its files (schema version 1). Reads only: nothing is changed before this."""
+        tables = {name for (name,) in self.con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return not tables if version == 0 else version == 1 and OUR_TABLES <= tables
+
+    def is_current(self):
+        """Whether the file at our path is still the database we opened (not deleted or replaced)."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._identity
 
     def _switch_to_wal(self):
         """PRAGMA journal_mode = WAL, retried while another connection holds a lock.
@@ -250,26 +324,32 @@ class Store:
         """One BEGIN IMMEDIATE transaction: commit on success, roll back and re-raise on error."""
         with _WRITE_LOCK:
             try:
+                self._unstick()
                 self.con.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise StoreError(_sqlite_message(exc, self.path)) from None
+                raise self._note(exc) from None
             try:
                 yield self.con
                 self.con.execute("COMMIT")
+                self._check_wal()
             except BaseException as exc:
                 if self.con.in_transaction:
-                    self.con.execute("ROLLBACK")
+                    try:
+                        self.con.execute("ROLLBACK")
+                    except sqlite3.Error:  # SQLite rolled back already, or cannot: start afresh
+                        self._stuck = True
                 if isinstance(exc, UnicodeEncodeError):
                     raise _not_unicode(exc) from None
                 if isinstance(exc, sqlite3.IntegrityError) or not isinstance(exc, sqlite3.Error):
                     raise
-                raise StoreError(_sqlite_message(exc, self.path)) from None
+                raise self._note(exc) from None
 
     def _read(self, sql, params=()):
         try:
+            self._unstick()
             return self.con.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(_sqlite_message(exc, self.path)) from None
+            raise self._note(exc) from None
         except UnicodeEncodeError as exc:
             raise _not_unicode(exc) from None
 
@@ -298,9 +378,65 @@ class Store:
         return self._read("SELECT min(next_run_at) FROM jobs INDEXED BY jobs_ready "
                           "WHERE state IN ('pending', 'failed')")[0][0]
 
+    def _check_wal(self):
+        """After a commit: a WAL past its bound wakes the housekeeping (see `await_upkeep`) at once.
+        A stat, no more, when it is within bounds: at full speed the WAL grows ~30 MB a second."""
+        try:
+            size = os.path.getsize(self.path + "-wal")
+        except OSError:
+            return
+        if size > WAL_SMALL_BYTES and size > self._wal_limit():
+            _UPKEEP.set()
+
+    def _wal_limit(self):
+        """WAL_RESTART_BYTES, or a quarter of the free disk space if that is less: the checkpoint
+        that lets the WAL start over needs room to grow the database file itself."""
+        try:
+            return min(WAL_RESTART_BYTES, shutil.disk_usage(self.home).free / 4)
+        except OSError:
+            return WAL_RESTART_BYTES
+
+    @staticmethod
+    def await_upkeep(timeout):
+        """Block until `housekeep` is due: a commit found the WAL past its bound, or `timeout` passed."""
+        _UPKEEP.wait(timeout)
+        _UPKEEP.clear()
+
     def housekeep(self):
-        """Upkeep off the job path: copy the WAL back into the database (PASSIVE: never waits)."""
-        self._read("PRAGMA wal_checkpoint(PASSIVE)")
+        """Keep the WAL small, off the job path; cheap enough to call several times a second
+        (a stat and a PRAGMA data_version when there is nothing to do).
+
+        A PASSIVE checkpoint never lets the WAL start over while commits keep
+        coming: it grew to 553 MB in a 20,000-job drain. So past
+        WAL_RESTART_BYTES this runs a RESTART checkpoint (the next commit writes
+        the WAL from its start, and journal_size_limit cuts the file back), and
+        once no other connection has committed for WAL_IDLE_S a TRUNCATE one
+        (an idle queue's WAL shrinks to nothing). Either waits at most
+        CHECKPOINT_BUSY_MS for readers and writers, since it holds new writers
+        back while it waits; a busy checkpoint is simply tried again next call.
+        On a nearly full disk the WAL starts over sooner (see `_wal_limit`), and
+        a commit that finds the WAL past its bound wakes the caller's
+        `await_upkeep` rather than waiting for its next tick.
+        """
+        try:
+            size = os.path.getsize(self.path + "-wal")
+        except OSError:
+            return
+        version = self._read("PRAGMA data_version")[0][0]
+        if version != self._house_version:
+            self._house_version, self._quiet_since = version, time.monotonic()
+        if size > 0 and time.monotonic() - self._quiet_since >= WAL_IDLE_S:
+            mode = "TRUNCATE"
+        elif size > WAL_SMALL_BYTES and size > self._wal_limit():
+            mode = "RESTART"
+        else:
+            return
+        with _WRITE_LOCK:  # our own threads queue here rather than in SQLite's busy handler
+            self._read("PRAGMA busy_timeout = %d" % CHECKPOINT_BUSY_MS)
+            try:
+                self._read("PRAGMA wal_checkpoint(%s)" % mode)
+            finally:
+                self._read("PRAGMA busy_timeout = %d" % int(BUSY_TIMEOUT_S * 1000))
 
     # ------------------------------------------------------------ enqueue
 
@@ -447,14 +583,20 @@ class Store:
             "error, stdout, stderr) SELECT seq, ?, attempts, worker, started_at, ?, ?, ?, ?, ? FROM jobs WHERE seq = ?",
             (run, now, exit_code, error, stdout or None, stderr or None, job_seq))
 
-    def heartbeat(self, worker, now, lease_s, *, pid, host, threads, started_at):
-        """Renew this worker's row and the leases of every job it is running."""
+    def heartbeat(self, worker, lease_s, *, pid, host, threads, started_at, host_key=None, now=None):
+        """Renew this worker's row and the leases of every job it is running.
+
+        `host_key` says whose process table `pid` belongs to (None: unsure).
+        `now` defaults to when the write lock was granted: a beat that waited
+        long for the lock must not renew to a time already past.
+        """
         with self._write() as con:
+            now = time.time() if now is None else now
             con.execute(
                 # Plain INSERT OR REPLACE, not an upsert: ON CONFLICT DO UPDATE needs SQLite 3.24.
-                "INSERT OR REPLACE INTO workers (id, pid, host, threads, started_at, heartbeat_at, lease_until) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (worker, pid, host, threads, started_at, now, now + lease_s))
+                "INSERT OR REPLACE INTO workers (id, pid, host, threads, started_at, heartbeat_at, lease_until, "
+                "host_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (worker, pid, host, threads, started_at, now, now + lease_s, host_key))
             con.execute("UPDATE jobs SET lease_until = ? WHERE state = ? AND worker = ?",
                         (now + lease_s, PROCESSING, worker))
 
@@ -472,54 +614,67 @@ class Store:
         with self._write() as con:
             con.execute("DELETE FROM workers WHERE id = ?", (worker,))
 
-    def recover(self, now, settings, *, before_retry=None):
-        """processing -> failed/dead ("worker lost") for every job whose lease expired
-        or whose worker died on this host; forget workers whose lease expired.
+    def recover(self, now, settings, *, me=None, before_retry=None):
+        """processing -> failed/dead ("worker lost") for every job whose worker is lost;
+        forget lost workers. Returns the recovered jobs as (id, new state) pairs.
 
-        Returns the recovered jobs as (id, new state) pairs. Fenced by the run
-        number, like every transition. `before_retry(id, run, process)` is called
-        for each job whose run noted a process (`note_process`), inside the
-        transaction: the job cannot be claimed again before it returns.
+        A worker is lost when it died in our process table (its pid is gone), or when
+        its lease expired and it has stopped pulsing (see `home.pulse`): a lease
+        that lapsed while a long transaction held the lock, or while we were
+        frozen ourselves, is not a lost worker. `me`, the caller, is never lost.
+        Fenced by the run number, like every transition. `before_retry(id, run,
+        process)` is called for each job whose run noted a process
+        (`note_process`), inside the transaction: the job cannot be claimed again
+        before it returns.
         """
-        recovered = []
-        dead_workers = [worker for worker, host, pid in self._read(
-            "SELECT id, host, pid FROM workers WHERE lease_until >= ?", (now,)) if not qhome.worker_alive(host, pid)]
+        lease_s = settings["lease-seconds"]
+
+        def lost(worker):
+            if worker == me:
+                return False
+            age = qhome.pulse_age(self.home, worker)
+            return age is None or age > lease_s + PULSE_GRACE_S
+
+        dead_workers = {worker for worker, key, pid in self._read(
+            "SELECT id, host_key, pid FROM workers WHERE lease_until >= ?", (now,)) if not qhome.worker_alive(key, pid)}
         # Read first: almost always there is nothing to do, and then no write lock is taken.
         if not dead_workers and not self._read(
                 "SELECT 1 FROM jobs WHERE state = ? AND lease_until < ? UNION ALL "
                 "SELECT 1 FROM workers WHERE lease_until < ? LIMIT 1", (PROCESSING, now, now)):
-            return recovered
-        lost_sql = ("SELECT seq, id, attempts, max_retries, runs AS run, worker, run_process FROM jobs "
-                    "WHERE state = ? AND ")
+            return []
+        recovered = []
         with self._write() as con:
-            rows = con.execute(lost_sql + "lease_until < ?", (PROCESSING, now)).fetchall()
-            for worker in set(dead_workers):
-                rows += con.execute(lost_sql + "worker = ? AND lease_until >= ?", (PROCESSING, worker, now)).fetchall()
-                con.execute("DELETE FROM workers WHERE id = ?", (worker,))
-            for seq, job_id, attempts, max_retries, run, worker, process in rows:
+            expired = {w for (w,) in con.execute("SELECT id FROM workers WHERE lease_until < ?", (now,))}
+            rows = [row for row in con.execute(
+                        "SELECT seq, id, attempts, max_retries, runs, worker, lease_until < ?, run_process FROM jobs "
+                        "WHERE state = ?", (now, PROCESSING))
+                    if row[5] in dead_workers or (row[6] and lost(row[5]))]
+            gone = dead_workers | {w for w in expired if lost(w)} | {row[5] for row in rows}
+            for seq, job_id, attempts, max_retries, run, worker, _, process in rows:
                 if before_retry is not None and process is not None:
                     before_retry(job_id, run, process)
                 job = {"seq": seq, "attempts": attempts, "max_retries": max_retries, "run": run}
-                state = self._fail(con, Outcome(FAIL, job, worker, now, "worker lost"), settings)
-                recovered.append((job_id, state.state))
-            con.execute("DELETE FROM workers WHERE lease_until < ?", (now,))
+                recovered.append((job_id, self._fail(con, Outcome(FAIL, job, worker, now, "worker lost"), settings).state))
+            con.executemany("DELETE FROM workers WHERE id = ?", [(w,) for w in gone])
+        for worker in gone:
+            qhome.forget_pulse(self.home, worker)
         return recovered
 
     def live_workers(self, now):
         """Live worker processes, each with the ids of the jobs it runs.
 
-        Live means its lease has not expired and, for a worker registered from
-        this host, that its process still exists.
+        Live means its lease has not expired and, for a worker registered in
+        our process table (same host key), that its process still exists.
         """
-        rows = [r for r in self._read("SELECT id, pid, host, threads, started_at, heartbeat_at FROM workers "
-                                      "WHERE lease_until >= ? ORDER BY started_at", (now,))
-                if qhome.worker_alive(r[2], r[1])]
+        rows = [r for r in self._read("SELECT id, pid, host, threads, started_at, heartbeat_at, host_key "
+                                      "FROM workers WHERE lease_until >= ? ORDER BY started_at", (now,))
+                if qhome.worker_alive(r[6], r[1])]
         running = {}
         for worker, job_id in self._read("SELECT worker, id FROM jobs WHERE state = ? ORDER BY started_at",
                                          (PROCESSING,)):
             running.setdefault(worker, []).append(job_id)
         return [{"id": r[0], "pid": r[1], "host": r[2], "threads": r[3], "started_at": r[4],
-                 "heartbeat_at": r[5], "running": running.get(r[0], [])} for r in rows]
+                 "heartbeat_at": r[5], "host_key": r[6], "running": running.get(r[0], [])} for r in rows]
 
     # ------------------------------------------------------------ queries
 
@@ -561,13 +716,19 @@ class Store:
                 return alive
             time.sleep(WAIT_POLL_S)
 
-    def list_jobs(self, *, state=None, limit=DEFAULT_LIST_LIMIT, newest_first=False):
-        """Jobs in enqueue order (oldest first, or newest first), at most `limit` (0 = all)."""
+    def list_jobs(self, *, state=None, limit=DEFAULT_LIST_LIMIT, newest_first=False, after_seq=None):
+        """Jobs in enqueue order (oldest first, or newest first), at most `limit` (0 = all).
+
+        `after_seq` continues a listing: only the jobs after that `seq` (each row has its own) in this order.
+        """
         sql = "SELECT " + JOB_COLUMNS + " FROM jobs"
         params = []
         if state is not None:
             sql += " WHERE state = ?"
             params.append(state)
+        if after_seq is not None:
+            sql += (" AND " if params else " WHERE ") + ("seq < ?" if newest_first else "seq > ?")
+            params.append(after_seq)
         sql += " ORDER BY seq DESC" if newest_first else " ORDER BY seq"
         if 0 < limit <= SQLITE_MAX_INT:  # a larger limit means all, as 0 does: SQLite cannot bind it
             sql += " LIMIT ?"

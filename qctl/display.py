@@ -2,19 +2,25 @@
 
 Pure functions that return strings; `queuectl.py` decides where they are printed.
 Nothing here is used for `--json` output, which never has colour or extra text.
+
+Every value shown to people may hold what a job's author (or a file name) put
+there, so control characters are escaped where text is rendered: each table cell
+and `show` value goes through `printable`, and what comes out is `Escaped`.
+`queuectl.out` escapes any other text it is given, so only `Escaped` text (our
+own colour codes, a command's kept newlines) reaches the terminal as it is.
 """
 
 import os
 import re
 import time
 
-from .jobs import is_control
 from .times import format_seconds
 
 ELLIPSIS = "\u2026"
 MIN_CUT_WIDTH = 5      # a column cut to fit is never narrower than this (or its header)
 COLUMN_GAP = 2
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # what jobs.is_control says
 _STATE_COLOURS = {"pending": "33", "processing": "36", "completed": "32", "failed": "35", "dead": "31"}
 
 
@@ -36,11 +42,17 @@ def colour_enabled(stream, environ=None, *, windows=None):
     return not windows or any(environ.get(name) for name in ("WT_SESSION", "TERM", "ANSICON"))
 
 
+class Escaped(str):
+    """Text made safe for a terminal (control characters escaped, our own colour codes
+    added): `printable` and the table layout pass it through unchanged."""
+    __slots__ = ()
+
+
 def paint_state(state, enabled):
-    """`state` in its colour when `enabled`, else unchanged."""
+    """`state` (escaped) in its colour when `enabled`, else just escaped."""
     if not enabled:
-        return state
-    return "\x1b[%sm%s\x1b[0m" % (_STATE_COLOURS.get(state, "0"), state)
+        return printable(state)
+    return Escaped("\x1b[%sm%s\x1b[0m" % (_STATE_COLOURS.get(state, "0"), printable(state)))
 
 
 def display_width(text):
@@ -68,9 +80,18 @@ def fit(text, width):
 
 def printable(text, keep=""):
     """`text` with control characters (other than those in `keep`) shown as \\xNN escapes,
-    so a job's command cannot move the cursor or recolour the terminal."""
-    return "".join(ch if ch in keep or not is_control(ch) else "\\x%02x" % ord(ch) if ord(ch) < 256
-                   else "\\u%04x" % ord(ch) for ch in text)
+    so a job's command cannot move the cursor or recolour the terminal. `Escaped` text is
+    returned as it is; anything else is made a string first."""
+    if isinstance(text, Escaped):
+        return text
+    text = str(text)
+    if _CONTROL_RE.search(text) is None:
+        return Escaped(text)
+
+    def escape(match):
+        ch = match.group()
+        return ch if ch in keep else "\\x%02x" % ord(ch) if ord(ch) < 256 else "\\u%04x" % ord(ch)
+    return Escaped(_CONTROL_RE.sub(escape, text))
 
 
 def one_line(text):
@@ -87,7 +108,8 @@ def layout(headers, rows, *, width, flex=(), right=()):
     lines are too.
     """
     flex = (flex,) if isinstance(flex, int) else tuple(flex)
-    rows = [["" if cell is None else str(cell) for cell in row] for row in rows]
+    headers = [printable(h) for h in headers]
+    rows = [["" if cell is None else printable(cell) for cell in row] for row in rows]
     widths = [max([display_width(h)] + [display_width(r[i]) for r in rows]) for i, h in enumerate(headers)]
     floors = {i: max(display_width(headers[i]), MIN_CUT_WIDTH) for i in flex}
     excess = sum(widths) + COLUMN_GAP * (len(widths) - 1) - width
@@ -109,7 +131,7 @@ def layout(headers, rows, *, width, flex=(), right=()):
                 cell = fit(cell, widths[i])
             pad = " " * (widths[i] - display_width(cell))
             cells.append(pad + cell if i in right else cell + pad)
-        lines.append((" " * COLUMN_GAP).join(cells).rstrip())
+        lines.append(Escaped((" " * COLUMN_GAP).join(cells).rstrip()))
     return lines
 
 
@@ -184,7 +206,7 @@ def dead_job_lines(rows, now):
 def show_lines(row, shown, now, colour):
     """`show`: the job's fields, one a line, then its runs. `shown` is `shapes.job_with_runs(row, ...)`."""
     # The command whole (only control characters escaped), its later lines indented under the first.
-    command = printable(row["command"], keep="\n\t").replace("\n", "\n" + " " * 13)
+    command = Escaped(printable(row["command"], keep="\n\t").replace("\n", "\n" + " " * 13))
     fields = [("id", shown["id"]), ("command", command), ("state", paint_state(shown["state"], colour)),
               ("attempts", "%d of %d (max_retries %d)" % (shown["attempts"], shown["max_retries"] + 1,
                                                          shown["max_retries"])),
@@ -195,7 +217,7 @@ def show_lines(row, shown, now, colour):
               ("cwd", shown["cwd"]), ("env", shown["env"] and " ".join("%s=***" % k for k in shown["env"])),
               ("created_at", shown["created_at"]), ("updated_at", shown["updated_at"]),
               ("exit_code", shown["exit_code"]), ("last_error", shown["last_error"])]
-    lines = ["%-12s %s" % (name, value) for name, value in fields if value is not None]
+    lines = [Escaped("%-12s %s" % (name, printable(value))) for name, value in fields if value is not None]
     runs = shown["runs"]
     if runs:
         lines.append("")
@@ -210,7 +232,7 @@ def stats_lines(figures, colour):
     """`stats`: one line per figure."""
     runs, run_time = figures["runs"], figures["run_time"]
     rows = [
-        ("jobs", "  ".join("%s %d" % (paint_state(s, colour), n) for s, n in figures["jobs"].items())),
+        ("jobs", Escaped("  ".join("%s %d" % (paint_state(s, colour), n) for s, n in figures["jobs"].items()))),
         ("workers", workers_text(figures["workers"])),
         ("oldest pending", "-" if figures["oldest_pending_age"] is None
          else "waiting %s" % seconds_text(figures["oldest_pending_age"])),
@@ -227,7 +249,7 @@ def stats_lines(figures, colour):
     rows.append(("run time", "avg %s  p50 %s  p95 %s  max %s  (%s in the last hour)"
                  % (seconds_text(run_time["avg"]), seconds_text(run_time["p50"]), seconds_text(run_time["p95"]),
                     seconds_text(run_time["max"]), plural(run_time["count"], "run"))))
-    return ["%-15s %s" % (name, value) for name, value in rows]
+    return [Escaped("%-15s %s" % (name, printable(value))) for name, value in rows]
 
 
 def worker_lines(live, now):

@@ -39,6 +39,10 @@ class StoreError(QueueError):
     """The database could not be used: locked too long, not a database, read-only, disk full."""
 
 
+class DatabaseDamaged(StoreError):
+    """The database file is damaged (malformed, not a database): retrying will not help."""
+
+
 def describe(value):
     """A user's value as an error message names it: `the string 'x'`, `an array`, `null`."""
     if value is None:

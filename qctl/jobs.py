@@ -26,6 +26,14 @@ FINISHED_STATES = (COMPLETED, DEAD)
 UNFINISHED_STATES = (PENDING, PROCESSING, FAILED)
 
 ID_MAX_CHARS = 200
+# Bounded input: nothing stored can be too big to run, to list, or to read back.
+JOB_JSON_MAX_BYTES = 1024 * 1024    # one JSON job: the JOB_JSON argument, or one line of --file
+# Linux refuses one argument (`sh -c COMMAND`) of 128 KiB or more: its limit counts the NUL
+# that ends the string, so a command of exactly 128 KiB could never start.
+COMMAND_MAX_BYTES = 128 * 1024 - 1
+CWD_MAX_BYTES = 4095                # Linux's PATH_MAX (4096) counts the NUL too
+ENV_MAX_BYTES = 128 * 1024          # a job's whole env as its process gets it: KEY=VALUE\0 each
+ENV_MAX_KEYS = 1000
 PRIORITY_LIMIT = 1000000000
 DEFAULT_LIST_LIMIT = 100  # list, and the dashboard's /api/jobs, without a limit
 
@@ -83,8 +91,13 @@ def check_state(value, valid=STATES):
 # ---------------------------------------------------------------- validation
 
 def parse_job_json(text, *, now, cwd=None, default_max_retries):
-    """Validate one job given as JSON text; see `validate_job`."""
+    """Validate one job given as JSON text (at most JOB_JSON_MAX_BYTES as UTF-8); see `validate_job`."""
     import json
+    # Every character is at least one byte and at most four: encode only when it could matter.
+    if len(text) * 4 > JOB_JSON_MAX_BYTES:
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > JOB_JSON_MAX_BYTES:
+            raise InvalidJob("%s, not %d bytes" % (_JOB_TOO_LONG, size))
     try:
         raw = json.loads(text, parse_constant=_reject_constant)
     except ValueError as exc:
@@ -94,19 +107,39 @@ def parse_job_json(text, *, now, cwd=None, default_max_retries):
     return validate_job(raw, now=now, cwd=cwd, default_max_retries=default_max_retries)
 
 
-def parse_job_lines(data, source, *, now, cwd=None, default_max_retries):
-    """Every job of JSON Lines bytes (one job a line), validated, with the line number of each.
+_JOB_TOO_LONG = "a job must be at most 1 MiB of JSON (%d bytes as UTF-8)" % JOB_JSON_MAX_BYTES
 
-    The first bad line raises InvalidJob naming it: all or nothing.
+
+def parse_job_lines(stream, source, *, now, cwd=None, default_max_retries):
+    """Every job of a JSON Lines binary stream (one job a line), validated, with the line number of each.
+
+    Reads one line at a time, never more than JOB_JSON_MAX_BYTES + 1 bytes of it: a longer line
+    (an endless one, like /dev/zero's) is refused without reading the rest. The validated jobs
+    are kept for the one transaction that stores them all (all or nothing): a few hundred bytes
+    a job beyond its own text, so a 1,000,000-job file holds some hundreds of MB at once.
+    The first bad line raises InvalidJob naming it: nothing is stored. `source` names the
+    stream in the error when it holds no job.
     """
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InvalidJob("%s is not UTF-8 text (byte %d)" % (source, exc.start)) from None
     new, numbers = [], []
-    # JSON Lines ends lines at \n only: splitlines() would also cut at U+2028, \x1c, \x85 ...
-    # which JSON allows raw inside strings. A \r before the \n is whitespace to json.
-    for number, line in enumerate(text.split("\n"), 1):
+    offset = 0  # of the line, in the stream: where a byte that is not UTF-8 sits
+    # JSON Lines ends lines at \n only (a binary readline splits nowhere else): splitlines()
+    # would also cut at U+2028, \x1c, \x85 ... which JSON allows raw inside strings.
+    # A \r before the \n is whitespace to json.
+    number = 0
+    while True:
+        data = stream.readline(JOB_JSON_MAX_BYTES + 1)
+        if not data:
+            break
+        number += 1
+        if len(data) > JOB_JSON_MAX_BYTES and not data.endswith(b"\n"):
+            raise InvalidJob("line %d: %s; this line is longer (nothing was enqueued)" % (number, _JOB_TOO_LONG))
+        try:
+            # A byte order mark may start the file, and nowhere else. The newline is not the job's.
+            line = data[:-1 if data.endswith(b"\n") else None].decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidJob("line %d: this line is not UTF-8 text (byte %d of %s; nothing was enqueued)"
+                             % (number, offset + exc.start, source)) from None
+        offset += len(data)
         if not line.strip():
             continue
         try:
@@ -145,7 +178,7 @@ def validate_job(raw, *, now, cwd=None, default_max_retries):
         raise InvalidJob("command must not be empty")
     if "\x00" in command:
         raise InvalidJob("command must not contain a NUL character")
-    check_unicode(command, "command")
+    check_unicode(command, "command", max_bytes=COMMAND_MAX_BYTES)
 
     max_retries = raw.get("max_retries")
     max_retries = default_max_retries if max_retries is None else _int_field(
@@ -172,7 +205,7 @@ def validate_job(raw, *, now, cwd=None, default_max_retries):
         raise InvalidJob("cwd must be a non-empty path string")
     elif not os.path.isabs(job_cwd):
         job_cwd = os.path.join(_base_dir(cwd), job_cwd)
-    check_unicode(job_cwd, "cwd")
+    check_unicode(job_cwd, "cwd", max_bytes=CWD_MAX_BYTES)
 
     env = raw.get("env")
     if env is not None:
@@ -207,15 +240,19 @@ def check_id(job_id):
     return check_unicode(job_id, "id")
 
 
-def check_unicode(text, what, *, secret=False):
-    """`text` if it can be stored. Bytes that are not UTF-8 reach Python as lone surrogates
-    (from argv, a file name, or a JSON \\ud800 escape) and SQLite cannot store those.
+def check_unicode(text, what, *, secret=False, max_bytes=None):
+    """`text` if it can be stored, and is at most `max_bytes` long as UTF-8 (if given).
+
+    Bytes that are not UTF-8 reach Python as lone surrogates (from argv, a file
+    name, or a JSON \\ud800 escape) and SQLite cannot store those.
     A `secret` (an env value) is not quoted in the error."""
     try:
-        text.encode("utf-8")
+        size = len(text.encode("utf-8"))
     except UnicodeEncodeError:
         raise InvalidJob("%s is not valid Unicode text (it holds bytes that are not UTF-8)%s"
                          % (what, "" if secret else ": %r" % (text[:60],))) from None
+    if max_bytes is not None and size > max_bytes:
+        raise InvalidJob("%s must be at most %d bytes as UTF-8, not %d bytes" % (what, max_bytes, size))
     return text
 
 
@@ -230,6 +267,9 @@ def mask_env(env_json):
 def _check_env(env):
     if not isinstance(env, dict):
         raise InvalidJob("env must be an object of strings, not %s" % describe(env))
+    if len(env) > ENV_MAX_KEYS:
+        raise InvalidJob("env must hold at most %d variables, not %d" % (ENV_MAX_KEYS, len(env)))
+    size = 0
     for key, value in env.items():
         # A control character in a name would also break the lines of list and show.
         if not key or "=" in key or any(is_control(ch) for ch in key):
@@ -240,6 +280,10 @@ def _check_env(env):
             raise InvalidJob("env value of %r must not contain a NUL character" % (key,))
         check_unicode(key, "env key")
         check_unicode(value, "env value of %r" % (key,), secret=True)
+        size += len(key.encode("utf-8")) + len(value.encode("utf-8")) + 2  # KEY=VALUE\0
+    if size > ENV_MAX_BYTES:
+        raise InvalidJob("env must be at most 128 KiB (%d bytes as KEY=VALUE strings in UTF-8, with their "
+                         "NULs), not %d bytes" % (ENV_MAX_BYTES, size))
     return env
 
 

@@ -21,6 +21,7 @@ import subprocess
 import threading
 import time
 
+from . import home as qhome
 from . import proctree
 from .proctree import TAG_VAR
 from .times import format_seconds
@@ -358,7 +359,7 @@ def _read_threads(proc, out, err, deadline):
 
 def start_detached(argv, log_file):
     """Start `argv` (a worker command line) in the background; return its pid."""
-    out = open(log_file, "ab")
+    out = qhome.open_private_log(log_file)  # 0600 whatever the umask: it names every job and error
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 close_fds=True, **detach_options())

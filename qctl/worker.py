@@ -22,14 +22,18 @@ from concurrent.futures import wait as wait_futures
 
 from . import home as qhome
 from .db import Store
-from .errors import QueueError
+from .errors import DatabaseDamaged, QueueError
 from .jobs import COMPLETED, DEAD, FAIL, FAILED, RELEASE, COMPLETE, Outcome
 from .runner import adopt_orphans, kill_lost, kill_tree, run_command, run_identity
 from .times import format_seconds
 
 log = logging.getLogger("qctl.worker")
 
-TICK_S = 0.5               # housekeeping thread's period for config reload, recovery, checkpoint
+TICK_S = 0.5               # housekeeping thread's period for config reload and recovery
+WAL_TICK_S = 0.1           # ... and for WAL upkeep, which must keep up with a full-speed drain
+DAMAGED_TRIES = 3          # a damaged database: give up after this many failed claims in a row
+ERROR_REPEAT_S = 60.0      # the same database error is logged at most this often
+PULSE_S = 1.0              # the pulse thread touches our pulse file this often (or 4 times a lease)
 SAFETY_WAKE_S = 5.0        # idle threads retry a claim at least this often, whatever the signals say
 CLAIM_RETRY_S = 1.0        # after a database error, a thread waits this long before claiming again
 HARD_STOP_GRACE_S = 0.2    # between TERM and KILL of a command cut short by a hard stop
@@ -42,10 +46,11 @@ class Worker:
     or, with `burst`, until nothing is runnable and nothing runs.
     """
 
-    def __init__(self, home, *, threads=None, burst=False, stop_generation=None):
+    def __init__(self, home, *, threads=None, burst=False, stop_generation=None, allow_shared_home=False):
         self.home = home
-        self.db_path = qhome.ensure(home)
+        self.db_path = qhome.ensure(home, allow_shared=allow_shared_home)
         self.host = qhome.host()
+        self.host_key = qhome.host_key()  # whose process table our pid is in: others compare it before trusting it
         self.pid = os.getpid()
         self.id = "%s:%d:%s" % (self.host, self.pid, os.urandom(3).hex())
         self.burst = burst
@@ -69,6 +74,8 @@ class Worker:
         self._procs = {}                     # job seq -> Popen, for a hard stop
         self._killed = set()                 # job seqs whose command a hard stop killed
         self._procs_lock = threading.Lock()
+        self._last_error, self._last_error_at = None, 0.0  # see _log_error
+        self.failure = None                  # why the worker gave up (run() then returns 1)
 
     # ------------------------------------------------------------ control
 
@@ -108,14 +115,17 @@ class Worker:
             log.warning("worker %s: cannot adopt orphaned processes (prctl refused): every job's end will "
                         "read every process to find what the job left running", self.id)
         self._house_store = Store(self.db_path, durable=False, autocheckpoint=False)
-        housekeeping = None
+        threads = []
         try:
+            qhome.pulse(self.home, self.id)
             self._beat()
             self._recover()
             log.info("worker %s started: %d thread%s, pid %d", self.id, self.threads,
                      "" if self.threads == 1 else "s", self.pid)
-            housekeeping = threading.Thread(target=self._housekeeping_loop, name="qctl-housekeeping", daemon=True)
-            housekeeping.start()
+            threads = [threading.Thread(target=self._pulse_loop, name="qctl-pulse", daemon=True),
+                       threading.Thread(target=self._housekeeping_loop, name="qctl-housekeeping", daemon=True)]
+            for thread in threads:
+                thread.start()
             with ThreadPoolExecutor(self.threads, thread_name_prefix="qctl-worker") as pool:
                 futures = [pool.submit(self._thread_main) for _ in range(self.threads)]
                 try:
@@ -125,17 +135,27 @@ class Worker:
             for future in futures:
                 future.result()  # _thread_main catches everything; this only surfaces a bug
         finally:
-            # Whatever ended the pool, the housekeeping thread goes with it, and so does our row.
+            # Whatever ended the pool, the housekeeping threads go with it, and so does our row.
             self._done.set()
-            if housekeeping is not None:
-                housekeeping.join()
+            for thread in threads:
+                thread.join()
             try:
                 self._house_store.deregister(self.id)
             except QueueError as exc:
                 log.error("worker %s: could not deregister: %s", self.id, exc)
             self._house_store.close()
+            qhome.forget_pulse(self.home, self.id)
+        if self.failure is not None:
+            log.error("worker %s stopped: %s", self.id, self.failure)
+            return 1
         log.info("worker %s stopped", self.id)
         return 0
+
+    def _give_up(self, why):
+        """Stop (running jobs finish, nothing more is claimed) and make run() return 1."""
+        if self.failure is None:
+            self.failure = why
+        self.stop()
 
     def _supervise(self, futures):
         watch = Store(self.db_path, durable=False, autocheckpoint=False)
@@ -192,6 +212,7 @@ class Worker:
             self._thread_exit()
             return
         finish = None  # the last job's outcome, recorded with the next claim
+        damaged = 0    # failed claims in a row on a damaged database
         try:
             while not self._stopping.is_set():
                 generation = self._wake_gen
@@ -199,9 +220,12 @@ class Worker:
                     job = self._claim_next(store, finish)
                 except Exception as exc:
                     self._log_error("claiming a job", exc)
+                    damaged = damaged + 1 if isinstance(exc, DatabaseDamaged) else 0
+                    if damaged >= DAMAGED_TRIES:
+                        self._give_up("%s (gave up after %d tries; 'queuectl check' says more)" % (exc, damaged))
                     self._stopping.wait(CLAIM_RETRY_S)
                     continue
-                finish = None
+                finish, damaged = None, 0
                 if job is None:
                     self._wait_for_work(generation)
                 else:
@@ -236,8 +260,16 @@ class Worker:
             return Outcome(FAIL, job, self.id, time.time(), "worker error: %s" % exc)
 
     def _log_error(self, doing, exc):
+        """One line for a database problem, but only once a minute for the same one (every thread
+        and the housekeeping meet a full disk at once, and retry it every second)."""
         if isinstance(exc, QueueError):
-            log.error("worker %s: %s (will retry)", self.id, exc)
+            message, now = str(exc), time.monotonic()
+            with self._cond:
+                repeated = self._last_error == message and now - self._last_error_at < ERROR_REPEAT_S
+                if not repeated:
+                    self._last_error, self._last_error_at = message, now
+            if not repeated:
+                log.error("worker %s: %s (will retry)", self.id, exc)
         else:
             log.exception("worker %s: error %s (will retry)", self.id, doing)
 
@@ -306,7 +338,7 @@ class Worker:
         identity = run_identity(proc)
         if identity is None:  # not Linux: nothing to kill them by
             return
-        identity.update(run=job["run"], host=self.host, worker_pid=self.pid)
+        identity.update(run=job["run"], host_key=self.host_key, worker_pid=self.pid)
         try:
             store.note_process(job, self.id, json.dumps(identity))
         except QueueError as exc:
@@ -333,28 +365,46 @@ class Worker:
     # ------------------------------------------------------------ housekeeping thread
 
     def _housekeeping_loop(self):
-        """Heartbeat, config reload, recovery of lost workers' jobs, WAL upkeep: every tick."""
-        last_beat = time.monotonic()
-        # Tick at least three times a lease: a lease shorter than our tick must not lapse between beats.
-        while not self._done.wait(min(TICK_S, self.settings["lease-seconds"] / 3)):
+        """Heartbeat, config reload, recovery of lost workers' jobs (every TICK_S) and WAL
+        upkeep (every WAL_TICK_S)."""
+        last_beat = last_tick = time.monotonic()
+        while not self._done.is_set():
+            self._house_store.await_upkeep(WAL_TICK_S)
             try:
+                self._house_store.housekeep()
+                if time.monotonic() - last_tick < TICK_S:
+                    continue
+                last_tick = time.monotonic()
+                if not self._house_store.is_current():
+                    self._give_up("the database %s was deleted or replaced while this worker served it; "
+                                  "start a worker again to serve the new one" % self.db_path)
+                    continue
                 self.settings = self._house_store.config()
                 if time.monotonic() - last_beat >= self.settings["lease-seconds"] / 3:
                     self._beat()
                     last_beat = time.monotonic()
                 if not self._stopping.is_set():
                     self._recover()
-                self._house_store.housekeep()
             except Exception as exc:  # the heartbeat must go on or our leases lapse
                 self._log_error("in housekeeping", exc)
 
+    def _pulse_loop(self):
+        """Touch our pulse file (see `home.pulse`) several times a lease, whatever the database does."""
+        while not self._done.wait(min(PULSE_S, self.settings["lease-seconds"] / 4)):
+            try:
+                qhome.pulse(self.home, self.id)
+            except OSError as exc:
+                log.error("worker %s: cannot touch its pulse file: %s", self.id, exc)
+
     def _beat(self):
-        self._house_store.heartbeat(self.id, time.time(), self.settings["lease-seconds"], pid=self.pid,
-                                    host=self.host, threads=self.threads, started_at=self.started_at)
+        self._house_store.heartbeat(self.id, self.settings["lease-seconds"], pid=self.pid,
+                                    host=self.host, threads=self.threads, started_at=self.started_at,
+                                    host_key=self.host_key)
 
     def _recover(self):
         """Jobs of workers whose lease expired, or that died on this host, back to the queue."""
-        for job_id, state in self._house_store.recover(time.time(), self.settings, before_retry=self._kill_lost_run):
+        for job_id, state in self._house_store.recover(time.time(), self.settings, me=self.id,
+                                                       before_retry=self._kill_lost_run):
             log.info("job %s recovered from a lost worker: now %s", job_id, state)
 
     def _kill_lost_run(self, job_id, run, process):
@@ -362,8 +412,8 @@ class Worker:
         the run left running. Called inside the recovery's transaction; never raises (that would undo it)."""
         try:
             lost = json.loads(process)
-            if lost.get("run") != run or qhome.worker_alive(lost["host"], lost["worker_pid"]):
-                return  # an earlier run's note, or a worker on another host (or still alive)
+            if lost.get("run") != run or qhome.worker_alive(lost.get("host_key"), lost["worker_pid"]):
+                return  # an earlier run's note, or a worker in another process table (or still alive)
             killed = kill_lost(lost)
         except Exception:
             log.exception("worker %s: could not kill what job %s's lost run %d left running", self.id, job_id, run)

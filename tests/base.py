@@ -4,6 +4,7 @@ and waiting on a condition with a deadline (never a bare sleep)."""
 import contextlib
 import io
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from qctl import jobs  # noqa: E402
 from qctl.db import Store  # noqa: E402
 
 SCRIPT = os.path.join(ROOT, "queuectl.py")
+POSIX = os.name == "posix"
 # Deadlines are generous: CI runs on a busy 2-core machine. A passing test never waits them out.
 DEADLINE_S = float(os.environ.get("QUEUECTL_TEST_DEADLINE", "30"))
 
@@ -45,6 +47,17 @@ def new_job(job_id=None, *, now=0.0, cwd="/", default_max_retries=3, **fields):
 def add_job(store, job_id=None, *, now=0.0, **fields):
     """Enqueue one job (see `new_job`) at `now`; returns its id."""
     return store.enqueue([new_job(job_id, now=now, **fields)], now)[0]
+
+
+def run_next(store, job_id, *, start, end, error=None, exit_code=1, output=b"", settings=None, worker="w-test"):
+    """Claim the next due job at `start` (it must be `job_id`) and record its outcome at `end`:
+    completed when `error` is None, else failed with `exit_code`; `output` is its stdout."""
+    job = store.claim(worker, 30.0, now=start)
+    if job is None or job["id"] != job_id:
+        raise AssertionError("the next due job is %r, not %r" % (job and job["id"], job_id))
+    if error is None:
+        return store.complete(job, worker, end, stdout=output)
+    return store.fail(job, worker, end, error=error, exit_code=exit_code, settings=settings or retry_in(0), stdout=output)
 
 
 def wait_until(predicate, timeout=DEADLINE_S, interval=0.02, message="condition"):
@@ -111,19 +124,24 @@ class HomeTestCase(unittest.TestCase):
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
     def spawn_worker(self, *args, env=None):
-        """Start `queuectl worker start ARGS` as a real process; killed at cleanup if still alive."""
+        """Start `queuectl worker start ARGS` as a real process in its own session (so kill -9 of
+        its whole group is possible); its group is killed at cleanup if it is still alive.
+        Its output goes to `proc.log`."""
         full_env = dict(os.environ, QUEUECTL_HOME=self.home)
         if env:
             full_env.update(env)
         log = open(os.path.join(self.tmp, "worker-%d.log" % time.monotonic_ns()), "w+")
         self.addCleanup(log.close)
         proc = subprocess.Popen([sys.executable, SCRIPT, "worker", "start"] + [str(a) for a in args],
-                                stdout=log, stderr=subprocess.STDOUT, env=full_env)
+                                stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=POSIX)
         proc.log = log
 
         def reap():
             if proc.poll() is None:
-                proc.kill()
+                if POSIX:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    proc.kill()
             proc.wait()
         self.addCleanup(reap)
         return proc
@@ -131,3 +149,55 @@ class HomeTestCase(unittest.TestCase):
     def job(self, job_id):
         with Store(self.db_path) as store:
             return store.get(job_id)
+
+
+def mount_tmpfs(test, size_kb):
+    """A small tmpfs of `test`'s own, unmounted at cleanup (root on Linux only: it is how a test
+    as root gets a read-only or full disk, since root ignores file modes); skips elsewhere."""
+    if not (os.name == "posix" and hasattr(os, "geteuid") and os.geteuid() == 0 and sys.platform.startswith("linux")):
+        test.skipTest("needs root on Linux to mount a small tmpfs (root ignores file modes)")
+    point = os.path.join(test.tmp, "mnt")
+    os.mkdir(point)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%dk,mode=0700" % size_kb, "tmpfs", point],
+                          capture_output=True)
+    if proc.returncode != 0:
+        test.skipTest("cannot mount a tmpfs here: %s" % proc.stderr.decode().strip())
+    test.addCleanup(subprocess.run, ["umount", "-l", point], capture_output=True)
+    return point
+
+
+# ---------------------------------------------------------------- test times, for .ci/run
+
+TEST_TIMES_ENV = "QUEUECTL_TEST_TIMES"
+
+
+def record_test_times(path):
+    """Make every test append "seconds<TAB>test id" to `path` as it ends (setUp and cleanups included).
+
+    `.ci/run` sets QUEUECTL_TEST_TIMES and prints the slowest. Python 3.12's
+    `unittest --durations` does the same, but CI may run an older Python. This
+    patches unittest.TestCase itself, once, and unittest imports every test
+    module before it runs any test: so tests in modules that never import this
+    one are timed too, as long as one module does.
+    """
+    original = unittest.TestCase.run
+    if getattr(original, "queuectl_timed", False):
+        return
+
+    def run(self, result=None):
+        started = time.perf_counter()
+        try:
+            return original(self, result)
+        finally:
+            took = time.perf_counter() - started
+            try:
+                with open(path, "a", encoding="utf-8") as fh:
+                    fh.write("%.3f\t%s\n" % (took, self.id()))
+            except OSError:
+                pass  # timing is a report, never a reason for a test to fail
+    run.queuectl_timed = True
+    unittest.TestCase.run = run
+
+
+if os.environ.get(TEST_TIMES_ENV):
+    record_test_times(os.environ[TEST_TIMES_ENV])

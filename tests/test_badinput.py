@@ -6,10 +6,13 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 import unittest
+from unittest import mock
 
-from tests.base import SCRIPT, HomeTestCase, Result
+from tests.base import DEADLINE_S, SCRIPT, HomeTestCase, Result, mount_tmpfs, new_job, wait_until
 from qctl import jobs
+from qctl import home as qhome
 from qctl.db import Store
 from qctl.worker import Worker
 
@@ -81,6 +84,19 @@ CASES = [
      J({"command": "true", "id": "d"}) + "\n" + J({"command": "true", "id": "d"}) + "\n"),
     ("--file id already stored", ["enqueue", "--file", "-"],
      J({"command": "true", "id": "new"}) + "\n" + J({"command": "true", "id": "done"}) + "\n"),
+    # Bounded input: a command under 128 KiB, one JSON job at most 1 MiB, cwd and env capped.
+    ("command of 128 KiB", ["enqueue", J({"command": "x" * 128 * 1024})], None),
+    ("command of 128 KiB in 2-byte chars", ["enqueue", J({"command": "\u00e9" * 64 * 1024}, ensure_ascii=False)], None),
+    ("option --command of 128 KiB", ["enqueue", "--command", "x" * 128 * 1024], None),
+    ("job JSON over 1 MiB", ["enqueue", '{"command": "true"%s}' % (" " * 1024 * 1024)], None),
+    ("--file line over 1 MiB", ["enqueue", "--file", "-"],
+     J({"command": "true"}) + "\n" + '{"command": "true"%s}\n' % (" " * 1024 * 1024)),
+    ("--file command of 200 KiB", ["enqueue", "--file", "-"], J({"command": "x" * 200 * 1024}) + "\n"),
+    ("--file endless line", ["enqueue", "--file", "-"], "{" + " " * 3 * 1024 * 1024),
+    ("cwd over 4095 bytes", ["enqueue", J({"command": "true", "cwd": "/" + "d" * 4095})], None),
+    ("env over 128 KiB", ["enqueue", J({"command": "true", "env": {"A": "x" * 65536, "B": "x" * 65536}})], None),
+    ("env of 1001 variables", ["enqueue", J({"command": "true", "env": {"K%d" % i: "" for i in range(1001)}})], None),
+    ("option --env over 128 KiB", ["enqueue", "--command", "true", "--env", "K=" + "x" * 128 * 1024], None),
     ("show unknown", ["show", "nope"], None),
     ("show empty id", ["show", ""], None),
     ("show undecodable id", ["show", "\udcff"], None),
@@ -179,10 +195,6 @@ class BadInputTest(HomeTestCase):
                 self.assert_rejected(label, result, before)
 
 
-def can_mount():
-    return os.name == "posix" and hasattr(os, "geteuid") and os.geteuid() == 0 and sys.platform.startswith("linux")
-
-
 class BrokenEnvironmentTest(HomeTestCase):
     def assert_one_line(self, result, *fragments):
         self.assertEqual(result.code, 1, result)
@@ -192,17 +204,7 @@ class BrokenEnvironmentTest(HomeTestCase):
             self.assertIn(fragment, result.stderr)
 
     def mount_tmpfs(self, size_kb):
-        """A small tmpfs of our own (root only: it is how a test as root gets a read-only or full disk)."""
-        if not can_mount():
-            self.skipTest("needs root on Linux to mount a small tmpfs (root ignores file modes)")
-        point = os.path.join(self.tmp, "mnt")
-        os.mkdir(point)
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%dk,mode=0700" % size_kb, "tmpfs", point],
-                              capture_output=True)
-        if proc.returncode != 0:
-            self.skipTest("cannot mount a tmpfs here: %s" % proc.stderr.decode().strip())
-        self.addCleanup(subprocess.run, ["umount", "-l", point], capture_output=True)
-        return point
+        return mount_tmpfs(self, size_kb)
 
     def test_home_that_is_a_file(self):
         path = os.path.join(self.tmp, "afile")
@@ -258,6 +260,159 @@ class BrokenEnvironmentTest(HomeTestCase):
         self.ok("--home", home, "enqueue", "--command", "true", "--id", "second")
 
 
+class BoundedInputTest(HomeTestCase):
+    @unittest.skipUnless(sys.platform.startswith("linux"), "/dev/zero and RLIMIT_AS as Linux has them")
+    def test_an_endless_file_is_one_error_in_bounded_memory(self):
+        import resource
+
+        def limit_memory():  # in the child: what it maps, Python included, stays under 512 MB
+            resource.setrlimit(resource.RLIMIT_AS, (512 << 20, 512 << 20))
+        self.ok("enqueue", "--id", "kept", "--command", "true")
+        before = dump(self.db_path)
+        env = dict(os.environ, QUEUECTL_HOME=self.home)
+        env.pop("QUEUECTL_DEBUG", None)
+        for argv in (["--file", "/dev/zero"], ["--file", "-"]):
+            with self.subTest(argv=argv), open("/dev/zero", "rb") as zeros:
+                proc = subprocess.run([sys.executable, SCRIPT, "enqueue"] + argv, stdin=zeros, capture_output=True,
+                                      text=True, env=env, timeout=60, preexec_fn=limit_memory)
+                self.assertEqual(proc.returncode, 1, proc)
+                self.assertEqual(proc.stdout, "")
+                self.assertRegex(proc.stderr, r"^queuectl: error: line 1: a job must be at most 1 MiB of JSON "
+                                              r"\(1048576 bytes as UTF-8\); this line is longer "
+                                              r"\(nothing was enqueued\)\n$")
+                self.assertEqual(dump(self.db_path), before)
+
+    def test_the_longest_command_allowed_runs(self):
+        # The limit is where the system's own is: a command just under 128 KiB still starts.
+        command = "true #" + "x" * (jobs.COMMAND_MAX_BYTES - 6)
+        self.ok("enqueue", J({"id": "long", "command": command}))
+        self.assertEqual(self.job("long")["command"], command)
+        Worker(self.home, threads=1, burst=True).run()
+        job = self.job("long")
+        self.assertEqual((job["state"], job["last_error"]), (jobs.COMPLETED, None))
+
+
+EVIL = "\x1b]0;PWNED\x07\x1b[2J\x9b31m"   # set the window title, clear the screen, a C1 CSI
+SHOWN = "\\x1b]0;PWNED\\x07\\x1b[2J\\x9b31m"  # as people see it: escaped, still recognisable
+EVIL_ID = "ev" + EVIL
+
+
+class ControlCharactersTest(HomeTestCase):
+    """Every field printed for people escapes control characters: a job's command, cwd
+    or error, and (from a database written by anything else: enqueue refuses them) its id
+    and env keys, a worker's id and host, cannot drive the terminal."""
+
+    def setUp(self):
+        super().setUp()
+        # Never created: the run cannot start, and its error names the directory.
+        self.cwd = os.path.join(self.tmp, "gone" + EVIL)
+        self.ok("enqueue", J({"id": "evil", "command": "echo " + EVIL + "; exit 3", "cwd": self.cwd,
+                              "max_retries": 0}))
+        con = sqlite3.connect(self.db_path)
+        try:
+            with con:
+                con.execute("UPDATE jobs SET id = ?, env = ? WHERE id = 'evil'",
+                            (EVIL_ID, J({"K" + EVIL: "s3cret"})))
+        finally:
+            con.close()
+        # Wide enough that no table cuts a value short: each is checked whole.
+        patcher = mock.patch.dict(os.environ, {"COLUMNS": "1000"})
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def assert_escaped(self, text, *shown):
+        self.assertNotIn("\x1b", text)
+        self.assertNotIn("\x07", text)
+        self.assertNotIn("\x9b", text)
+        for fragment in shown:
+            self.assertIn(fragment, text)
+
+    def run_to_the_dlq(self):
+        worker = self.run_cli("worker", "start", "--burst")
+        self.assertEqual(worker.code, 0, worker)
+        job = self.job(EVIL_ID)
+        self.assertEqual(job["state"], jobs.DEAD)
+        self.assertIn(EVIL, job["last_error"])  # raw in the store: escaping is the printer's business
+        return worker.stdout
+
+    def test_job_fields_in_show_list_dlq_and_logs(self):
+        log = self.run_to_the_dlq()
+        with self.subTest("worker log"):
+            self.assert_escaped(log, "job ev%s started" % SHOWN, "working directory %s/gone%s does not exist"
+                                % (self.tmp, SHOWN))
+        show = self.ok("show", EVIL_ID).stdout
+        with self.subTest("show"):
+            self.assert_escaped(show, "id           ev" + SHOWN, "command      echo %s; exit 3" % SHOWN,
+                                "cwd          %s/gone%s" % (self.tmp, SHOWN), "env          K%s=***" % SHOWN,
+                                "last_error   cannot start: working directory")
+            self.assertNotIn("s3cret", show)
+        for argv in (["list"], ["list", "--state", "dead"], ["dlq", "list"]):
+            with self.subTest(argv=argv):
+                self.assert_escaped(self.ok(*argv).stdout, "ev" + SHOWN, "echo %s; exit 3" % SHOWN)
+        with self.subTest("dlq list"):
+            self.assert_escaped(self.ok("dlq", "list").stdout, "working directory %s/gone%s" % (self.tmp, SHOWN))
+        with self.subTest("logs"):
+            self.assert_escaped(self.ok("logs", EVIL_ID).stdout, "== job ev%s, run 1 of 1: cannot start" % SHOWN)
+        for argv in (["dlq", "retry", EVIL_ID], ["delete", EVIL_ID]):
+            with self.subTest(argv=argv):
+                self.assert_escaped(self.ok(*argv).stdout, "ev" + SHOWN)
+
+    def test_worker_ids_hosts_and_running_jobs_in_worker_list(self):
+        self.run_to_the_dlq()
+        self.ok("enqueue", J({"id": "busy", "command": "true"}))
+        con = sqlite3.connect(self.db_path)
+        try:
+            with con:
+                con.execute("UPDATE jobs SET id = ? WHERE id = 'busy'", ("busy" + EVIL,))
+        finally:
+            con.close()
+        now = time.time()
+        with Store(self.db_path) as store:
+            # A worker on another host (so its pid is not checked) with a hostile name. Every argument
+            # by keyword: main's heartbeat takes `now` as a keyword, this branch's as the second argument.
+            store.heartbeat("w" + EVIL, now=now, lease_s=300, pid=1, host="h" + EVIL, threads=1, started_at=now)
+            self.assertEqual(store.claim("w" + EVIL, 300, now=now)["id"], "busy" + EVIL)
+        self.assert_escaped(self.ok("worker", "list").stdout, "h" + SHOWN, "busy" + SHOWN)
+
+    def test_error_lines(self):
+        for argv in (["show", "nope" + EVIL], ["enqueue", "--file", os.path.join(self.tmp, "none" + EVIL)],
+                     ["list", "extra" + EVIL], ["logs", EVIL_ID, "--run", "9"]):
+            with self.subTest(argv=argv[0]):
+                result = self.cli(*argv)
+                self.assertIn(result.code, (1, 2), result)
+                self.assert_escaped(result.stderr, "error: ")
+                self.assertIn("PWNED", result.stderr)
+
+    def test_a_traceback_in_the_worker_log_keeps_its_lines(self):
+        import io
+        import logging
+        import queuectl
+        stream = io.StringIO()
+        handler = queuectl.worker_log_handler(stream)
+        logger = logging.getLogger("qctl.test-worker-log")
+        logger.propagate = False
+        logger.addHandler(handler)
+        self.addCleanup(logger.removeHandler, handler)
+        try:
+            raise ValueError("bad\n" + EVIL)
+        except ValueError:
+            logger.exception("job %s: error\nforged line", EVIL_ID)
+        text = stream.getvalue()
+        self.assert_escaped(text, "job ev%s: error\\x0aforged line\nTraceback (most recent call last):\n" % SHOWN,
+                            "\nValueError: bad\n" + SHOWN + "\n")
+
+    def test_the_detached_worker_log(self):
+        started = self.run_cli("worker", "start", "--detach", "--burst")
+        self.assertEqual(started.code, 0, started)
+        log_path = qhome.log_path(self.home)
+
+        def log():
+            with open(log_path, encoding="utf-8", errors="replace") as fh:
+                return fh.read()
+        wait_until(lambda: os.path.exists(log_path) and " stopped" in log(), message="the detached worker's exit")
+        self.assert_escaped(log(), "job ev%s started" % SHOWN, "gone%s does not exist" % SHOWN)
+
+
 class DashboardBadInputTest(HomeTestCase):
     def test_hostile_requests_get_a_4xx_and_change_nothing(self):
         import http.client
@@ -289,3 +444,60 @@ class DashboardBadInputTest(HomeTestCase):
                 if status != 200:
                     self.assertIn("error", json.loads(body))
                 self.assertEqual(dump(self.db_path), before)
+
+
+class ForeignDatabaseTest(HomeTestCase):
+    def test_another_applications_database_is_refused_and_left_unchanged(self):
+        os.remove(self.db_path)
+        con = sqlite3.connect(self.db_path)
+        con.execute("CREATE TABLE photos (name TEXT)")
+        con.execute("INSERT INTO photos VALUES ('cat.jpg')")
+        con.commit()
+        con.close()
+        with open(self.db_path, "rb") as fh:
+            before = fh.read()
+        for argv in (["status"], ["enqueue", "--command", "true"], ["worker", "start", "--burst"]):
+            with self.subTest(argv=argv):
+                result = self.cli(*argv)
+                self.assertEqual((result.code, len(result.stderr.splitlines())), (1, 1), result)
+                self.assertIn("not a queuectl database", result.stderr)
+        with open(self.db_path, "rb") as fh:
+            self.assertEqual(fh.read(), before, "someone else's database was changed")
+        self.assertFalse(os.path.exists(self.db_path + "-wal"))
+
+    def test_a_new_database_is_marked_ours(self):
+        self.ok("status")
+        con = sqlite3.connect(self.db_path)
+        try:
+            self.assertEqual(con.execute("PRAGMA application_id").fetchone()[0], 0x7163746C)
+        finally:
+            con.close()
+
+
+class DatabaseUnderAWorkerTest(HomeTestCase):
+    def test_a_deleted_database_stops_the_worker_with_one_line(self):
+        proc = self.spawn_worker()
+        with Store(self.db_path) as store:
+            wait_until(lambda: store.live_workers(time.time()), message="the worker to register")
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(self.db_path + suffix):
+                os.remove(self.db_path + suffix)
+        proc.wait(DEADLINE_S)
+        proc.log.seek(0)
+        text = proc.log.read()
+        self.assertEqual(proc.returncode, 1, text)
+        self.assertEqual(text.count("deleted or replaced"), 1, text)
+
+    def test_a_damaged_page_ends_a_burst_worker_instead_of_looping(self):
+        store = self.store()
+        store.enqueue([new_job("j%d" % i) for i in range(20)], time.time())
+        root = store._read("SELECT rootpage FROM sqlite_master WHERE name = 'jobs_ready'")[0][0]
+        page = store._read("PRAGMA page_size")[0][0]
+        store._read("PRAGMA wal_checkpoint(TRUNCATE)")
+        with open(self.db_path, "r+b") as fh:  # the claim's index page, overwritten with garbage
+            fh.seek((root - 1) * page)
+            fh.write(bytes(range(256)) * (page // 256))
+        result = self.run_cli("worker", "start", "--burst", timeout=DEADLINE_S)
+        self.assertEqual(result.code, 1, result)
+        self.assertIn("malformed", result.stdout + result.stderr)
+        self.assertNotIn("Traceback", result.stdout + result.stderr)

@@ -18,7 +18,7 @@ from qctl import home as qhome
 from qctl import config as qconfig
 from qctl import jobs
 from qctl.db import Store
-from tests.base import HomeTestCase, retry_in
+from tests.base import HomeTestCase, add_job, retry_in, run_next
 
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 SPEC_JOB_KEYS = {"id", "command", "state", "attempts", "max_retries", "priority", "run_at", "timeout", "created_at",
@@ -56,9 +56,7 @@ class CliTestCase(HomeTestCase):
         self.ok("enqueue", json.dumps({"id": job_id, "command": "false", "max_retries": 0,
                                        "priority": jobs.PRIORITY_LIMIT}))
         with Store(self.db_path) as store:
-            job = store.claim("w-test", 30, now=time.time())
-            self.assertEqual(job["id"], job_id)
-            store.fail(job, "w-test", time.time(), error=error, exit_code=3, settings=retry_in(0))
+            run_next(store, job_id, start=time.time(), end=time.time(), error=error, exit_code=3)
 
     def make_processing(self, job_id):
         self.ok("enqueue", "--id", job_id, "--command", "sleep 1", "--priority", jobs.PRIORITY_LIMIT)
@@ -210,6 +208,31 @@ class EnqueueFileTest(CliTestCase):
         self.assertEqual(self.ids(), [])
 
 
+class ClaimOrderTest(CliTestCase):
+    def test_priority_then_due_time_then_enqueue_order(self):
+        """What README says: higher priority first; among equal priority the job due first (its
+        run_at, or after a failure its retry time), then the one enqueued first. So a job
+        enqueued later with an earlier run_at runs first."""
+        self.ok("enqueue", "--id", "retried", "--command", "false", "--run-at", "2019-01-01T00:00:00Z")
+        with Store(self.db_path) as store:
+            job = store.claim("w-test", 30, now=time.time())
+            store.fail(job, "w-test", time.time(), error="exit code 1", exit_code=1, settings=retry_in(0))
+        for job_id, options in (("same-time-1", ["--run-at", "2021-01-01T00:00:00Z"]),
+                                ("due-earlier", ["--run-at", "2020-01-01T00:00:00Z"]),
+                                ("same-time-2", ["--run-at", "2021-01-01T00:00:00Z"]),
+                                ("urgent-last", ["--priority", "1"])):
+            self.ok("enqueue", "--id", job_id, "--command", "true", *options)
+        order = []
+        with Store(self.db_path) as store:
+            while True:
+                job = store.claim("w-test", 30, now=time.time())
+                if job is None:
+                    break
+                order.append(job["id"])
+        # "retried" was enqueued first with the earliest run_at, but is due at its retry time: now.
+        self.assertEqual(order, ["urgent-last", "due-earlier", "same-time-1", "same-time-2", "retried"])
+
+
 class QueryTest(CliTestCase):
     def test_status_json_has_all_five_states_with_zeros(self):
         self.assertEqual(self.json_of("status"), {
@@ -265,9 +288,8 @@ class QueryTest(CliTestCase):
         self.assertEqual(job["runs"], [])
         with Store(self.db_path) as store:
             now = time.time() + 1
-            claimed = store.claim("w-test", 30, now=now)
-            store.fail(claimed, "w-test", now + 0.25, error="exit code 3", exit_code=3, settings=retry_in(0))
-            store.complete(store.claim("w-test", 30, now=now + 1), "w-test", now + 1.5)
+            run_next(store, "s", start=now, end=now + 0.25, error="exit code 3", exit_code=3)
+            run_next(store, "s", start=now + 1, end=now + 1.5)
         job = self.json_of("show", "s")
         self.assertEqual((job["state"], job["attempts"], job["exit_code"], job["next_run_at"]),
                          ("completed", 2, 0, None))
@@ -487,7 +509,7 @@ class HomeTest(CliTestCase):
         db = os.path.join(fresh, qhome.DB_NAME)
         self.assertEqual(stat.S_IMODE(os.stat(db).st_mode), 0o600)
         with Store(db) as store:  # while a connection is open, the -wal and -shm files exist
-            store.enqueue([jobs.validate_job({"command": "y"}, now=0, default_max_retries=0)], 0)
+            add_job(store, command="y")
             for suffix in ("-wal", "-shm"):
                 self.assertEqual(stat.S_IMODE(os.stat(db + suffix).st_mode), 0o600, suffix)
 

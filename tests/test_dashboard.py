@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -16,15 +17,20 @@ import tempfile
 import threading
 import time
 import unittest
+from urllib.parse import quote
 
 from qctl import dashboard
 from qctl import jobs
-from tests.base import DEADLINE_S, SCRIPT, HomeTestCase, retry_in
+from tests.base import DEADLINE_S, SCRIPT, HomeTestCase, new_job, run_next
 
 XSS_COMMAND = "<img src=x onerror=alert(1)>"
 # The command holds no markup; its output does: printf writes <script>alert(2)</script>.
 XSS_OUTPUT_COMMAND = r"printf '\074script\076alert(2)\074/script\076\n'"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+# Ids a path cannot carry as they are: dot segments, URL delimiters, escapes, and plain oddities.
+AWKWARD_IDS = (".", "..", "a/b", "../api/status", "q?x=1", "h#frag", "p%41", "100%", "a+b", "sp ace", "ünï")
+# Short, so that the tests of the idle timeout take a moment; the default is IDLE_TIMEOUT_S.
+TEST_IDLE_TIMEOUT_S = 0.5
 
 
 class DashboardCase(HomeTestCase):
@@ -53,6 +59,14 @@ class DashboardCase(HomeTestCase):
         finally:
             conn.close()
 
+    def raw(self, data, *, server=None):
+        """Send `data` on a new connection and read until the server closes it: (status, headers, body)."""
+        server = server or self.server
+        with socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE_S) as sock:
+            sock.sendall(data)
+            answer = read_until_closed(sock)
+        return parse_answer(answer)
+
     def get_json(self, path, status=200):
         code, headers, body = self.request("GET", path)
         self.assertEqual(code, status, body)
@@ -66,18 +80,34 @@ class DashboardCase(HomeTestCase):
 
     def finish(self, job_id, *, fail=False, output=b""):
         """Run the next due job (which must be `job_id`) to an outcome, through the store."""
-        store = self.store()
-        job = store.claim("test-worker", 30.0, now=time.time())
-        self.assertEqual(job["id"], job_id)
-        if fail:
-            store.fail(job, "test-worker", time.time(), error="exit code 1", exit_code=1, settings=retry_in(0),
-                       stdout=output)
-        else:
-            store.complete(job, "test-worker", time.time(), stdout=output)
+        run_next(self.store(), job_id, start=time.time(), end=time.time(), error="exit code 1" if fail else None,
+                 output=output)
 
     def dead_job(self, job_id="doomed"):
         self.ok("enqueue", json.dumps({"id": job_id, "command": "exit 1", "max_retries": 0}))
         self.finish(job_id, fail=True)
+
+    def enqueue_many(self, count):
+        """`count` pending jobs j00000, j00001, ... in one batch, through the store."""
+        ids = ["j%05d" % n for n in range(count)]
+        now = time.time()
+        self.store().enqueue([new_job(job_id, now=now, delay=3600) for job_id in ids], now)
+        return ids
+
+
+def read_until_closed(sock):
+    chunks = []
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def parse_answer(answer):
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    return int(lines[0].split()[1]), dict(line.split(": ", 1) for line in lines[1:]), body
 
 
 class ApiTest(DashboardCase):
@@ -105,7 +135,8 @@ class ApiTest(DashboardCase):
 
     def test_unknown_paths_ids_and_bad_queries(self):
         for path in ("/nope", "/api", "/api/nope", "/api/jobs/nope", "/api/jobs/%01", "/api/jobs/" + "x" * 300,
-                     "/api/jobs/a/b", "/static/../dashboard.py", "/static/index.html", "/metrics/x"):
+                     "/api/jobs/a/b", "/static/../__init__.py", "/static/%2E%2E/__init__.py", "/static/index.html",
+                     "/metrics/x"):
             with self.subTest(path=path):
                 code, headers, body = self.request("GET", path)
                 self.assertEqual(code, 404, body)
@@ -135,10 +166,10 @@ class ApiTest(DashboardCase):
         self.assertEqual(self.get_json("/api/jobs/secret")["env"], {"API_KEY": "***"})
 
     def test_survives_a_client_that_hangs_up_mid_response(self):
-        # About 4 MB of JSON: far more than the socket buffers hold, so the server is mid-write when we reset.
+        # A page of about 4 MB of JSON (1,000 jobs): far more than the socket buffers hold, so the server
+        # is mid-write when we reset.
         store = self.store()
-        store.enqueue([jobs.validate_job({"command": "x" * 2000, "delay": 3600}, now=0, cwd="/", default_max_retries=0)
-                       for _ in range(2000)], 0)
+        store.enqueue([new_job(command="x" * 4000, delay=3600) for _ in range(2000)], 0)
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
             for _ in range(3):
@@ -149,6 +180,186 @@ class ApiTest(DashboardCase):
                 sock.close()
             self.assertEqual(self.get_json("/api/status")["jobs"]["pending"], 2000)
         self.assertEqual(err.getvalue(), "")
+
+
+class PagingTest(DashboardCase):
+    def pages(self, path):
+        """Every page from `path` on, following each answer's Link rel="next": [(jobs, headers)]."""
+        pages = []
+        while path:
+            code, headers, body = self.request("GET", path)
+            self.assertEqual(code, 200, body)
+            pages.append((json.loads(body), headers))
+            link = headers.get("Link")
+            path = re.fullmatch(r'<(/api/jobs\?[^>]*)>; rel="next"', link).group(1) if link else None
+            self.assertEqual(link is None, "X-Next-Cursor" not in headers)
+            self.assertLess(len(pages), 10)
+        return pages
+
+    def test_a_page_holds_at_most_1000_jobs_and_a_cursor_to_the_rest(self):
+        ids = self.enqueue_many(2500)
+        for limit in ("0", "1000", "1001", "5000", str(2 ** 70)):
+            with self.subTest(limit=limit):
+                pages = self.pages("/api/jobs?limit=" + limit)
+                self.assertEqual([len(page) for page, _ in pages], [1000, 1000, 500])
+                self.assertEqual([job["id"] for page, _ in pages for job in page], ids)  # no overlap, no gap
+        newest = self.pages("/api/jobs?newest=1&limit=0")
+        self.assertEqual([job["id"] for page, _ in newest for job in page], ids[::-1])
+        # X-Next-Cursor alone is enough to go on, with the query the client already has.
+        first, headers = self.pages("/api/jobs?limit=700")[0]
+        code, _, body = self.request("GET", "/api/jobs?limit=700&after=" + headers["X-Next-Cursor"])
+        self.assertEqual([job["id"] for job in first + json.loads(body)], ids[:1400])
+        # A page that ends exactly at the last job has no next.
+        self.assertEqual([len(page) for page, _ in self.pages("/api/jobs?limit=500")], [500] * 5)
+
+    def test_the_cursor_keeps_the_state_filter(self):
+        ids = self.enqueue_many(1500)
+        self.dead_job("doomed")
+        pages = self.pages("/api/jobs?state=pending&limit=0")
+        self.assertIn("state=pending", pages[0][1]["Link"])
+        self.assertEqual([job["id"] for page, _ in pages for job in page], ids)
+        self.assertEqual([job["id"] for job in self.get_json("/api/jobs?state=dead&limit=0")], ["doomed"])
+
+    def test_bad_cursors(self):
+        for after in ("x", "-1", "1.5", str(2 ** 63)):
+            with self.subTest(after=after):
+                self.assertIn("error", self.get_json("/api/jobs?after=" + after, status=400))
+
+
+class BoundsTest(DashboardCase):
+    def setUp(self):
+        super().setUp()
+        self.server.idle_timeout_s = TEST_IDLE_TIMEOUT_S
+
+    def connect(self):
+        sock = socket.create_connection(("127.0.0.1", self.server.port), timeout=DEADLINE_S)
+        self.addCleanup(sock.close)
+        return sock
+
+    def test_the_default_idle_timeout_is_10s(self):
+        self.assertEqual(dashboard.IDLE_TIMEOUT_S, 10)
+        self.assertEqual(self.serve().idle_timeout_s, 10)
+
+    def test_a_body_over_64k_gets_413_and_changes_nothing(self):
+        self.dead_job()
+        headers = {dashboard.TOKEN_HEADER: self.page_token(), "Content-Type": "application/octet-stream"}
+        conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=DEADLINE_S)
+        self.addCleanup(conn.close)
+        # 8 MiB is more than the sockets buffer: it arrives while the server answers, which must
+        # read and drop it rather than reset the connection under the client's feet.
+        for size in (70 * 1024, 8 * 1024 * 1024):
+            with self.subTest(size=size):
+                conn.request("POST", "/api/jobs/doomed/retry", body=b"x" * size, headers=headers)
+                response = conn.getresponse()
+                self.assertEqual(response.status, 413)
+                self.assertIn("error", json.loads(response.read()))
+                self.assertEqual(self.job("doomed")["state"], jobs.DEAD)
+                conn.close()
+        conn.request("POST", "/api/jobs/doomed/retry", body=b"x" * dashboard.MAX_BODY_BYTES, headers=headers)
+        self.assertEqual(conn.getresponse().status, 200)  # 64 KiB is still fine
+        self.assertEqual(self.job("doomed")["state"], jobs.PENDING)
+
+    def test_a_half_sent_request_is_dropped_after_the_idle_timeout(self):
+        started = time.monotonic()  # before connecting: the server's clock cannot start earlier
+        sock = self.connect()
+        sock.sendall(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % self.server.port)  # no blank line
+        self.assertEqual(read_until_closed(sock), b"")
+        elapsed = time.monotonic() - started
+        self.assertGreaterEqual(elapsed, TEST_IDLE_TIMEOUT_S * 0.9)
+        self.assertLess(elapsed, TEST_IDLE_TIMEOUT_S + 5)
+
+    def test_a_client_sending_a_byte_now_and_then_is_dropped_too(self):
+        # Never silent for the idle timeout, but the request is not whole by then.
+        started = time.monotonic()
+        sock = self.connect()
+        request = b"GET /api/status HTTP/1.1\r\nX-Slow: " + b"x" * 1000
+        sent = 0
+        while time.monotonic() - started < TEST_IDLE_TIMEOUT_S + 5:
+            try:
+                sock.sendall(request[sent:sent + 1])
+            except OSError:  # the server has closed
+                break
+            sent += 1
+            if select.select([sock], [], [], TEST_IDLE_TIMEOUT_S / 10)[0]:  # wait a little, or for the close
+                break
+        with contextlib.suppress(ConnectionResetError):
+            self.assertEqual(read_until_closed(sock), b"")
+        self.assertGreater(sent, 3)
+        self.assertLess(time.monotonic() - started, TEST_IDLE_TIMEOUT_S + 5)
+
+    def test_a_body_shorter_than_announced_times_out_and_others_are_served_meanwhile(self):
+        self.server.idle_timeout_s = 1.0  # long enough to see the server answer someone else first
+        self.dead_job()
+        started = time.monotonic()
+        sock = self.connect()
+        sock.sendall(b"POST /api/jobs/doomed/retry HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s: %s\r\n"
+                     b"Content-Length: 100\r\n\r\nabc" % (self.server.port, dashboard.TOKEN_HEADER.encode(),
+                                                          self.server.token.encode()))
+        self.assertEqual(self.get_json("/api/status")["jobs"]["dead"], 1)
+        answer = read_until_closed(sock)
+        elapsed = time.monotonic() - started
+        code, headers, body = parse_answer(answer)
+        self.assertEqual(code, 408, answer)
+        self.assertEqual(headers["Content-Security-Policy"], dashboard.CSP)
+        self.assertIn("error", json.loads(body))
+        self.assertGreaterEqual(elapsed, 0.9)
+        self.assertLess(elapsed, 1.0 + 5)
+        self.assertEqual(self.job("doomed")["state"], jobs.DEAD)
+
+    def test_every_answer_carries_the_security_headers(self):
+        host = b"Host: 127.0.0.1:%d\r\n" % self.server.port
+        requests = {
+            400: [b"GET / HTTP/1.1 extra\r\n\r\n", b"GET /api/status HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+                  b"POST /api/jobs/x/retry HTTP/1.1\r\n" + host + b"Content-Length: x\r\n\r\n"],
+            404: [b"GET /nope HTTP/1.1\r\n" + host + b"\r\n"],
+            405: [b"DELETE /api/jobs/x HTTP/1.1\r\n" + host + b"\r\n"],
+            411: [b"POST /api/jobs/x/retry HTTP/1.1\r\n" + host + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"],
+            413: [b"POST /api/jobs/x/retry HTTP/1.1\r\n" + host + b"Content-Length: 71680\r\n\r\n" + b"x" * 71680],
+            414: [b"GET /" + b"x" * 70000 + b" HTTP/1.1\r\n" + host + b"\r\n"],
+            431: [b"GET / HTTP/1.1\r\n" + host + b"X-Big: " + b"x" * 70000 + b"\r\n\r\n"],
+            501: [b"BOGUS / HTTP/1.1\r\n" + host + b"\r\n"],
+            505: [b"GET / HTTP/2.0\r\n" + host + b"\r\n", b"GET /\r\n\r\n"],  # the last one is HTTP/0.9
+        }
+        for status, variants in requests.items():
+            for data in variants:
+                with self.subTest(status=status, request=data[:40]):
+                    code, headers, body = self.raw(data)
+                    self.assertEqual(code, status, body)
+                    for name, value in dashboard.SECURITY_HEADERS:
+                        self.assertEqual(headers.get(name), value, name)
+                    self.assertEqual(headers["Content-Type"], "application/json")
+                    self.assertIn("error", json.loads(body))
+
+
+class AwkwardIdTest(DashboardCase):
+    def test_any_id_opens_and_retries_by_query(self):
+        token = self.page_token()
+        for job_id in AWKWARD_IDS:
+            self.dead_job(job_id)
+        for job_id in AWKWARD_IDS:
+            with self.subTest(id=job_id):
+                query = "?id=" + quote(job_id, safe="")
+                self.assertEqual(self.get_json("/api/job" + query)["id"], job_id)
+                # A client that does not normalise paths may name it there too.
+                self.assertEqual(self.get_json("/api/jobs/" + quote(job_id, safe=""))["id"], job_id)
+                code, _, body = self.request("POST", "/api/job/retry" + query, headers={dashboard.TOKEN_HEADER: token})
+                self.assertEqual(code, 200, body)
+                self.assertEqual(json.loads(body)["id"], job_id)
+                self.assertEqual(self.job(job_id)["state"], jobs.PENDING)
+
+    def test_the_query_form_refuses_what_the_path_form_does(self):
+        self.dead_job()
+        self.assertIn("error", self.get_json("/api/job", status=400))
+        self.assertIn("error", self.get_json("/api/job?id=nope", status=404))
+        self.assertIn("error", self.get_json("/api/job?id=%01", status=404))
+        code, _, _ = self.request("POST", "/api/job/retry?id=doomed")
+        self.assertEqual(code, 403)  # the token rule holds here too
+        self.assertEqual(self.job("doomed")["state"], jobs.DEAD)
+
+    def test_the_page_names_every_id_in_the_query(self):
+        script = self.request("GET", "/static/app.js")[2].decode()
+        self.assertNotIn('"/api/jobs/" +', script)  # a path the browser would resolve "." and ".." in
+        self.assertIn('"?id=" + encodeURIComponent(id)', script)
 
 
 class SafetyTest(DashboardCase):
@@ -306,3 +517,12 @@ class BrowserTest(DashboardCase):
         self.assertNotIn("<script>alert", dom)
         self.assertIn(">Retry<", dom)
         self.assertIn("updated ", dom)  # the script ran and the API answered
+
+    def test_page_opens_jobs_whose_ids_are_dot_segments(self):
+        for job_id in ("..", "."):
+            self.dead_job(job_id)
+        for job_id in ("..", "."):
+            with self.subTest(id=job_id):
+                dom = self.dump_dom("/#job=" + quote(job_id, safe=""))
+                self.assertIn('<code id="detail-id">%s</code>' % job_id, dom)
+                self.assertRegex(dom, r'<section class="panel detail" id="detail">')  # shown, not hidden

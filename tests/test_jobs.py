@@ -1,6 +1,7 @@
 """The job model (qctl.jobs): validation of every job field, backoff and the rule for a
 failed run. Pure functions: no database, no processes."""
 
+import io
 import json
 import os
 import unittest
@@ -145,6 +146,84 @@ class ValidateJobTest(unittest.TestCase):
                               ('"just a string"', "must be a JSON object")):
             with self.subTest(text=text[:40]), self.assertRaisesRegex(InvalidJob, message):
                 jobs.parse_job_json(text, now=NOW, cwd="/", default_max_retries=1)
+
+    def test_sizes_are_bounded_in_utf8_bytes(self):
+        limit = jobs.COMMAND_MAX_BYTES
+        self.assertEqual(limit, 128 * 1024 - 1)  # Linux: one argument below 128 KiB, its NUL included
+        self.assertEqual(len(validate({"command": "x" * limit})["command"]), limit)
+        # "\u00e9" is two bytes: the limit counts bytes, not characters.
+        for command in ("x" * (limit + 1), "\u00e9" * (limit // 2 + 1), "x" * 100 * 1024 * 1024):
+            with self.subTest(chars=len(command)), self.assertRaisesRegex(
+                    InvalidJob, "^command must be at most %d bytes as UTF-8, not %d bytes$"
+                    % (limit, len(command.encode()))):
+                validate({"command": command})
+        self.assertTrue(validate({"command": "x", "cwd": "/" + "d" * (jobs.CWD_MAX_BYTES - 1)}))
+        with self.assertRaisesRegex(InvalidJob, "^cwd must be at most 4095 bytes as UTF-8, not 4096 bytes$"):
+            validate({"command": "x", "cwd": "/" + "d" * jobs.CWD_MAX_BYTES})
+        with self.assertRaisesRegex(InvalidJob, "^cwd must be at most 4095 bytes"):  # checked once made absolute
+            validate({"command": "x", "cwd": "d" * 4000}, cwd="/" + "b" * 100)
+        # The env as its process gets it: KEY=VALUE and a NUL each.
+        fits = {"K%03d" % i: "v" * (jobs.ENV_MAX_BYTES // 128 - 6) for i in range(128)}
+        self.assertEqual(sum(len(k) + len(v) + 2 for k, v in fits.items()), jobs.ENV_MAX_BYTES)
+        self.assertTrue(validate({"command": "x", "env": fits}))
+        with self.assertRaises(InvalidJob) as caught:
+            validate({"command": "x", "env": dict(fits, K999="s3cret")})
+        self.assertRegex(str(caught.exception), "^env must be at most 128 KiB .*not 131084 bytes$")
+        self.assertNotIn("s3cret", str(caught.exception))
+        with self.assertRaisesRegex(InvalidJob, "^env must hold at most 1000 variables, not 1001$"):
+            validate({"command": "x", "env": {"K%d" % i: "" for i in range(1001)}})
+
+    def test_job_json_is_at_most_one_mib(self):
+        padded = '{"command": "true"%s}'
+        fits = padded % (" " * (jobs.JOB_JSON_MAX_BYTES - len(padded % "")))
+        self.assertEqual(jobs.parse_job_json(fits, now=NOW, cwd="/", default_max_retries=1)["command"], "true")
+        for text in (padded % (" " * jobs.JOB_JSON_MAX_BYTES), '{"command": "%s"}' % ("\u00e9" * 600000)):
+            with self.subTest(chars=len(text)), self.assertRaisesRegex(
+                    InvalidJob, r"^a job must be at most 1 MiB of JSON \(1048576 bytes as UTF-8\), not %d bytes$"
+                    % len(text.encode())):
+                jobs.parse_job_json(text, now=NOW, cwd="/", default_max_retries=1)
+
+
+class JobLinesTest(unittest.TestCase):
+    def parse(self, data):
+        return jobs.parse_job_lines(io.BytesIO(data), "jobs.jsonl", now=NOW, cwd="/", default_max_retries=1)
+
+    def test_lines_end_at_newlines_only(self):
+        new, numbers = self.parse(b'\xef\xbb\xbf{"command": "a\xe2\x80\xa8b"}\r\n\n  \n{"command": "c"}')
+        self.assertEqual([j["command"] for j in new], ["a\u2028b", "c"])
+        self.assertEqual(numbers, [1, 4])
+
+    def test_a_line_over_one_mib_is_refused_without_reading_it_all(self):
+        padded = b'{"command": "true"%s}\n'
+        fits = padded % (b" " * (jobs.JOB_JSON_MAX_BYTES + 1 - len(padded % b"")))
+        self.assertEqual(len(fits), jobs.JOB_JSON_MAX_BYTES + 1)  # its newline is not part of the job
+        self.assertEqual(self.parse(fits + fits)[1], [1, 2])
+
+        class Endless(io.RawIOBase):
+            """/dev/zero: one line that never ends."""
+            read_bytes = 0
+
+            def readable(self):
+                return True
+
+            def readinto(self, buffer):
+                Endless.read_bytes += len(buffer)
+                buffer[:] = b"\0" * len(buffer)
+                return len(buffer)
+        for stream in (io.BytesIO(fits + b" " + fits), io.BufferedReader(Endless())):
+            with self.subTest(stream=type(stream).__name__), self.assertRaisesRegex(
+                    InvalidJob, r"^line (1|2): a job must be at most 1 MiB of JSON \(1048576 bytes as UTF-8\); "
+                                r"this line is longer \(nothing was enqueued\)$"):
+                jobs.parse_job_lines(stream, "x", now=NOW, cwd="/", default_max_retries=1)
+        self.assertLess(Endless.read_bytes, 2 * jobs.JOB_JSON_MAX_BYTES)
+
+    def test_bytes_that_are_not_utf8_name_their_line(self):
+        with self.assertRaisesRegex(InvalidJob, r"^line 2: this line is not UTF-8 text \(byte 30 of jobs.jsonl; "
+                                                r"nothing was enqueued\)$"):
+            self.parse(b'{"command": "a"}\n{"command": "\xff"}\n')
+        with self.assertRaisesRegex(InvalidJob, "^line 2: job is not valid JSON: Unexpected UTF-8 BOM"):
+            # A byte order mark only starts the file: later, it is a character JSON does not allow there.
+            self.parse(b'{"command": "a"}\n\xef\xbb\xbf{"command": "b"}\n')
 
     def test_mask_env_keeps_keys_only(self):
         self.assertEqual(jobs.mask_env(json.dumps({"TOKEN": "s3cret", "B": "x"})), {"TOKEN": "***", "B": "***"})

@@ -46,6 +46,16 @@ class LayoutTest(unittest.TestCase):
         lines = display.layout(["A", "B"], [["a" * 50, "b" * 50]], width=40, flex=1)
         self.assertEqual(lines[1], "a" * 50 + "  " + "bbbb\u2026")
 
+    def test_printable_escapes_exactly_the_control_characters(self):
+        from qctl.jobs import is_control
+        for code in list(range(0x3000)) + [0xfeff, 0x10ffff]:
+            ch = chr(code)
+            self.assertEqual(display.printable(ch) != ch, is_control(ch), hex(code))
+        painted = display.paint_state("dead", True)
+        self.assertIs(display.printable(painted), painted)  # our own colour codes stay
+        line = display.layout(["A", "B"], [[painted, "x\x1by"]], width=80)[1]
+        self.assertEqual(line, "\x1b[31mdead\x1b[0m  x\\x1by")
+
     def test_control_characters_are_shown_not_obeyed(self):
         self.assertEqual(display.one_line("echo \x1b[2J\n  done\t!"), "echo \\x1b[2J done !")
         self.assertEqual(display.printable("a\nb\x07", keep="\n"), "a\nb\\x07")

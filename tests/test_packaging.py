@@ -1,10 +1,14 @@
 """queuectl runs three ways (`queuectl`, `python -m qctl`, `python queuectl.py`) with one
 version number, kept in qctl/__init__.py."""
 
+import importlib.metadata
+import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import unittest
 
 import queuectl
@@ -12,6 +16,8 @@ from qctl import __version__
 from tests.base import ROOT, SCRIPT
 
 PYPROJECT = os.path.join(ROOT, "pyproject.toml")
+# What a build reads: the project table, its readme and licence, and the code.
+BUILD_INPUTS = ("pyproject.toml", "README.md", "LICENSE", "queuectl.py", "qctl")
 
 
 def read_pyproject():
@@ -117,6 +123,53 @@ class PackagingTest(unittest.TestCase):
         self.assertEqual(meta["tool.setuptools.package-data"]["qctl"], ["**/*"])
         self.assertEqual(meta["project"]["requires-python"], ">=3.8")
 
+
+    def test_an_install_ships_the_dashboard_page(self):
+        if importlib.util.find_spec("setuptools") is None:
+            self.skipTest("setuptools is not installed")
+        # Its version from the metadata: importing setuptools here would patch distutils for every test.
+        have = _version(importlib.metadata.version("setuptools"))
+        needed = re.search(r"setuptools>=([\d.]+)", " ".join(read_pyproject()["build-system"]["requires"])).group(1)
+        if have < _version(needed):
+            self.skipTest("setuptools %s is older than the %s this build needs" % (".".join(map(str, have)), needed))
+        # Build from a copy: a build writes queuectl.egg-info beside pyproject.toml.
+        tmp = tempfile.mkdtemp(prefix="qctl-build-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        src, out = os.path.join(tmp, "src"), os.path.join(tmp, "out")
+        os.mkdir(src)
+        for name in BUILD_INPUTS:
+            if os.path.isdir(os.path.join(ROOT, name)):
+                shutil.copytree(os.path.join(ROOT, name), os.path.join(src, name),
+                                ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(os.path.join(ROOT, name), src)
+        if importlib.util.find_spec("pip") and (importlib.util.find_spec("wheel") or have >= (70, 1)):
+            argv = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+                    "--disable-pip-version-check", "--quiet", "--target", out, src]
+        else:
+            # setuptools < 70.1 builds wheels only with the `wheel` package. build_py lays out exactly
+            # the files bdist_wheel would pack (the code and its package data), so check those.
+            argv = [sys.executable, "-c", "from setuptools import setup; setup()", "--quiet", "build_py",
+                    "--build-lib", out]
+        proc = subprocess.run(argv, cwd=src, capture_output=True, text=True, timeout=120)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        # The installed copy finds its page where it looks for it.
+        proc = subprocess.run([sys.executable, "-E", "-s", "-c",
+                               "import qctl.dashboard as d; print(d.__file__); print(d.STATIC_DIR); "
+                               "print(' '.join(['index.html'] + [n for n, _ in d.STATIC_FILES.values()]))"],
+                              cwd=out, capture_output=True, text=True, timeout=60)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        module, static_dir, names = proc.stdout.splitlines()
+        self.assertTrue(module.startswith(out), module)
+        self.assertEqual(os.path.normcase(static_dir),
+                         os.path.normcase(os.path.join(out, "qctl", "dashboard", "static")))
+        shipped = sorted(os.listdir(static_dir)) if os.path.isdir(static_dir) else []
+        self.assertEqual(shipped, sorted(names.split()), "the install lacks the dashboard's static files")
+
+
+def _version(text):
+    """(major, minor) of a version string such as "65.5.0" or "70.1.0.post1"."""
+    return tuple(int(n) for n in re.findall(r"\d+", text)[:2])
 
 if __name__ == "__main__":
     unittest.main()

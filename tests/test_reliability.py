@@ -43,21 +43,6 @@ class ReliabilityCase(HomeTestCase):
         self.ok("enqueue", "--file", path)
         return path
 
-    def start_worker(self, *args):
-        """A worker process in its own process group (so kill -9 of the group is possible)."""
-        log = open(os.path.join(self.tmp, "worker-%d.log" % time.monotonic_ns()), "w+")
-        self.addCleanup(log.close)
-        proc = subprocess.Popen([sys.executable, SCRIPT, "worker", "start"] + [str(a) for a in args],
-                                stdout=log, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True)
-        proc.log = log
-
-        def reap():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        self.addCleanup(reap)
-        return proc
-
     def registered(self, procs):
         """True once every process in `procs` has registered (so a stop request reaches it)."""
         with Store(self.db_path) as store:
@@ -86,7 +71,7 @@ class ContentionTest(ReliabilityCase):
         marks = os.path.join(self.tmp, "marks")
         self.enqueue_file([{"id": "j%d" % i, "command": "echo j%d >> %s" % (i, marks)} for i in range(total)])
         started = time.monotonic()
-        workers = [self.start_worker("--count", 4) for _ in range(4)]
+        workers = [self.spawn_worker("--count", 4) for _ in range(4)]
         wait_until(lambda: self.counts()[jobs.COMPLETED] == total, timeout=120, message="all jobs completed")
         took = time.monotonic() - started
         self.stop_workers(workers)
@@ -110,7 +95,7 @@ class CrashTest(ReliabilityCase):
         marks = os.path.join(self.tmp, "starts")
         self.enqueue_file([{"id": "c%d" % i, "command": "echo c%d >> %s; sleep 0.1" % (i, marks)}
                            for i in range(total)])
-        workers = [self.start_worker("--count", 4) for _ in range(2)]
+        workers = [self.spawn_worker("--count", 4) for _ in range(2)]
         rng = random.Random(4)
         kills = 0
         deadline = time.monotonic() + 120
@@ -123,7 +108,7 @@ class CrashTest(ReliabilityCase):
             os.killpg(victim.pid, signal.SIGKILL)
             victim.wait()  # reaped: a zombie would still look alive to dead-pid detection
             kills += 1
-            workers.append(self.start_worker("--count", 4))
+            workers.append(self.spawn_worker("--count", 4))
         self.stop_workers(workers)
         counts = self.counts()
         self.assertEqual(counts[jobs.COMPLETED] + counts[jobs.DEAD], total, counts)
@@ -153,14 +138,14 @@ class CrashTest(ReliabilityCase):
         self.ok("enqueue", json.dumps({"id": "poison", "command": "kill -9 $PPID", "max_retries": 2,
                                        "priority": 10}))
         self.enqueue_file([{"id": "ok%d" % i, "command": "true"} for i in range(20)])
-        worker = self.start_worker("--count", 2)
+        worker = self.spawn_worker("--count", 2)
         deaths = 0
 
         def settled():
             nonlocal worker, deaths
             if worker.poll() is not None:
                 deaths += 1
-                worker = self.start_worker("--count", 2)
+                worker = self.spawn_worker("--count", 2)
             counts = self.counts()
             return counts[jobs.DEAD] == 1 and counts[jobs.COMPLETED] == 20
         wait_until(settled, timeout=60, message="poison dead and the rest completed")
@@ -174,7 +159,7 @@ class CrashTest(ReliabilityCase):
         rounds = sized(12, 500)
         acked = []
         for n in range(rounds):
-            worker = self.start_worker("--count", 2)
+            worker = self.spawn_worker("--count", 2)
             wait_until(lambda: self.registered([worker]), message="worker registered")
             ids = ["a%d-%d" % (n, i) for i in range(5)]
             for job_id in ids:
@@ -262,7 +247,7 @@ class BusyDatabaseTest(ReliabilityCase):
         # race to migrate it as well as to write.
         enqueuers = [subprocess.Popen([sys.executable, SCRIPT, "enqueue", "--file", path], env=self.env(),
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE) for path in paths]
-        workers = [self.start_worker("--count", 4) for _ in range(2)]
+        workers = [self.spawn_worker("--count", 4) for _ in range(2)]
         singles = [subprocess.Popen([sys.executable, SCRIPT, "enqueue", "--command", "true", "--id", "s%d" % n],
                                     env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                    for n in range(16)]

@@ -6,14 +6,10 @@ import re
 
 from qctl import jobs
 from qctl import stats as qstats
-from tests.base import HomeTestCase, retry_in
+from tests.base import HomeTestCase, new_job, retry_in, run_next
 
 T = 1000000.0  # "now" of the scenario: the store takes time as a parameter
 WORKER = "test-worker"
-
-
-def new_job(job_id, now, **fields):
-    return jobs.validate_job(dict(fields, id=job_id, command="true"), now=now, cwd="/", default_max_retries=0)
 
 
 class StatsScenario(HomeTestCase):
@@ -25,27 +21,23 @@ class StatsScenario(HomeTestCase):
         self.s = store
 
         def run(job_id, start, end, *, fail=False, output=b""):
-            job = store.claim(WORKER, 30.0, now=start)
-            self.assertEqual(job["id"], job_id)
-            if fail:
-                store.fail(job, WORKER, end, error="exit code 1", exit_code=1, settings=retry_in(1.0), stderr=output)
-            else:
-                store.complete(job, WORKER, end, stdout=output)
+            run_next(store, job_id, start=start, end=end, error="exit code 1" if fail else None, output=output,
+                     settings=retry_in(1.0), worker=WORKER)
 
-        store.enqueue([new_job("d", T - 7300, max_retries=1)], T - 7300)
+        store.enqueue([new_job("d", now=T - 7300, max_retries=1)], T - 7300)
         run("d", T - 7200, T - 7197, fail=True)          # 3.0 s, older than an hour
         run("d", T - 5000, T - 4996, fail=True)          # 4.0 s, a retry; now dead
-        store.enqueue([new_job("c", T - 1100, max_retries=1)], T - 1100)
+        store.enqueue([new_job("c", now=T - 1100, max_retries=1)], T - 1100)
         run("c", T - 1000, T - 998, fail=True)           # 2.0 s, in the last hour
-        store.enqueue([new_job("b", T - 31, priority=5)], T - 31)
+        store.enqueue([new_job("b", now=T - 31, priority=5)], T - 31)
         run("b", T - 30, T - 29.5, output=b"hello\n")    # 0.5 s, success with output: a runs row
         run("c", T - 20, T - 19)                          # 1.0 s, a retry, silent success: no runs row
-        store.enqueue([new_job("a", T - 11)], T - 11)
+        store.enqueue([new_job("a", now=T - 11)], T - 11)
         run("a", T - 10, T - 9.9)                         # 0.1 s, silent success
-        store.enqueue([new_job("g", T - 6, priority=5)], T - 6)
+        store.enqueue([new_job("g", now=T - 6, priority=5)], T - 6)
         store.claim(WORKER, 30.0, now=T - 5)                  # still running: not a finished run
-        store.enqueue([new_job("e", T - 50)], T - 50)    # waiting 50 s
-        store.enqueue([new_job("f", T, delay=100)], T)   # not runnable yet: not waiting
+        store.enqueue([new_job("e", now=T - 50)], T - 50)    # waiting 50 s
+        store.enqueue([new_job("f", now=T, delay=100)], T)   # not runnable yet: not waiting
         self.figures = qstats.collect(store, T)
 
     def test_totals_count_silent_successes_once(self):

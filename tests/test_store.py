@@ -15,7 +15,7 @@ from qctl import home as qhome
 from qctl import jobs
 from qctl.db import SCHEMA_VERSION, Store
 from qctl.errors import DuplicateJob, InvalidJob, InvalidState, JobNotFound, StoreError
-from tests.base import ROOT, SETTINGS, HomeTestCase, retry_in, wait_until
+from tests.base import ROOT, SETTINGS, HomeTestCase, add_job, new_job, retry_in, wait_until
 
 T = 1800000000.0
 LEASE_S = 30.0
@@ -39,10 +39,7 @@ class StoreTestCase(HomeTestCase):
 
     def add(self, job_id, *, at=T, store=None, **fields):
         """Enqueue one job whose run_at (and enqueue time) is `at`."""
-        raw = dict(fields, id=job_id)
-        raw.setdefault("command", "true")
-        job = jobs.validate_job(raw, now=at, cwd=self.tmp, default_max_retries=3)
-        return (store or self.s).enqueue([job], at)[0]
+        return add_job(store or self.s, job_id, now=at, cwd=self.tmp, **fields)
 
     def claim(self, worker="w1", now=T):
         return self.s.claim(worker, LEASE_S, now=now)
@@ -123,8 +120,7 @@ class SchemaTest(StoreTestCase):
 
 class EnqueueTest(StoreTestCase):
     def test_generated_ids_are_unique_and_everything_is_stored(self):
-        job = jobs.validate_job({"command": "echo hi", "priority": 4, "timeout": 5, "env": {"K": "v"}},
-                                now=T, cwd=self.tmp, default_max_retries=2)
+        job = new_job(command="echo hi", priority=4, timeout=5, env={"K": "v"}, now=T, default_max_retries=2)
         ids = self.s.enqueue([job, dict(job)], T)
         self.assertEqual(len(set(ids)), 2)
         row = self.s.get(ids[0])
@@ -134,14 +130,14 @@ class EnqueueTest(StoreTestCase):
 
     def test_duplicate_stored_id_stores_nothing(self):
         self.add("a")
-        new = [jobs.validate_job({"id": i, "command": "x"}, now=T, default_max_retries=0) for i in ("b", "a")]
+        new = [new_job(i, now=T) for i in ("b", "a")]
         with self.assertRaisesRegex(DuplicateJob, "'a' already exists") as caught:
             self.s.enqueue(new, T)
         self.assertEqual(caught.exception.index, 1)
         self.assertEqual([j["id"] for j in self.s.list_jobs()], ["a"])
 
     def test_duplicate_within_a_batch_stores_nothing(self):
-        new = [jobs.validate_job({"id": i, "command": "x"}, now=T, default_max_retries=0) for i in ("b", "c", "b")]
+        new = [new_job(i, now=T) for i in ("b", "c", "b")]
         with self.assertRaisesRegex(DuplicateJob, "'b' already exists") as caught:
             self.s.enqueue(new, T)
         self.assertEqual(caught.exception.index, 2)
@@ -320,8 +316,10 @@ class RecoveryTest(StoreTestCase):
         self.add("b")
         self.claim("w1", T)
         self.claim("w2", T)
-        self.s.heartbeat("w1", T, LEASE_S, pid=dead_pid(), host=qhome.host(), threads=1, started_at=T)
-        self.s.heartbeat("w2", T, LEASE_S, pid=os.getpid(), host=qhome.host(), threads=1, started_at=T)
+        self.s.heartbeat("w1", LEASE_S, pid=dead_pid(), host=qhome.host(), threads=1, started_at=T,
+                         host_key=qhome.host_key(), now=T)
+        self.s.heartbeat("w2", LEASE_S, pid=os.getpid(), host=qhome.host(), threads=1, started_at=T,
+                         host_key=qhome.host_key(), now=T)
         self.assertEqual([w["id"] for w in self.s.live_workers(T + 1)], ["w2"], "a dead pid here is not live")
         self.assertEqual(self.s.recover(T + 1, SETTINGS), [("a", jobs.FAILED)])
         self.assertEqual(self.s.get("b")["state"], jobs.PROCESSING)
@@ -347,7 +345,7 @@ class RecoveryTest(StoreTestCase):
     def test_heartbeat_extends_the_leases_of_its_jobs(self):
         self.add("a")
         self.claim("w1", T)
-        self.s.heartbeat("w1", T + 25, LEASE_S, pid=1, host="h", threads=2, started_at=T)
+        self.s.heartbeat("w1", LEASE_S, pid=1, host="h", threads=2, started_at=T, now=T + 25)
         self.assertEqual(self.s.recover(T + LEASE_S + 1, SETTINGS), [])
         self.assertEqual(self.s.live_workers(T + 26)[0]["running"], ["a"])
         self.assertEqual(self.s.live_workers(T + 26)[0]["threads"], 2)
@@ -507,8 +505,7 @@ class ConcurrentClaimTest(StoreTestCase):
 
     def race(self, claim_path):
         now = time.time()  # the claimers use the real clock
-        new = [jobs.validate_job({"id": "job-%04d" % i, "command": "true"}, now=now, default_max_retries=0)
-               for i in range(self.JOBS)]
+        new = [new_job("job-%04d" % i, now=now) for i in range(self.JOBS)]
         self.s.enqueue(new, now)
         go = os.path.join(self.tmp, "go")
         procs = []

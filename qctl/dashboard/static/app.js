@@ -58,6 +58,12 @@
     return ago(new Date(Date.now() - value * 1000).toISOString()).replace(" ago", "");
   }
 
+  // Ids go in the query, percent-encoded: in a path, the browser would resolve an id "." or ".."
+  // (even sent as %2E%2E) as a dot segment and ask for another address.
+  function jobPath(id, action) {
+    return "/api/job" + (action ? "/" + action : "") + "?id=" + encodeURIComponent(id);
+  }
+
   function percent(rate) {
     return rate === null || rate === undefined ? "-" : (rate * 100).toFixed(1) + "%";
   }
@@ -191,7 +197,7 @@
 
   function retry(id, button) {
     button.disabled = true;
-    api("/api/jobs/" + encodeURIComponent(id) + "/retry", {method: "POST",
+    api(jobPath(id, "retry"), {method: "POST",
         headers: {"Accept": "application/json", "X-Queuectl-Token": token}})
       .then(function () { showProblem(null); }, function (err) { showProblem("retry " + id + ": " + err.message); })
       .then(refresh);
@@ -205,7 +211,7 @@
   function refresh() {
     clearTimeout(timer);
     var jobsPath = "/api/jobs?newest=1&limit=100" + (filter ? "&state=" + encodeURIComponent(filter) : "");
-    var detail = selected ? api("/api/jobs/" + encodeURIComponent(selected)).catch(function () { return null; })
+    var detail = selected ? api(jobPath(selected)).catch(function () { return null; })
                           : Promise.resolve(null);
     Promise.all([api("/api/status"), api("/api/stats"), api(jobsPath), api("/api/jobs?state=dead&limit=100"),
                  api("/api/workers"), detail])
@@ -245,7 +251,9 @@
       b.addEventListener("click", function () { setFilter(b.getAttribute("data-state")); });
     });
     $("detail-close").addEventListener("click", function () { renderDetail(null); select(null); });
-    if (location.hash.indexOf("#job=") === 0) selected = decodeURIComponent(location.hash.slice(5));
+    if (location.hash.indexOf("#job=") === 0) {
+      try { selected = decodeURIComponent(location.hash.slice(5)); } catch (e) { selected = null; }  // a mangled link
+    }
     refresh();
   });
 })();

@@ -1,6 +1,6 @@
 """The web dashboard: one page, a JSON API and Prometheus metrics, served by `http.server`.
 
-The page's HTML, CSS and JS live beside this module in `dashboard/` and are
+The page's HTML, CSS and JS live in this package's `static/` folder and are
 served by the dashboard itself, under a Content-Security-Policy that allows
 nothing inline and nothing from elsewhere.
 
@@ -12,9 +12,24 @@ Safety rules (Flower, rq-dashboard and Sidekiq all had holes here):
 - `read_only` refuses every POST;
 - job data reaches the page as JSON and the page only ever sets textContent;
 - env values never leave the store: `shapes.job` masks them.
+
+Bounds (SPEC "Bounded dashboard"): `GET /api/jobs` answers at most MAX_PAGE_JOBS
+jobs (a larger `limit`, or 0, is capped); when more match, the answer stays the
+array `list --json` prints and names the rest in its headers, `X-Next-Cursor: C`
+and `Link: </api/jobs?...&after=C>; rel="next"`: ask again with `after=C`
+(in either order, `newest=1` too). A body over MAX_BODY_BYTES gets 413 unread.
+The request line, headers and body must arrive within IDLE_TIMEOUT_S, else the
+connection is closed. Every response, http.server's own errors included, carries
+SECURITY_HEADERS (`end_headers` adds them).
+
+Ids: in a path an id is percent-encoded (`a/b` is `/api/jobs/a%2Fb`). Browsers
+and fetch() resolve `.` and `..` as dot segments even when sent as `%2E%2E`, so
+any id may also go in the query, which nobody normalises: `GET /api/job?id=ID`
+and `POST /api/job/retry?id=ID`. The page always uses that form.
 """
 
 import hmac
+import io
 import ipaddress
 import json
 import os
@@ -24,20 +39,24 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
-from . import jobs
-from . import shapes
-from . import stats as qstats
-from .db import Store
-from .errors import InvalidJob, InvalidState, JobNotFound, QueueError, StoreError
+from .. import jobs
+from .. import shapes
+from .. import stats as qstats
+from ..db import Store
+from ..errors import InvalidJob, InvalidState, JobNotFound, QueueError, StoreError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 TOKEN_HEADER = "X-Queuectl-Token"
+MAX_PAGE_JOBS = 1000  # jobs in one /api/jobs answer; the rest through its next cursor
+MAX_CURSOR = 2 ** 63 - 1  # a cursor is a job's seq: SQLite's largest integer at most
 MAX_BODY_BYTES = 65536
+IDLE_TIMEOUT_S = 10.0  # a request must arrive whole within this (DashboardServer.idle_timeout_s)
+LINGER_S = 2.0  # at most this long draining a refused body; see Handler.finish
 STATS_COST_FACTOR = 5  # see DashboardServer.stats
-STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard")
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 STATIC_FILES = {
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/static/app.css": ("app.css", "text/css; charset=utf-8"),
@@ -52,7 +71,8 @@ SECURITY_HEADERS = (
     ("Referrer-Policy", "no-referrer"),
     ("Cache-Control", "no-store"),
 )
-_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+# socket.timeout: a client that stopped reading our answer for the whole idle timeout.
+_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, socket.timeout)
 
 
 class HttpError(Exception):
@@ -117,10 +137,36 @@ def host_allowed(header, server):
     return True
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A socket as a raw input stream whose reads fail with socket.timeout once `deadline`
+    (time.monotonic()) has passed. A plain socket timeout restarts at every byte, so a client
+    that sends one every few seconds would hold its thread for ever."""
+
+    def __init__(self, sock, timeout_s):
+        super().__init__()
+        self._sock = sock
+        self._timeout_s = timeout_s
+        self.deadline = time.monotonic() + timeout_s
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("timed out")
+        self._sock.settimeout(left)
+        try:
+            return self._sock.recv_into(buffer)
+        finally:
+            self._sock.settimeout(self._timeout_s)  # writes keep the whole timeout
+
+
 class DashboardServer(ThreadingHTTPServer):
     """A ThreadingHTTPServer that knows its home, token and rules; see `make_server`."""
 
     daemon_threads = True
+    idle_timeout_s = IDLE_TIMEOUT_S  # tests lower it on their server
     request_queue_size = 64  # a page asks for six things at once; the default backlog of 5 drops some
 
     def __init__(self, db_path, host, port, *, read_only=False):
@@ -175,6 +221,8 @@ def _read_static(name):
 
 
 class Handler(BaseHTTPRequestHandler):
+    timeout = IDLE_TIMEOUT_S  # per connection, from DashboardServer.idle_timeout_s in setup
+
     def version_string(self):
         return "queuectl"
 
@@ -183,21 +231,102 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):
         """Quiet: the page polls every 2 s, a line per request would bury everything else."""
 
-    def _send(self, status, body, content_type):
+    def setup(self):
+        self.timeout = self.server.idle_timeout_s
+        super().setup()
+        self.rfile.close()  # the socket stays open: it is only makefile()'s reader
+        self._reader = _DeadlineReader(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self._reader)
+        self._input_unread = False
+
+    def handle_one_request(self):
+        # The request line, headers and body together get the idle timeout.
+        self._reader.deadline = time.monotonic() + self.timeout
+        super().handle_one_request()
+
+    def parse_request(self):
+        if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9":  # its answer has no headers, so no CSP; no browser sends it
+            self.send_error(505, "HTTP/0.9 is not supported")
+            return False
+        return True
+
+    def end_headers(self):
+        # Here rather than in _send, so that no answer can go without them: not http.server's
+        # own errors (send_error), nor one a later handler writes by hand.
+        for name, value in SECURITY_HEADERS:
+            self.send_header(name, value)
+        super().end_headers()
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own refusals (bad request line, 414, 431, 501, 505) as JSON errors like ours.
+
+        The status line keeps the standard reason: `message` may quote the client's bytes."""
+        if self.request_version == "HTTP/0.9":  # else send_response would write no status line
+            self.request_version = "HTTP/1.0"
+        self.close_connection = True
+        self._input_unread = True  # the rest of a request line or headers, and any body
+        self._json(code, {"error": message or self.responses.get(code, ("error",))[0]})
+
+    def finish(self):
+        if self._input_unread:
+            self._linger()
+        super().finish()
+
+    def _linger(self):
+        """Drop what arrives of a request we answered unread, until the client hangs up or for
+        LINGER_S: closing a socket with unread input sends a reset, which can destroy our answer
+        before the client has read it."""
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            self._reader.deadline = time.monotonic() + min(LINGER_S, self.timeout)
+            while self.rfile.read1(65536):
+                pass
+        except OSError:  # socket.timeout among them
+            pass
+
+    def _send(self, status, body, content_type, headers=()):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        for name, value in SECURITY_HEADERS:
+        for name, value in headers:
             self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _json(self, status, value):
-        self._send(status, json.dumps(value).encode("ascii"), "application/json")
+    def _json(self, status, value, headers=()):
+        self._send(status, json.dumps(value).encode("ascii"), "application/json", headers)
+
+    def _read_body(self):
+        """The request's body, refused unread (413) when it announces more than MAX_BODY_BYTES."""
+        if self.headers.get("Transfer-Encoding"):
+            self._input_unread = True
+            raise HttpError(411, "send a Content-Length, not a Transfer-Encoding")
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._input_unread = True
+            raise HttpError(400, "bad Content-Length header")
+        if length > MAX_BODY_BYTES:
+            self._input_unread = True
+            raise HttpError(413, "request body over %d KiB" % (MAX_BODY_BYTES // 1024))
+        try:
+            body = self.rfile.read(length)
+        except socket.timeout:
+            raise HttpError(408, "the request did not arrive whole within %gs" % self.timeout) from None
+        if len(body) < length:
+            raise HttpError(400, "request body shorter than its Content-Length")
+        return body
 
     def _dispatch(self, route):
         try:
+            # Read it even though no action takes one: one left unread would make our close() a
+            # reset that eats the answer.
+            self._read_body()
             if not host_allowed(self.headers.get("Host"), self.server):
                 raise HttpError(400, "unexpected Host header: use %s" % self.server.url)
             parts = urlsplit(self.path)
@@ -238,7 +367,7 @@ class Handler(BaseHTTPRequestHandler):
         self._dispatch(self._post_route)
 
     def _refuse(self, *_):
-        self._json(405, {"error": "method not allowed"})
+        self._dispatch(self._refused_route)
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
 
@@ -263,11 +392,18 @@ class Handler(BaseHTTPRequestHandler):
             return lambda: self._list(query)
         if len(rest) == 2 and rest[0] == "jobs":
             return lambda: self._with_store(lambda store: job_detail(store, rest[1]))
+        if rest == ["job"]:
+            return lambda: self._with_store(lambda store: job_detail(store, query_id(query)))
         return None
+
+    def _refused_route(self, seg, query):
+        raise HttpError(405, "method not allowed")
 
     def _post_route(self, seg, query):
         if len(seg) == 4 and seg[:2] == ["api", "jobs"] and seg[3] == "retry":
             return lambda: self._retry(seg[2])
+        if seg == ["api", "job", "retry"]:
+            return lambda: self._retry(query_id(query))
         return None
 
     # ------------------------------------------------------------ handlers
@@ -301,9 +437,27 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(400, "limit must be a whole number, not %r" % limit_text) from None
         if limit < 0:
             raise HttpError(400, "limit must be 0 (all) or more, not %d" % limit)
+        if limit == 0 or limit > MAX_PAGE_JOBS:  # 0 means all, but one answer holds a page at most
+            limit = MAX_PAGE_JOBS
         newest_first = (query.get("newest") or [""])[-1] in ("1", "true")
-        self._with_store(lambda store: [shapes.job(r) for r in store.list_jobs(
-            state=state, limit=limit, newest_first=newest_first)])
+        after_text = (query.get("after") or [""])[-1]
+        try:
+            after = int(after_text) if after_text else None
+        except ValueError:
+            after = -1
+        if after is not None and not 0 <= after <= MAX_CURSOR:
+            raise HttpError(400, "after must be a cursor from X-Next-Cursor, not %r" % after_text)
+        with self._store() as store:
+            # One more than the page: whether there is a next page, without counting.
+            rows = store.list_jobs(state=state, limit=limit + 1, newest_first=newest_first, after_seq=after)
+        headers = ()
+        if len(rows) > limit:
+            rows = rows[:limit]
+            cursor = str(rows[-1]["seq"])
+            params = [("state", state)] if state else []
+            params += [("limit", limit)] + ([("newest", 1)] if newest_first else []) + [("after", cursor)]
+            headers = (("X-Next-Cursor", cursor), ("Link", '</api/jobs?%s>; rel="next"' % urlencode(params)))
+        self._json(200, [shapes.job(r) for r in rows], headers)
 
     def _metrics(self):
         with self._store() as store:
@@ -311,12 +465,6 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, text.encode("utf-8"), "text/plain; version=0.0.4; charset=utf-8")
 
     def _retry(self, job_id):
-        # No action takes a body, but one left unread would make our close() a reset that eats the answer.
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            raise HttpError(400, "bad Content-Length header") from None
-        self.rfile.read(max(0, min(length, MAX_BODY_BYTES)))
         if self.server.read_only:
             raise HttpError(403, "the dashboard is read-only")
         token = self.headers.get(TOKEN_HEADER) or ""
@@ -325,6 +473,14 @@ class Handler(BaseHTTPRequestHandler):
         with self._store() as store:
             store.retry_dead(job_id, time.time())
             self._json(200, shapes.job(store.get(job_id)))
+
+
+def query_id(query):
+    """The job id a `?id=` query names: the one way to name `.` and `..` from a browser."""
+    values = query.get("id")
+    if not values:
+        raise HttpError(400, "name the job: ?id=ID")
+    return values[-1]
 
 
 def job_detail(store, job_id):
