@@ -121,13 +121,21 @@ class RunCommandTreeTest(TreeCase):
         self.assert_gone(self.pids("setsid"), "after a run in a process that is no subreaper")
 
     def test_a_descendant_seen_before_it_cleared_its_environment_is_killed(self):
-        # env -i drops the tag and setsid the session; its parent lives long enough (1 s) for the
-        # run's first look (after 0.5 s) to see it, then exits before the timeout.
+        # env -i drops the tag and setsid the session; its parent lives long enough (1 s) for a
+        # look (every 0.5 s) to see it, then exits before the timeout. Looks happen while the
+        # output is read and, once the command has closed it, while its shell is waited for.
         command = ("(setsid env -i sh -c 'echo $$ > {d}/bare; exec sleep 30' >/dev/null 2>&1 & "
                    "while [ ! -s {d}/bare ]; do sleep 0.01; done; sleep 1); sleep 30")
-        result = run_command(self.command(command), timeout=1.3)
-        self.assertEqual(result.error, "timed out after 1.3s")
-        self.assert_gone(self.pids("bare"), "after a timeout")
+        for closed in (False, True):
+            with self.subTest(stdio_closed=closed):
+                if closed and not hasattr(os, "pidfd_open"):
+                    self.skipTest("looks while the shell is waited for need os.pidfd_open (Python 3.9)")
+                name = "bare-closed" if closed else "bare"
+                text = command.replace("{d}/bare", "{d}/" + name)
+                result = run_command(self.command(("exec >/dev/null 2>&1; " if closed else "") + text),
+                                     timeout=1.3)
+                self.assertEqual(result.error, "timed out after 1.3s")
+                self.assert_gone(self.pids(name), "after a timeout")
 
     def test_a_long_run_remembers_only_the_processes_that_still_run(self):
         proc = subprocess.Popen("while :; do sleep 0.01; done", shell=True, start_new_session=True)
