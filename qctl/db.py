@@ -17,6 +17,7 @@ The store's verbs, which a second backend would implement one for one:
   enqueue                                  store new jobs, all or none
   claim, finish_and_claim                  the next due job -> processing (with the last one's outcome)
   record, complete, fail, release          a claimed job's outcome, fenced by its claim
+  note_process                             how to find a claimed job's running command (for recover)
   heartbeat, deregister, live_workers      worker registration and liveness
   recover                                  jobs of lost workers back to the queue
   poll_for_work, housekeep                 an idle worker's wake-up check; WAL upkeep
@@ -118,8 +119,11 @@ SCHEMA_V2 = (
     # hostname is not the same process table. NULL (workers before V2): unsure.
     "ALTER TABLE workers ADD COLUMN host_key TEXT",
 )
+# What a worker on the same host needs to kill a run's processes once the run's worker died
+# (opaque to the store: the worker writes it when the command starts, `recover` hands it back).
+SCHEMA_V3 = ("ALTER TABLE jobs ADD COLUMN run_process TEXT",)
 
-MIGRATIONS = (SCHEMA_V1, SCHEMA_V2)  # MIGRATIONS[n] takes user_version n to n + 1
+MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)  # MIGRATIONS[n] takes user_version n to n + 1
 OUR_TABLES = {"jobs", "runs", "config", "workers"}
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -596,11 +600,21 @@ class Store:
             con.execute("UPDATE jobs SET lease_until = ? WHERE state = ? AND worker = ?",
                         (now + lease_s, PROCESSING, worker))
 
+    def note_process(self, job, worker, process):
+        """Keep `process` (text) on a processing job's row while its command runs, fenced by the claim.
+
+        Returns whether it was kept (False: the claim was lost).
+        """
+        with self._write() as con:
+            return con.execute(
+                "UPDATE jobs SET run_process = ? WHERE seq = ? AND state = ? AND worker = ? AND runs = ?",
+                (process, job["seq"], PROCESSING, worker, job["run"])).rowcount == 1
+
     def deregister(self, worker):
         with self._write() as con:
             con.execute("DELETE FROM workers WHERE id = ?", (worker,))
 
-    def recover(self, now, settings, *, me=None):
+    def recover(self, now, settings, *, me=None, before_retry=None):
         """processing -> failed/dead ("worker lost") for every job whose worker is lost;
         forget lost workers. Returns the recovered jobs as (id, new state) pairs.
 
@@ -608,7 +622,10 @@ class Store:
         its lease expired and it has stopped pulsing (see `home.pulse`): a lease
         that lapsed while a long transaction held the lock, or while we were
         frozen ourselves, is not a lost worker. `me`, the caller, is never lost.
-        Fenced by the run number, like every transition.
+        Fenced by the run number, like every transition. `before_retry(id, run,
+        process)` is called for each job whose run noted a process
+        (`note_process`), inside the transaction: the job cannot be claimed again
+        before it returns.
         """
         lease_s = settings["lease-seconds"]
 
@@ -629,11 +646,13 @@ class Store:
         with self._write() as con:
             expired = {w for (w,) in con.execute("SELECT id FROM workers WHERE lease_until < ?", (now,))}
             rows = [row for row in con.execute(
-                        "SELECT seq, id, attempts, max_retries, runs, worker, lease_until < ? FROM jobs "
+                        "SELECT seq, id, attempts, max_retries, runs, worker, lease_until < ?, run_process FROM jobs "
                         "WHERE state = ?", (now, PROCESSING))
                     if row[5] in dead_workers or (row[6] and lost(row[5]))]
             gone = dead_workers | {w for w in expired if lost(w)} | {row[5] for row in rows}
-            for seq, job_id, attempts, max_retries, run, worker, _ in rows:
+            for seq, job_id, attempts, max_retries, run, worker, _, process in rows:
+                if before_retry is not None and process is not None:
+                    before_retry(job_id, run, process)
                 job = {"seq": seq, "attempts": attempts, "max_retries": max_retries, "run": run}
                 recovered.append((job_id, self._fail(con, Outcome(FAIL, job, worker, now, "worker lost"), settings).state))
             con.executemany("DELETE FROM workers WHERE id = ?", [(w,) for w in gone])

@@ -4,6 +4,14 @@
 (POSIX) or process group (Windows), keeps only the tail of each output stream
 (with env secrets masked), and kills the whole process tree on timeout.
 `start_detached` starts a worker that outlives its terminal.
+
+Which processes make up "the whole tree" depends on the platform. On Linux it
+is every descendant, wherever it moved (its own session or process group), and
+what a command leaves running when it ends is killed too: `qctl/proctree.py`
+finds them, with the tag each command gets in its environment (TAG_VAR) and a
+worker that adopts orphans (`adopt_orphans`). On macOS it is the command's
+process group, on a timeout or a hard stop only; on Windows, what taskkill /T
+finds.
 """
 
 import os
@@ -14,6 +22,8 @@ import threading
 import time
 
 from . import home as qhome
+from . import proctree
+from .proctree import TAG_VAR
 from .times import format_seconds
 
 POSIX = os.name == "posix"
@@ -46,13 +56,16 @@ class Tail:
 
 
 class RedactedTail(Tail):
-    """A Tail that replaces every occurrence of each secret with `***` before keeping it.
+    """A Tail that masks every secret before keeping it: each stretch of output that
+    occurrences of secrets cover (overlapping or adjacent ones together) becomes one `***`.
 
-    Only a match that starts at least len(longest secret) - 1 bytes before the
-    end of what has arrived is decided; the rest waits for more, so a secret
+    A match is decided only once no longer secret can still be arriving there:
+    the last len(longest secret) - 1 bytes wait for the next read, so a secret
     split across two reads is still caught (and not cut short by a shorter
-    secret that is its prefix). The tail is cut only after redaction: no part of
-    a secret survives at its front either.
+    secret that is its prefix). The bytes just before those are kept too,
+    already stored, so that a secret that starts inside the last mask and ends
+    after it extends that mask instead of leaking its end. The tail is cut only
+    after redaction: no part of a secret survives at its front either.
     """
 
     MASK = b"***"
@@ -60,29 +73,61 @@ class RedactedTail(Tail):
     def __init__(self, limit, secrets):
         super().__init__(limit)
         longest_first = sorted(set(secrets), key=len, reverse=True)
+        # Longest first: a match is the longest secret that starts where it does.
         self.pattern = re.compile(b"|".join(re.escape(s) for s in longest_first))
         self.hold = len(longest_first[0]) - 1
-        self.pending = b""
+        self.pending = b""   # not decided yet
+        self.context = b""   # the `hold` bytes before `pending`, already decided
+        self.masked = False  # whether what was decided ends with a mask
 
     def add(self, data):
-        data = self.pending + data
-        cut = len(data) - self.hold
-        done, kept = 0, []
-        for match in self.pattern.finditer(data):
-            if match.start() >= cut:
-                break
-            kept += [data[done:match.start()], self.MASK]
-            done = match.end()
-        end = max(done, cut)
-        kept.append(data[done:end])
-        self.pending = data[end:]
-        super().add(b"".join(kept))
+        self._decide(self.context + self.pending + data, final=False)
 
     def value(self):
         if self.pending:
-            super().add(self.pattern.sub(self.MASK, self.pending))
-            self.pending = b""
+            self._decide(self.context + self.pending, final=True)
         return super().value()
+
+    def _decide(self, data, final):
+        base = len(self.context)  # data[:base] was decided before
+        cut = len(data) if final else len(data) - self.hold  # a match from here on may be incomplete
+        kept, done, masked = [], base, self.masked
+        for start, end in self._covered(data):
+            if end <= base:
+                continue
+            if start >= cut:
+                break
+            if start > done:
+                kept.append(data[done:start])
+                masked = False
+            if not masked:  # else it extends the mask before it: one *** for the whole stretch
+                kept.append(self.MASK)
+            done, masked = end, True
+        if done < cut:
+            kept.append(data[done:cut])
+            done, masked = cut, False
+        self.pending, self.context, self.masked = data[done:], data[max(0, done - self.hold):done], masked
+        super().add(b"".join(kept))
+
+    def _covered(self, data):
+        """(start, end) of each stretch of `data` that secrets cover, in order; overlapping and
+        adjacent matches make one stretch."""
+        # Searching again one byte after each match's start, not after its end, finds the matches
+        # that overlap it; output without secrets is still one search at C speed.
+        search = self.pattern.search
+        start = end = None
+        match = search(data)
+        while match is not None:
+            at, to = match.span()
+            if end is not None and at <= end:
+                end = max(end, to)
+            else:
+                if end is not None:
+                    yield start, end
+                start, end = at, to
+            match = search(data, at + 1)
+        if end is not None:
+            yield start, end
 
 
 def secrets_of(env):
@@ -123,14 +168,43 @@ def kill_tree_argv(pid):
     return ["taskkill", "/T", "/F", "/PID", str(pid)]
 
 
+def adopt_orphans():
+    """Make this process the parent of its commands' orphaned descendants (Linux), so that
+    none slips out of a kill; the worker calls it once. True if it is, False if Linux refused,
+    None where there is nothing to adopt them with (not Linux)."""
+    return proctree.become_subreaper()
+
+
+def run_identity(proc):
+    """What another process needs to kill `proc`'s tree once this one has died (a dict for
+    `kill_lost`), or None where that is not possible (not Linux)."""
+    tree = getattr(proc, "tree", None)
+    if tree is None:
+        return None
+    return {"pid": tree.pid, "start": tree.start, "tag": tree.tag}
+
+
+def kill_lost(identity):
+    """KILL what is left of a command whose worker died, from its `run_identity`; returns how many processes."""
+    return proctree.kill_lost(identity["pid"], identity["start"], identity["tag"])
+
+
 def kill_tree(proc, *, grace_s=KILL_GRACE_S):
-    """TERM the command's process group, then KILL it after `grace_s` (POSIX); taskkill /T /F (Windows)."""
+    """TERM the command and all it started, then KILL what is left after `grace_s`.
+
+    Linux: every process of its tree, wherever it moved (qctl/proctree.py).
+    macOS: its process group. Windows: taskkill /T /F.
+    """
     if not POSIX:
         try:
             subprocess.run(kill_tree_argv(proc.pid), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            creationflags=CREATE_NO_WINDOW)
         except OSError:  # no taskkill (a stripped-down Windows): the shell at least
             proc.kill()
+        return
+    tree = getattr(proc, "tree", None)
+    if tree is not None:
+        tree.kill(grace_s)
         return
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 0)):
         try:
@@ -163,12 +237,14 @@ def run_command(command, *, cwd=None, env=None, timeout=None, output_limit=65536
     Output beyond `output_limit` bytes per stream is dropped from the front, and
     every `env` value (see `secrets_of`) is replaced by *** in it.
     `on_start(proc)` is called once the process exists (the worker keeps it to
-    kill on a hard stop).
+    kill on a hard stop); the timeout runs from before it is called.
+    On Linux, what the command leaves running when it ends is killed (see the
+    module docstring).
     """
-    full_env = None
-    if env:
-        full_env = dict(os.environ)
-        full_env.update(env)
+    tag = os.urandom(8).hex()
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    full_env[TAG_VAR] = tag
     try:
         proc = subprocess.Popen(command, shell=True, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen_options())
@@ -176,26 +252,71 @@ def run_command(command, *, cwd=None, env=None, timeout=None, output_limit=65536
         if cwd and not os.path.isdir(cwd):
             return Result(None, "cannot start: working directory %s does not exist" % cwd)
         return Result(None, "cannot start: %s" % (exc.strerror or exc))
-    if on_start is not None:
-        on_start(proc)
+    deadline = None if not timeout else time.monotonic() + timeout
+    proc.tree = proctree.Tree(proc.pid, tag) if proctree.SUPPORTED else None
     secrets = secrets_of(env)
     if secrets:
         out, err = RedactedTail(output_limit, secrets), RedactedTail(output_limit, secrets)
     else:
         out, err = Tail(output_limit), Tail(output_limit)
-    deadline = None if not timeout else time.monotonic() + timeout
+    try:
+        if on_start is not None:
+            on_start(proc)
+        code, timed_out = _wait_for(proc, out, err, deadline)
+        if timed_out:
+            kill_tree(proc)
+            code = proc.wait()
+    except BaseException:
+        kill_tree(proc, grace_s=0)  # a run cut short by a bug leaves nothing running either
+        proc.wait()
+        raise
+    if proc.tree is not None:
+        proc.tree.finish(KILL_GRACE_S)
+    error = "timed out after %ss" % format_seconds(timeout) if timed_out else describe_exit(code)
+    return Result(code, error, out.value(), err.value())
+
+
+def _wait_for(proc, out, err, deadline):
+    """Read both pipes to EOF, then wait for the shell: (exit code, whether `deadline` passed first)."""
     reader = _read_posix if POSIX else _read_threads
-    timed_out = reader(proc, out, err, deadline)
-    if not timed_out:
-        # The pipes are done, but a command that closed or redirected its stdio may still run.
-        try:
-            code = proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            timed_out = True
-    if timed_out:
-        kill_tree(proc)
-        return Result(proc.wait(), "timed out after %ss" % format_seconds(timeout), out.value(), err.value())
-    return Result(code, describe_exit(code), out.value(), err.value())
+    if reader(proc, out, err, deadline):
+        return None, True
+    # The pipes are done, but a command that closed or redirected its stdio may still run.
+    tree = getattr(proc, "tree", None)
+    if tree is not None and proc.poll() is None and not _wait_looking(proc, tree, deadline):
+        return None, True
+    try:
+        return proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic())), False
+    except subprocess.TimeoutExpired:
+        return None, True
+
+
+def _wait_looking(proc, tree, deadline):
+    """Wait for the shell to exit, looking at its tree meanwhile; False if `deadline` passed first.
+
+    Through a pidfd, which poll() wakes on the moment the shell exits (Popen.wait with a
+    timeout polls, half a millisecond late at best: on every run that ends). Without one
+    (Python 3.8, Linux before 5.3) it returns at once, and the caller's wait goes without looks.
+    """
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        return True
+    try:
+        import select
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        while True:
+            wait = proctree.LOOK_EVERY_S
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    return False
+            if poller.poll(wait * 1000):
+                return True
+            tree.look()
+    finally:
+        os.close(fd)
 
 
 def _read_posix(proc, out, err, deadline):
@@ -203,6 +324,7 @@ def _read_posix(proc, out, err, deadline):
     import selectors
     # poll(2), as subprocess.communicate uses: one syscall a wait, where epoll
     # costs four more per command (create, two registrations, close).
+    tree = getattr(proc, "tree", None)
     with selectors.PollSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ, out)
         sel.register(proc.stderr, selectors.EVENT_READ, err)
@@ -227,6 +349,8 @@ def _read_posix(proc, out, err, deadline):
             # Every time round, not only when idle: a chatty grandchild must not hold the job.
             if orphan_deadline is None and proc.poll() is not None:
                 orphan_deadline = time.monotonic() + ORPHAN_PIPE_GRACE_S
+            if tree is not None:
+                tree.look()
     return False
 
 

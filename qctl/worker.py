@@ -24,7 +24,7 @@ from . import home as qhome
 from .db import Store
 from .errors import DatabaseDamaged, QueueError
 from .jobs import COMPLETED, DEAD, FAIL, FAILED, RELEASE, COMPLETE, Outcome
-from .runner import kill_tree, run_command
+from .runner import adopt_orphans, kill_lost, kill_tree, run_command, run_identity
 from .times import format_seconds
 
 log = logging.getLogger("qctl.worker")
@@ -111,6 +111,9 @@ class Worker:
 
     def run(self):
         """Serve until stopped; returns 0."""
+        if adopt_orphans() is False:  # Linux: our commands' orphans become ours, so none escapes a kill
+            log.warning("worker %s: cannot adopt orphaned processes (prctl refused): every job's end will "
+                        "read every process to find what the job left running", self.id)
         self._house_store = Store(self.db_path, durable=False, autocheckpoint=False)
         threads = []
         try:
@@ -226,7 +229,7 @@ class Worker:
                 if job is None:
                     self._wait_for_work(generation)
                 else:
-                    finish = self._run_guarded(job)
+                    finish = self._run_guarded(job, store)
         finally:
             self._record_last(store, finish)
             store.close()
@@ -248,10 +251,10 @@ class Worker:
         except QueueError as exc:
             log.error("worker %s: could not record a result: %s; the job will be recovered", self.id, exc)
 
-    def _run_guarded(self, job):
+    def _run_guarded(self, job, store):
         """`step(job)`, turning a bug into a failed run rather than a lease held forever."""
         try:
-            return self.step(job)
+            return self.step(job, store=store)
         except Exception as exc:
             log.exception("worker %s: error running job %s", self.id, job["id"])
             return Outcome(FAIL, job, self.id, time.time(), "worker error: %s" % exc)
@@ -293,8 +296,12 @@ class Worker:
 
     # ------------------------------------------------------------ one job
 
-    def step(self, job):
-        """Run a claimed job; return its Outcome: complete, fail, or release when a hard stop killed it."""
+    def step(self, job, *, store=None):
+        """Run a claimed job; return its Outcome: complete, fail, or release when a hard stop killed it.
+
+        With `store` (the calling thread's), the command's process is noted on the job as it starts,
+        so that if we die the worker that recovers the job can kill what we leave running.
+        """
         settings = self.settings
         timeout = job["timeout"] or settings["job-timeout"] or None
         log.info("job %s started (attempt %d/%d, run %d)", job["id"], job["attempts"], job["max_retries"] + 1,
@@ -309,6 +316,8 @@ class Worker:
                     self._killed.add(job["seq"])
             if killing:
                 kill_tree(proc, grace_s=HARD_STOP_GRACE_S)
+            elif store is not None:
+                self._note_process(store, job, proc)
 
         try:
             result = run_command(job["command"], cwd=job["cwd"], env=job["env"] and json.loads(job["env"]),
@@ -323,6 +332,18 @@ class Worker:
         if result.error is None:
             return Outcome(COMPLETE, job, self.id, now, stdout=result.stdout, stderr=result.stderr, took=took)
         return Outcome(FAIL, job, self.id, now, result.error, result.exit_code, result.stdout, result.stderr, took)
+
+    def _note_process(self, store, job, proc):
+        """Note on the job what a worker on this host needs to kill this run's processes after we die."""
+        identity = run_identity(proc)
+        if identity is None:  # not Linux: nothing to kill them by
+            return
+        identity.update(run=job["run"], host_key=self.host_key, worker_pid=self.pid)
+        try:
+            store.note_process(job, self.id, json.dumps(identity))
+        except QueueError as exc:
+            log.warning("job %s: could not note its process (%s); if this worker dies, its command may run on",
+                        job["id"], exc)
 
     def _log_recorded(self, outcome, recorded):
         """One line for what became of a run, as the store recorded it."""
@@ -382,5 +403,21 @@ class Worker:
 
     def _recover(self):
         """Jobs of workers whose lease expired, or that died on this host, back to the queue."""
-        for job_id, state in self._house_store.recover(time.time(), self.settings, me=self.id):
+        for job_id, state in self._house_store.recover(time.time(), self.settings, me=self.id,
+                                                       before_retry=self._kill_lost_run):
             log.info("job %s recovered from a lost worker: now %s", job_id, state)
+
+    def _kill_lost_run(self, job_id, run, process):
+        """Before a lost run's job can run again: if its worker was on this host and is dead, kill what
+        the run left running. Called inside the recovery's transaction; never raises (that would undo it)."""
+        try:
+            lost = json.loads(process)
+            if lost.get("run") != run or qhome.worker_alive(lost.get("host_key"), lost["worker_pid"]):
+                return  # an earlier run's note, or a worker in another process table (or still alive)
+            killed = kill_lost(lost)
+        except Exception:
+            log.exception("worker %s: could not kill what job %s's lost run %d left running", self.id, job_id, run)
+            return
+        if killed:
+            log.info("job %s: killed %d process%s its lost run %d left running", job_id, killed,
+                     "" if killed == 1 else "es", run)

@@ -32,9 +32,9 @@ def source_files():
 
 
 def is_platform_test(node):
-    """Whether an expression looks at the platform: POSIX/WINDOWS flags, os.name, sys.platform, hasattr."""
+    """Whether an expression looks at the platform: POSIX/WINDOWS/LINUX flags, os.name, sys.platform, hasattr."""
     for sub in ast.walk(node):
-        if isinstance(sub, ast.Name) and sub.id.lower() in ("posix", "windows", "is_windows", "is_posix"):
+        if isinstance(sub, ast.Name) and sub.id.lower() in ("posix", "windows", "is_windows", "is_posix", "linux"):
             return True
         if isinstance(sub, ast.Attribute) and (sub.attr in ("platform", "POSIX", "WINDOWS") or (
                 sub.attr == "name" and isinstance(sub.value, ast.Name) and sub.value.id == "os")):
@@ -113,6 +113,7 @@ class PosixAuditTest(unittest.TestCase):
                      "def g(cmd):\n    return subprocess.Popen(cmd, start_new_session=True)\n"
                      "def ok(pid):\n    if not POSIX:\n        return None\n    os.kill(pid, 0)\n"
                      "def ok2():\n    return {'start_new_session': True} if posix else {}\n"
+                     "def ok3(pid):\n    if not LINUX:\n        return\n    os.kill(pid, signal.SIGKILL)\n"
                      "try:\n    import pwd\nexcept ImportError:\n    pwd = None\n")
         self.assertEqual([line.split(": ", 1)[1] for line in unguarded_posix_calls(sample)],
                          ["import fcntl", "os.killpg", "signal.SIGKILL", "start_new_session="])

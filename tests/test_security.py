@@ -13,11 +13,32 @@ import unittest
 
 from tests.base import ROOT, SCRIPT, HomeTestCase, wait_until
 from qctl import jobs
-from qctl.runner import RedactedTail
+from qctl.runner import RedactedTail, run_command
 from qctl.worker import Worker
 
 POSIX = os.name == "posix"
 posix_only = unittest.skipUnless(POSIX, "POSIX shell, modes and /proc")
+
+
+def masked(stream, secrets):
+    """`stream` with every byte that lies in any occurrence of any secret hidden, each run of
+    hidden bytes shown as one *** (what RedactedTail must produce, whatever the reads)."""
+    hidden = [False] * len(stream)
+    for secret in secrets:
+        start = stream.find(secret)
+        while start != -1:
+            hidden[start:start + len(secret)] = [True] * len(secret)
+            start = stream.find(secret, start + 1)
+    out, i = [], 0
+    while i < len(stream):
+        if hidden[i]:
+            while i < len(stream) and hidden[i]:
+                i += 1
+            out.append(b"***")
+        else:
+            out.append(stream[i:i + 1])
+            i += 1
+    return b"".join(out)
 
 
 class HostileCommandTest(HomeTestCase):
@@ -225,6 +246,28 @@ class SecretTest(HomeTestCase):
                         tail.add(stream[i:i + chunk])
                     got = tail.value()
                     self.assertEqual(got, expected.replace(secret[:6], b"***")[-limit:])
+
+    def test_overlapping_secrets_leave_no_part_of_either_in_any_split(self):
+        # Overlapping, adjacent, self-overlapping and chained matches, and a chain far longer than
+        # any secret (which must not make the tail hold it all back).
+        secrets = [b"abcd1234", b"1234wxyz", b"aaaa"]
+        stream = (b"<abcd1234wxyz> 1234wxyz abcd1234abcd1234 abcd1234wxyzabcd1234 aaaaaaa abcd123 234wxyz "
+                  + b"a" * 300 + b" end")
+        for limit in (3, 10, 1000):
+            for chunk in (1, 2, 3, 5, 7, 8, 13, 64, 1000):
+                with self.subTest(limit=limit, chunk=chunk):
+                    tail = RedactedTail(limit, secrets)
+                    for i in range(0, len(stream), chunk):
+                        tail.add(stream[i:i + chunk])
+                        self.assertLess(len(tail.pending), 2 * 8 + chunk, "the hold-back stays bounded")
+                    self.assertEqual(tail.value(), masked(stream, secrets)[-limit:])
+        self.assertEqual(masked(b"abcd1234wxyz", secrets), b"***")
+
+    @posix_only
+    def test_a_command_printing_two_overlapping_secrets_stores_neither(self):
+        result = run_command("printf '%s%s\\n' \"$A\" wxyz; printf '%s\\n' \"$A$B\" >&2",
+                             env={"A": "abcd1234", "B": "1234wxyz"})
+        self.assertEqual((result.stdout, result.stderr), (b"***\n", b"***\n"))
 
     def dashboard_pages(self, *paths):
         from qctl import dashboard

@@ -72,6 +72,21 @@ class SchemaTest(StoreTestCase):
     def test_wal_mode(self):
         self.assertEqual(self.s._read("PRAGMA journal_mode")[0][0].lower(), "wal")
 
+    def test_a_version_1_database_is_migrated_with_its_jobs(self):
+        old = os.path.join(self.tmp, "v1.db")
+        con = sqlite3.connect(old, isolation_level=None)
+        for statement in qctl.db.SCHEMA_V1:
+            con.execute(statement)
+        con.execute("INSERT INTO jobs (id, command, state, max_retries, run_at, next_run_at, created_at, updated_at) "
+                    "VALUES ('kept', 'true', 'pending', 3, 0, 0, 0, 0)")
+        con.execute("PRAGMA user_version = 1")
+        con.close()
+        with Store(old) as store:
+            self.assertEqual(store.get("kept")["state"], jobs.PENDING)
+            job = store.claim("w1", LEASE_S, now=T)
+            self.assertTrue(store.note_process(job, "w1", "how to find it"))
+            self.assertEqual(store._read("PRAGMA user_version")[0][0], SCHEMA_VERSION)
+
     def test_newer_schema_is_refused(self):
         con = sqlite3.connect(self.db_path)
         con.execute("PRAGMA user_version = %d" % (SCHEMA_VERSION + 1))
@@ -309,6 +324,23 @@ class RecoveryTest(StoreTestCase):
         self.assertEqual(self.s.recover(T + 1, SETTINGS), [("a", jobs.FAILED)])
         self.assertEqual(self.s.get("b")["state"], jobs.PROCESSING)
         self.assertEqual([w["id"] for w in self.s.live_workers(T + 1)], ["w2"])
+
+    def test_a_noted_process_is_handed_to_the_recovery_before_the_job_can_run_again(self):
+        self.add("a")
+        self.add("b")
+        job = self.claim("w1", T)
+        self.claim("w1", T)  # b: its run noted nothing
+        self.assertFalse(self.s.note_process(job, "w2", "not w2's claim"), "fenced by the claim")
+        self.assertTrue(self.s.note_process(job, "w1", "pid 42"))
+        other = self.store()
+        handed = []
+
+        def before_retry(job_id, run, process):
+            # Still processing to everyone else: nobody can claim it before this returns.
+            handed.append((job_id, run, process, other.get(job_id)["state"]))
+        recovered = self.s.recover(T + LEASE_S + 1, SETTINGS, before_retry=before_retry)
+        self.assertEqual(sorted(recovered), [("a", jobs.FAILED), ("b", jobs.FAILED)])
+        self.assertEqual(handed, [("a", 1, "pid 42", jobs.PROCESSING)])
 
     def test_heartbeat_extends_the_leases_of_its_jobs(self):
         self.add("a")
