@@ -136,8 +136,7 @@ def whole_number_arg(low, high, what):
 
 
 def limit_arg(value):
-    # More than SQLite's largest integer (it would overflow binding) means all of them anyway.
-    return min(whole_number_arg(0, float("inf"), "0 (all) or more")(value), 2 ** 63 - 1)
+    return whole_number_arg(0, float("inf"), "0 (all) or more")(value)  # the store takes a huge one as all
 
 
 def state_arg(value):
@@ -392,22 +391,23 @@ def logs_arguments(p):
 def cmd_logs(args):
     with open_store(args) as store:
         row = store.get(args.id)
-        runs = store.job_runs(row, with_output=True)
-    if args.run is None:
-        if not runs:
-            out("job %s has not run yet" % args.id)
-            return EXIT_OK
-        run = runs[-1]
-    else:
-        matching = [r for r in runs if r["run"] == args.run]
-        if not matching:
-            raise QueueError("job %r has no run %d (it has run %s)"
-                             % (args.id, args.run, display.plural(len(runs), "time")))
-        run = matching[0]
+        runs = store.job_runs(row)
+        if args.run is None:
+            if not runs:
+                out("job %s has not run yet" % args.id)
+                return EXIT_OK
+            run = runs[-1]
+        else:
+            matching = [r for r in runs if r["run"] == args.run]
+            if not matching:
+                raise QueueError("job %r has no run %d (it has run %s)"
+                                 % (args.id, args.run, display.plural(len(runs), "time")))
+            run = matching[0]
+        output = store.run_output(row, run["run"])
     outcome = run["error"] or ("running" if run["finished_at"] is None else "completed")
     out("== job %s, run %d of %d: %s ==" % (args.id, run["run"], len(runs), outcome))
-    for name in ("stdout", "stderr"):
-        data = run[name] or b""
+    for name, data in zip(("stdout", "stderr"), output):
+        data = data or b""
         out("-- %s%s --" % (name, "" if data else " (empty)"))
         if data:
             text = data.decode("utf-8", "replace")

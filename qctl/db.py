@@ -21,13 +21,14 @@ The store's verbs, which a second backend would implement one for one:
   heartbeat, deregister, live_workers      worker registration and liveness
   recover                                  jobs of lost workers back to the queue
   poll_for_work, housekeep                 an idle worker's wake-up check; WAL upkeep
-  counts, list_jobs, get, job_runs, run_totals, runs_since, oldest_due_pending   queries
+  counts, list_jobs, get, job_runs, run_output, run_totals, runs_since, oldest_due_pending   queries
   wait_finished, wait_workers_gone         block until jobs finish / workers exit (polling)
   retry_dead, retry_all_dead, delete, purge   user actions
   config, set_config                       settings
 """
 
 import os
+import pathlib
 import shutil
 import sqlite3
 import threading
@@ -125,6 +126,7 @@ SCHEMA_V3 = ("ALTER TABLE jobs ADD COLUMN run_process TEXT",)
 
 MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)  # MIGRATIONS[n] takes user_version n to n + 1
 OUR_TABLES = {"jobs", "runs", "config", "workers"}
+V1_JOB_COLUMNS = {"seq", "runs", "next_run_at", "lease_until", "last_error"}  # telling enough to be ours
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # `runs`, the column, counts the job's runs over its whole life; rows call it `run`: the number
@@ -162,27 +164,28 @@ _UPKEEP = threading.Event()
 _WRITE_LOCK = threading.Lock()
 
 
-def _sqlite_message(exc, path):
-    text = str(exc)
-    low = text.lower()
-    if "locked" in low or "busy" in low:
-        return "the database %s stayed locked by another process for over %ds; try again" % (path, BUSY_TIMEOUT_S)
-    if "not a database" in low or "malformed" in low or "encrypted" in low:
-        return "%s is not a usable queuectl database (%s)" % (path, text)
-    if "readonly" in low or "read-only" in low:
-        return "the database %s is read-only (%s)" % (path, text)
-    if "full" in low:
-        return "no space left to write the database %s (%s)" % (path, text)
-    if "unable to open" in low or "disk i/o" in low:
-        return "cannot open the database %s (%s)" % (path, text)
-    return "database error on %s: %s" % (path, text)
+# What SQLite's message says -> (our message, error class, whether the connection must be
+# opened afresh before its next use). The first match wins.
+_SQLITE_ERRORS = (
+    (("locked", "busy"), "the database %(path)s stayed locked by another process for over %(busy)ds; try again",
+     StoreError, False),
+    (("not a database", "malformed", "corrupt", "encrypted"), "%(path)s is not a usable queuectl database (%(text)s)",
+     DatabaseDamaged, False),
+    (("readonly", "read-only"), "the database %(path)s is read-only (%(text)s)", StoreError, False),
+    (("full",), "no space left to write the database %(path)s (%(text)s)", StoreError, True),
+    (("unable to open", "disk i/o"), "cannot open the database %(path)s (%(text)s)", StoreError, True),
+)
 
 
 def _store_error(exc, path):
-    """The StoreError for an sqlite3 error: DatabaseDamaged when retrying cannot help."""
-    low = str(exc).lower()
-    damaged = "malformed" in low or "not a database" in low or "corrupt" in low
-    return (DatabaseDamaged if damaged else StoreError)(_sqlite_message(exc, path))
+    """(the StoreError for an sqlite3 error, whether its connection must be opened afresh).
+    DatabaseDamaged: retrying cannot help."""
+    text = str(exc)
+    values = {"path": path, "text": text, "busy": BUSY_TIMEOUT_S}
+    for words, message, error, stuck in _SQLITE_ERRORS:
+        if any(word in text.lower() for word in words):
+            return error(message % values), stuck
+    return StoreError("database error on %(path)s: %(text)s" % values), False
 
 
 def _not_unicode(exc):
@@ -197,7 +200,7 @@ class Store:
     `durable=True` (the CLI) commits with synchronous=FULL, so an acknowledged
     enqueue survives a power cut. Workers pass `durable=False` (NORMAL in WAL:
     a transition lost in a power cut re-runs a job, which at-least-once allows)
-    and `autocheckpoint=False` (they checkpoint from their heartbeat thread, off
+    and `autocheckpoint=False` (they checkpoint from their housekeeping thread, off
     the job path).
     """
 
@@ -208,6 +211,9 @@ class Store:
         self._next_due = None      # poll_for_work: when the earliest waiting job falls due
         self._house_version = None # housekeep: PRAGMA data_version, and since when it has not changed
         self._quiet_since = time.monotonic()
+        self._pulses_seen = {}     # recover: worker -> (stale pulse mtime, when we first saw it)
+        self._restart_after = 0.0  # housekeep: a busy RESTART checkpoint is not retried before this
+        self._restart_backoff_s = 0.0
         self._durable, self._autocheckpoint = durable, autocheckpoint
         self._stuck = False        # a write failed for want of space: open afresh before the next
         self._connect()
@@ -217,17 +223,20 @@ class Store:
             self._migrate()
         except sqlite3.Error as exc:
             self.con.close()
-            raise _store_error(exc, path) from None
+            raise _store_error(exc, path)[0] from None
         except BaseException:
             self.con.close()
             raise
 
     def _connect(self):
         try:
-            self.con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                       check_same_thread=False)
+            # mode=rw: never create the file. Only home.ensure does, private; a database deleted
+            # under us must not come back as an empty one with the umask's mode.
+            self.con = sqlite3.connect(pathlib.Path(os.path.abspath(self.path)).as_uri() + "?mode=rw",
+                                       timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False,
+                                       uri=True)
         except sqlite3.Error as exc:
-            raise _store_error(exc, self.path) from None
+            raise self._note(exc) from None
         try:
             self.con.execute("PRAGMA busy_timeout = %d" % int(BUSY_TIMEOUT_S * 1000))
             self.con.execute("PRAGMA synchronous = %s" % ("FULL" if self._durable else "NORMAL"))
@@ -237,7 +246,7 @@ class Store:
                 self.con.execute("PRAGMA wal_autocheckpoint = 0")
         except sqlite3.Error as exc:
             self.con.close()
-            raise _store_error(exc, self.path) from None
+            raise self._note(exc) from None
 
     def _unstick(self):
         """After a write failed for want of space, SQLite can keep answering "disk is full" on
@@ -250,9 +259,8 @@ class Store:
 
     def _note(self, exc):
         """The StoreError for `exc`, remembering when the connection must be opened afresh."""
-        error = _store_error(exc, self.path)
-        if "full" in str(exc).lower() or "disk i/o" in str(exc).lower():
-            self._stuck = True
+        error, stuck = _store_error(exc, self.path)
+        self._stuck = self._stuck or stuck
         return error
 
     def close(self):
@@ -267,8 +275,16 @@ class Store:
     # ------------------------------------------------------------ plumbing
 
     def _migrate(self):
-        version = self.con.execute("PRAGMA user_version").fetchone()[0]
-        if self.con.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID and not self._unmarked_ours(version):
+        # One read transaction: three separate reads could see another process's migration
+        # half-way (version 0, then its tables) and refuse a fresh home as not ours.
+        self.con.execute("BEGIN")
+        try:
+            version = self.con.execute("PRAGMA user_version").fetchone()[0]
+            ours = (self.con.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+                    or self._unmarked_ours(version))
+        finally:
+            self.con.execute("COMMIT")
+        if not ours:
             raise StoreError("%s is not a queuectl database (another application's SQLite file?): it was left "
                              "unchanged; give queuectl a home of its own (--home or QUEUECTL_HOME)" % self.path)
         if version == SCHEMA_VERSION:
@@ -293,7 +309,10 @@ class Store:
         """Whether a database without our application_id is a new empty one, or one queuectl made
         before it marked its files (schema version 1). Reads only: nothing is changed before this."""
         tables = {name for (name,) in self.con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        return not tables if version == 0 else version == 1 and OUR_TABLES <= tables
+        if version == 0:
+            return not tables
+        columns = {row[1] for row in self.con.execute("PRAGMA table_info(jobs)")}
+        return version == 1 and OUR_TABLES <= tables and V1_JOB_COLUMNS <= columns
 
     def is_current(self):
         """Whether the file at our path is still the database we opened (not deleted or replaced)."""
@@ -385,8 +404,12 @@ class Store:
             size = os.path.getsize(self.path + "-wal")
         except OSError:
             return
-        if size > WAL_SMALL_BYTES and size > self._wal_limit():
+        if self._wal_over(size, self._wal_limit()):
             _UPKEEP.set()
+
+    @staticmethod
+    def _wal_over(size, limit):
+        return size > WAL_SMALL_BYTES and size > limit
 
     def _wal_limit(self):
         """WAL_RESTART_BYTES, or a quarter of the free disk space if that is less: the checkpoint
@@ -396,10 +419,13 @@ class Store:
         except OSError:
             return WAL_RESTART_BYTES
 
-    @staticmethod
-    def await_upkeep(timeout):
-        """Block until `housekeep` is due: a commit found the WAL past its bound, or `timeout` passed."""
-        _UPKEEP.wait(timeout)
+    def await_upkeep(self, timeout):
+        """Block until `housekeep` is due: a commit found the WAL past its bound, or `timeout` passed
+        (just `timeout` while a busy checkpoint backs off)."""
+        if time.monotonic() < self._restart_after:
+            time.sleep(timeout)
+        else:
+            _UPKEEP.wait(timeout)
         _UPKEEP.clear()
 
     def housekeep(self):
@@ -425,18 +451,24 @@ class Store:
         version = self._read("PRAGMA data_version")[0][0]
         if version != self._house_version:
             self._house_version, self._quiet_since = version, time.monotonic()
+        limit = self._wal_limit()
         if size > 0 and time.monotonic() - self._quiet_since >= WAL_IDLE_S:
             mode = "TRUNCATE"
-        elif size > WAL_SMALL_BYTES and size > self._wal_limit():
-            mode = "RESTART"
+        elif self._wal_over(size, limit) and time.monotonic() >= self._restart_after:
+            # Below its usual bound (a nearly full disk) the file itself must shrink, not just start over.
+            mode = "RESTART" if limit >= WAL_RESTART_BYTES else "TRUNCATE"
         else:
             return
         with _WRITE_LOCK:  # our own threads queue here rather than in SQLite's busy handler
             self._read("PRAGMA busy_timeout = %d" % CHECKPOINT_BUSY_MS)
             try:
-                self._read("PRAGMA wal_checkpoint(%s)" % mode)
+                busy = self._read("PRAGMA wal_checkpoint(%s)" % mode)[0][0]
             finally:
                 self._read("PRAGMA busy_timeout = %d" % int(BUSY_TIMEOUT_S * 1000))
+        # A reader kept it from finishing (a long `list`, the dashboard): every try holds writers back
+        # for up to CHECKPOINT_BUSY_MS, so wait longer each time (up to 2 s) rather than at every commit.
+        self._restart_backoff_s = min(2.0, max(0.1, 2 * self._restart_backoff_s)) if busy else 0.0
+        self._restart_after = time.monotonic() + self._restart_backoff_s
 
     # ------------------------------------------------------------ enqueue
 
@@ -628,12 +660,12 @@ class Store:
         before it returns.
         """
         lease_s = settings["lease-seconds"]
+        lost = {}  # worker -> whether it stopped pulsing, looked up once a call
 
-        def lost(worker):
-            if worker == me:
-                return False
-            age = qhome.pulse_age(self.home, worker)
-            return age is None or age > lease_s + PULSE_GRACE_S
+        def is_lost(worker):
+            if worker not in lost:
+                lost[worker] = worker != me and self._stopped_pulsing(worker, lease_s)
+            return lost[worker]
 
         dead_workers = {worker for worker, key, pid in self._read(
             "SELECT id, host_key, pid FROM workers WHERE lease_until >= ?", (now,)) if not qhome.worker_alive(key, pid)}
@@ -648,8 +680,8 @@ class Store:
             rows = [row for row in con.execute(
                         "SELECT seq, id, attempts, max_retries, runs, worker, lease_until < ?, run_process FROM jobs "
                         "WHERE state = ?", (now, PROCESSING))
-                    if row[5] in dead_workers or (row[6] and lost(row[5]))]
-            gone = dead_workers | {w for w in expired if lost(w)} | {row[5] for row in rows}
+                    if row[5] in dead_workers or (row[6] and is_lost(row[5]))]
+            gone = dead_workers | {w for w in expired if is_lost(w)} | {row[5] for row in rows}
             for seq, job_id, attempts, max_retries, run, worker, _, process in rows:
                 if before_retry is not None and process is not None:
                     before_retry(job_id, run, process)
@@ -658,7 +690,28 @@ class Store:
             con.executemany("DELETE FROM workers WHERE id = ?", [(w,) for w in gone])
         for worker in gone:
             qhome.forget_pulse(self.home, worker)
+            self._pulses_seen.pop(worker, None)
         return recovered
+
+    def _stopped_pulsing(self, worker, lease_s):
+        """Whether `worker` has stopped pulsing (see `home.pulse`): it never did, or its pulse is
+        older than its lease and has not moved while we watched it for three of its pulse periods.
+
+        The watching is what a frozen recoverer needs: a worker frozen with us (a paused VM, a
+        suspended laptop) or a clock stepped forward makes every pulse look old when we wake,
+        but a live worker's moves again within a period, before we have watched long enough.
+        """
+        mtime = qhome.pulse_mtime(self.home, worker)
+        if mtime is None:
+            return True  # no pulse to go by (a worker from before pulses, its file removed): the lease decides
+        if time.time() - mtime <= lease_s + PULSE_GRACE_S:
+            self._pulses_seen.pop(worker, None)
+            return False
+        seen_mtime, since = self._pulses_seen.get(worker, (None, None))
+        if seen_mtime != mtime:
+            self._pulses_seen[worker] = (mtime, time.monotonic())
+            return False
+        return time.monotonic() - since >= 3 * qhome.pulse_interval(lease_s)
 
     def live_workers(self, now):
         """Live worker processes, each with the ids of the jobs it runs.
@@ -741,22 +794,33 @@ class Store:
             raise JobNotFound(job_id)
         return _job_dict(rows[0])
 
-    def job_runs(self, job, *, with_output=False):
-        """Every run of `job` (a dict from `get`), numbered over its whole life."""
-        cols = "run, attempt, worker, started_at, finished_at, exit_code, error" + (", stdout, stderr" if with_output else "")
-        runs = [dict(zip(cols.split(", "), row))
-                for row in self._read("SELECT " + cols + " FROM runs WHERE job_seq = ? ORDER BY run",
-                                      (job["seq"],))]
+    def job_runs(self, job, *, output_tail=0):
+        """Every run of `job` (a dict from `get`), numbered over its whole life; with `output_tail`,
+        each with the last that many bytes of its stdout and stderr (cut in SQL: a job retried a
+        thousand times may hold a gigabyte of output)."""
+        keys = ["run", "attempt", "worker", "started_at", "finished_at", "exit_code", "error"]
+        cols, params = ", ".join(keys), [job["seq"]]
+        if output_tail:
+            keys += ["stdout", "stderr"]
+            cols += ", substr(stdout, -?), substr(stderr, -?)"
+            params[:0] = [output_tail, output_tail]
+        runs = [dict(zip(keys, row))
+                for row in self._read("SELECT " + cols + " FROM runs WHERE job_seq = ? ORDER BY run", params)]
         # The latest run has no row while it runs, or if it succeeded silently.
         if job["run"] and (not runs or runs[-1]["run"] < job["run"]):
             latest = {"run": job["run"], "attempt": job["attempts"], "worker": job["worker"], "started_at": job["started_at"],
                       "finished_at": None, "exit_code": None, "error": None}
             if job["state"] == COMPLETED:
                 latest.update(finished_at=job["finished_at"], exit_code=0)
-            if with_output:
+            if output_tail:
                 latest.update(stdout=None, stderr=None)
             runs.append(latest)
         return runs
+
+    def run_output(self, job, run):
+        """(stdout, stderr) kept of run number `run` of `job`: (None, None) if it printed nothing."""
+        rows = self._read("SELECT stdout, stderr FROM runs WHERE job_seq = ? AND run = ?", (job["seq"], run))
+        return tuple(rows[0]) if rows else (None, None)
 
     def run_totals(self):
         """Every finished run of the stored jobs, per outcome: {"completed": RunTotals, "failed": RunTotals}.

@@ -31,8 +31,11 @@ def ensure(home, *, allow_shared=False):
     database path.
 
     Every command opens the store through here, so none can forget the check:
-    unless `allow_shared`, a home or database that is not private (see
-    `check_private`) is refused before anything is written to it.
+    unless `allow_shared`, a home or database that another user owns, or
+    group or others can write (they could run commands as us), is refused
+    before anything is written to it. POSIX only: Windows homes live in the
+    user's profile, protected by its ACL. A symlink is judged by its target:
+    a queue.db linked to another user's file is theirs.
     """
     try:
         _make_private_dirs(home)
@@ -102,19 +105,6 @@ def open_private_log(path):
         return os.fdopen(_create_private(path, os.O_WRONLY | os.O_APPEND), "ab")
     except OSError as exc:
         raise StoreError("cannot open the worker log %s: %s" % (path, exc.strerror or exc)) from None
-
-
-def check_private(home):
-    """Refuse a home or database that another user owns, or group or others can write
-    (they could run commands as us).
-
-    Returns nothing; raises QueueError with what to fix. POSIX only: Windows
-    homes live in the user's profile, protected by its ACL. A symlink is judged
-    by its target (os.stat follows it): a queue.db linked to another user's
-    file is theirs.
-    """
-    for path in (home, os.path.join(home, DB_NAME)):
-        _refuse_if_shared(path)
 
 
 def _refuse_if_shared(path):
@@ -290,6 +280,11 @@ def _darwin_boot_time():
 # ---------------------------------------------------------------- the pulse: liveness no database lock can block
 
 PULSE_DIR = "pulse"
+PULSE_MAX_S = 1.0  # a worker pulses this often, or four times a lease if that is more often
+
+
+def pulse_interval(lease_s):
+    return min(PULSE_MAX_S, lease_s / 4)
 
 
 def pulse_path(home, worker_id):
@@ -307,17 +302,19 @@ def pulse(home, worker_id):
     """
     path = pulse_path(home, worker_id)
     try:
-        os.utime(path)
-    except FileNotFoundError:
-        _make_private_dirs(os.path.dirname(path))
-        os.close(_create_private(path, os.O_WRONLY))
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            _make_private_dirs(os.path.dirname(path))
+            os.close(_create_private(path, os.O_WRONLY))
+    except OSError as exc:
+        raise StoreError("cannot touch the pulse file %s: %s" % (path, exc.strerror or exc)) from None
 
 
-def pulse_age(home, worker_id):
-    """Seconds since the worker last pulsed, or None if it never did (or its file is gone)."""
-    import time
+def pulse_mtime(home, worker_id):
+    """When the worker last pulsed (epoch seconds), or None if it never did (or its file is gone)."""
     try:
-        return time.time() - os.stat(pulse_path(home, worker_id)).st_mtime
+        return os.stat(pulse_path(home, worker_id)).st_mtime
     except OSError:
         return None
 

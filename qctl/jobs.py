@@ -46,7 +46,7 @@ COMPLETE, FAIL, RELEASE = "complete", "fail", "release"
 
 
 class Outcome(NamedTuple):
-    """What one run of a claimed job came to, for `Store.record` or `Store.claim(finish=...)`.
+    """What one run of a claimed job came to, for `Store.record` or `Store.finish_and_claim`.
 
     `kind`: COMPLETE (exit 0), FAIL (anything else: `error` says what) or
     RELEASE (a hard stop cut it short: back to pending, no attempt used).

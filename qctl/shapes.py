@@ -43,8 +43,7 @@ def job_with_runs(row, runs, *, output=False):
         entry = run(one)
         if output:
             for name in ("stdout", "stderr"):
-                data = (one[name] or b"")[-OUTPUT_TAIL_CHARS * 4:]
-                entry[name] = data.decode("utf-8", "replace")[-OUTPUT_TAIL_CHARS:]
+                entry[name] = (one[name] or b"").decode("utf-8", "replace")[-OUTPUT_TAIL_CHARS:]
         shown["runs"].append(entry)
     return shown
 

@@ -33,7 +33,6 @@ TICK_S = 0.5               # housekeeping thread's period for config reload and 
 WAL_TICK_S = 0.1           # ... and for WAL upkeep, which must keep up with a full-speed drain
 DAMAGED_TRIES = 3          # a damaged database: give up after this many failed claims in a row
 ERROR_REPEAT_S = 60.0      # the same database error is logged at most this often
-PULSE_S = 1.0              # the pulse thread touches our pulse file this often (or 4 times a lease)
 SAFETY_WAKE_S = 5.0        # idle threads retry a claim at least this often, whatever the signals say
 CLAIM_RETRY_S = 1.0        # after a database error, a thread waits this long before claiming again
 HARD_STOP_GRACE_S = 0.2    # between TERM and KILL of a command cut short by a hard stop
@@ -110,7 +109,7 @@ class Worker:
     # ------------------------------------------------------------ the pool
 
     def run(self):
-        """Serve until stopped; returns 0."""
+        """Serve until stopped; returns 0, or 1 when the worker gave up (see `_give_up`)."""
         if adopt_orphans() is False:  # Linux: our commands' orphans become ours, so none escapes a kill
             log.warning("worker %s: cannot adopt orphaned processes (prctl refused): every job's end will "
                         "read every process to find what the job left running", self.id)
@@ -146,15 +145,16 @@ class Worker:
             self._house_store.close()
             qhome.forget_pulse(self.home, self.id)
         if self.failure is not None:
-            log.error("worker %s stopped: %s", self.id, self.failure)
+            log.error("worker %s stopped", self.id)
             return 1
         log.info("worker %s stopped", self.id)
         return 0
 
     def _give_up(self, why):
-        """Stop (running jobs finish, nothing more is claimed) and make run() return 1."""
+        """Stop (running jobs finish, nothing more is claimed) and make run() return 1; say why now."""
         if self.failure is None:
             self.failure = why
+            log.error("worker %s: %s; stopping once its running jobs end", self.id, why)
         self.stop()
 
     def _supervise(self, futures):
@@ -231,9 +231,11 @@ class Worker:
                 else:
                     finish = self._run_guarded(job, store)
         finally:
-            self._record_last(store, finish)
-            store.close()
-            self._thread_exit()
+            try:
+                self._record_last(store, finish)
+            finally:  # whatever recording raised: a burst ends only once every thread has exited
+                store.close()
+                self._thread_exit()
 
     def _claim_next(self, store, finish):
         """Record `finish` (if any) and claim the next job, in one transaction; the job or None."""
@@ -260,16 +262,17 @@ class Worker:
             return Outcome(FAIL, job, self.id, time.time(), "worker error: %s" % exc)
 
     def _log_error(self, doing, exc):
-        """One line for a database problem, but only once a minute for the same one (every thread
-        and the housekeeping meet a full disk at once, and retry it every second)."""
-        if isinstance(exc, QueueError):
-            message, now = str(exc), time.monotonic()
-            with self._cond:
-                repeated = self._last_error == message and now - self._last_error_at < ERROR_REPEAT_S
-                if not repeated:
-                    self._last_error, self._last_error_at = message, now
+        """One line for a database problem (a traceback for a bug), but only once a minute for the
+        same one: every thread and the housekeeping meet a full disk at once, and retry it often."""
+        message, now = "%s: %s" % (type(exc).__name__, exc), time.monotonic()
+        with self._cond:
+            repeated = self._last_error == message and now - self._last_error_at < ERROR_REPEAT_S
             if not repeated:
-                log.error("worker %s: %s (will retry)", self.id, exc)
+                self._last_error, self._last_error_at = message, now
+        if repeated:
+            return
+        if isinstance(exc, QueueError):
+            log.error("worker %s: %s (will retry)", self.id, exc)
         else:
             log.exception("worker %s: error %s (will retry)", self.id, doing)
 
@@ -370,31 +373,42 @@ class Worker:
         last_beat = last_tick = time.monotonic()
         while not self._done.is_set():
             self._house_store.await_upkeep(WAL_TICK_S)
-            try:
-                self._house_store.housekeep()
-                if time.monotonic() - last_tick < TICK_S:
-                    continue
-                last_tick = time.monotonic()
-                if not self._house_store.is_current():
-                    self._give_up("the database %s was deleted or replaced while this worker served it; "
-                                  "start a worker again to serve the new one" % self.db_path)
-                    continue
-                self.settings = self._house_store.config()
-                if time.monotonic() - last_beat >= self.settings["lease-seconds"] / 3:
-                    self._beat()
-                    last_beat = time.monotonic()
-                if not self._stopping.is_set():
-                    self._recover()
-            except Exception as exc:  # the heartbeat must go on or our leases lapse
-                self._log_error("in housekeeping", exc)
+            self._guarded("keeping the WAL small", self._house_store.housekeep)
+            if time.monotonic() - last_tick < TICK_S:
+                continue
+            last_tick = time.monotonic()
+            if not self._house_store.is_current():
+                self._give_up("the database %s was deleted or replaced while this worker served it; "
+                              "start a worker again to serve the new one" % self.db_path)
+                continue
+            # Each step on its own: one that fails (a bad config row, a full disk) must not stop the
+            # heartbeat, or our leases lapse while we run.
+            if time.monotonic() - last_beat >= self.settings["lease-seconds"] / 3 and self._guarded(
+                    "renewing leases", self._beat):
+                last_beat = time.monotonic()
+            self._guarded("reloading the config", self._reload_config)
+            if not self._stopping.is_set():
+                self._guarded("recovering lost workers' jobs", self._recover)
+
+    def _guarded(self, doing, step):
+        """Run one housekeeping step; log what it raised (see _log_error). Returns whether it ran."""
+        try:
+            step()
+            return True
+        except Exception as exc:
+            self._log_error(doing, exc)
+            return False
+
+    def _reload_config(self):
+        self.settings = self._house_store.config()
 
     def _pulse_loop(self):
         """Touch our pulse file (see `home.pulse`) several times a lease, whatever the database does."""
-        while not self._done.wait(min(PULSE_S, self.settings["lease-seconds"] / 4)):
+        while not self._done.wait(qhome.pulse_interval(self.settings["lease-seconds"])):
             try:
                 qhome.pulse(self.home, self.id)
-            except OSError as exc:
-                log.error("worker %s: cannot touch its pulse file: %s", self.id, exc)
+            except QueueError as exc:
+                self._log_error("pulsing", exc)
 
     def _beat(self):
         self._house_store.heartbeat(self.id, self.settings["lease-seconds"], pid=self.pid,

@@ -14,6 +14,7 @@ from tests.base import DEADLINE_S, SCRIPT, HomeTestCase, Result, mount_tmpfs, ne
 from qctl import jobs
 from qctl import home as qhome
 from qctl.db import Store
+from qctl.errors import StoreError
 from qctl.worker import Worker
 
 J = json.dumps
@@ -487,6 +488,15 @@ class DatabaseUnderAWorkerTest(HomeTestCase):
         text = proc.log.read()
         self.assertEqual(proc.returncode, 1, text)
         self.assertEqual(text.count("deleted or replaced"), 1, text)
+
+    def test_a_deleted_database_is_not_made_again_behind_the_home(self):
+        # sqlite3.connect would make an empty one with the umask's mode (0644 under 022), where
+        # env secrets would follow: only home.ensure makes the file, private.
+        self.store()
+        os.remove(self.db_path)
+        with self.assertRaisesRegex(StoreError, "cannot open the database"):
+            Store(self.db_path)
+        self.assertFalse(os.path.exists(self.db_path))
 
     def test_a_damaged_page_ends_a_burst_worker_instead_of_looping(self):
         store = self.store()

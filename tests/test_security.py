@@ -224,10 +224,11 @@ class OutputFloodTest(HomeTestCase):
         worker.wait(60)
         from qctl.db import Store
         with Store(self.db_path) as store:
-            run = store.job_runs(self.job("flood"), with_output=True)[-1]
-        self.assertEqual(len(run["stdout"]), 1000)
-        self.assertTrue(run["stdout"].endswith(b"\0END\n"))
-        self.assertEqual(run["stderr"], b"\0" * 1000)
+            job = self.job("flood")
+            stdout, stderr = store.run_output(job, job["run"])
+        self.assertEqual(len(stdout), 1000)
+        self.assertTrue(stdout.endswith(b"\0END\n"))
+        self.assertEqual(stderr, b"\0" * 1000)
         sys.stderr.write("[worker VmHWM %.1f MB] " % (peak[0] / 1e6))
 
 

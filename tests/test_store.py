@@ -367,7 +367,7 @@ class RunHistoryTest(StoreTestCase):
         job = self.claim("w2", T + 30)
         self.assertEqual((job["attempts"], job["run"]), (1, 3))
         self.s.complete(job, "w2", T + 31.5)
-        runs = self.s.job_runs(self.s.get("a"), with_output=True)
+        runs = self.s.job_runs(self.s.get("a"), output_tail=100)
         self.assertEqual([(r["run"], r["attempt"], r["exit_code"], r["error"], r["worker"]) for r in runs],
                          [(1, 1, 4, "exit code 4", "w1"), (2, 2, 4, "exit code 4", "w1"), (3, 1, 0, None, "w2")])
         self.assertEqual([r["stderr"] for r in runs], [b"oops 0", b"oops 1", None])
@@ -383,9 +383,11 @@ class RunHistoryTest(StoreTestCase):
     def test_output_of_a_successful_run_is_kept(self):
         self.add("a")
         self.s.complete(self.claim(), "w1", T + 1, stdout=b"hello\n")
-        runs = self.s.job_runs(self.s.get("a"), with_output=True)
+        runs = self.s.job_runs(self.s.get("a"), output_tail=3)
         self.assertEqual([(r["run"], r["exit_code"], r["stdout"], r["stderr"]) for r in runs],
-                         [(1, 0, b"hello\n", None)])
+                         [(1, 0, b"lo\n", None)], "the last 3 bytes")
+        self.assertEqual(self.s.run_output(self.s.get("a"), 1), (b"hello\n", None))
+        self.assertEqual(self.s.run_output(self.s.get("a"), 2), (None, None))
 
 
 class UserActionTest(StoreTestCase):

@@ -44,14 +44,14 @@ from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 from .. import jobs
 from .. import shapes
 from .. import stats as qstats
-from ..db import Store
+from ..db import SQLITE_MAX_INT, Store
 from ..errors import InvalidJob, InvalidState, JobNotFound, QueueError, StoreError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 TOKEN_HEADER = "X-Queuectl-Token"
 MAX_PAGE_JOBS = 1000  # jobs in one /api/jobs answer; the rest through its next cursor
-MAX_CURSOR = 2 ** 63 - 1  # a cursor is a job's seq: SQLite's largest integer at most
+MAX_CURSOR = SQLITE_MAX_INT  # a cursor is a job's seq
 MAX_BODY_BYTES = 65536
 IDLE_TIMEOUT_S = 10.0  # a request must arrive whole within this (DashboardServer.idle_timeout_s)
 LINGER_S = 2.0  # at most this long draining a refused body; see Handler.finish
@@ -490,4 +490,6 @@ def job_detail(store, job_id):
     except InvalidJob:
         raise JobNotFound(job_id) from None
     row = store.get(job_id)
-    return shapes.job_with_runs(row, store.job_runs(row, with_output=True), output=True)
+    # Bytes, then characters: a UTF-8 character is at most 4 bytes.
+    runs = store.job_runs(row, output_tail=shapes.OUTPUT_TAIL_CHARS * 4)
+    return shapes.job_with_runs(row, runs, output=True)
