@@ -504,9 +504,9 @@ def cmd_dlq_retry(args):
         args.parser.error("give a job ID or --all")
     with open_store(args) as store:
         if args.all:
-            out("%s back to pending" % display.plural(store.retry_all_dead(time.time()), "job"))
+            out("%s back to pending" % display.plural(len(store.retry(now=time.time(), only=(jobs.DEAD,))), "job"))
         else:
-            store.retry_dead(args.id, time.time())
+            store.retry([args.id], now=time.time(), only=(jobs.DEAD,))
             out("job %s back to pending" % args.id)
     return EXIT_OK
 

@@ -23,10 +23,12 @@ The store's verbs, which a second backend would implement one for one:
   poll_for_work, housekeep                 an idle worker's wake-up check; WAL upkeep
   counts, list_jobs, get, job_runs, run_output, run_totals, runs_since, oldest_due_pending   queries
   wait_finished, wait_workers_gone         block until jobs finish / workers exit (polling)
-  retry_dead, retry_all_dead, delete, purge   user actions
+  cancel, cancel_requests, retry, edit, delete, purge, prune   user actions (prune: retention)
+  queues, set_queue                        named queues: paused, concurrency
   config, set_config                       settings
 """
 
+import functools
 import os
 import pathlib
 import shutil
@@ -40,10 +42,12 @@ from . import config as qconfig
 from . import home as qhome
 from .errors import DatabaseDamaged, DuplicateJob, InvalidJob, InvalidState, JobNotFound, StoreError
 from .jobs import (COMPLETE, COMPLETED, DEAD, FAIL, FAILED, FINISHED_STATES, PENDING, PROCESSING, RELEASE, STATES,
-                   UNFINISHED_STATES, DEFAULT_LIST_LIMIT, Outcome, after_failure)
+                   UNFINISHED_STATES, DEFAULT_LIST_LIMIT, DEFAULT_QUEUE, CANCEL, CANCELLED, CANCELLED_ERROR,
+                   EDITABLE_STATES, Outcome, after_failure, as_input, validate_job)
 
 BUSY_TIMEOUT_S = 30.0
 WAL_RETRY_S = 0.005
+PRUNE_BATCH = 500  # jobs removed by one retention transaction
 WAIT_POLL_S = 0.1  # wait_finished / wait_workers_gone look this often
 WAL_RESTART_BYTES = 16 * 1024 * 1024  # past this, housekeep() makes the WAL start over (and SQLite cuts it back)
 WAL_SMALL_BYTES = 256 * 1024  # a WAL this small is never worth a RESTART checkpoint
@@ -124,7 +128,29 @@ SCHEMA_V2 = (
 # (opaque to the store: the worker writes it when the command starts, `recover` hands it back).
 SCHEMA_V3 = ("ALTER TABLE jobs ADD COLUMN run_process TEXT",)
 
-MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)  # MIGRATIONS[n] takes user_version n to n + 1
+# Control: named queues (paused, a concurrency limit), tags, cancelling a running job.
+SCHEMA_V4 = (
+    "ALTER TABLE jobs ADD COLUMN queue TEXT NOT NULL DEFAULT 'default'",
+    "ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
+    # The claim skips jobs of paused or saturated queues as it walks this index: the queue
+    # is in it, so skipping costs no table read.
+    "DROP INDEX jobs_ready",
+    """CREATE INDEX jobs_ready ON jobs (priority DESC, next_run_at, seq, queue)
+        WHERE state IN ('pending', 'failed')""",
+    # Per-queue counts: the concurrency check in the claim, queue list, --queue filters.
+    "CREATE INDEX jobs_queue ON jobs (queue, state)",
+    # Retention finds finished jobs by when they finished.
+    "CREATE INDEX jobs_finished ON jobs (state, finished_at) WHERE state IN ('completed', 'dead', 'cancelled')",
+    """CREATE TABLE queues (
+        name         TEXT PRIMARY KEY,
+        paused       INTEGER NOT NULL DEFAULT 0,
+        concurrency  INTEGER NOT NULL DEFAULT 0   -- 0: no limit
+    ) WITHOUT ROWID""",
+    "CREATE TABLE job_tags (tag TEXT NOT NULL, job_seq INTEGER NOT NULL, PRIMARY KEY (tag, job_seq)) WITHOUT ROWID",
+    "CREATE INDEX job_tags_job ON job_tags (job_seq)",
+)
+
+MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4)  # MIGRATIONS[n] takes user_version n to n + 1
 OUR_TABLES = {"jobs", "runs", "config", "workers"}
 V1_JOB_COLUMNS = {"seq", "runs", "next_run_at", "lease_until", "last_error"}  # telling enough to be ours
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -133,8 +159,11 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # of its latest run (the `runs` table holds the runs themselves).
 JOB_COLUMNS = ("seq, id, command, state, attempts, runs AS run, max_retries, priority, run_at, next_run_at, "
                "timeout, cwd, env, created_at, updated_at, started_at, finished_at, worker, "
-               "lease_until, exit_code, last_error")
-CLAIM_COLUMNS = "seq, id, command, attempts, runs AS run, max_retries, timeout, cwd, env"
+               "lease_until, exit_code, last_error, queue, cancel_requested, "
+               "(SELECT group_concat(tag, char(31)) FROM job_tags WHERE job_seq = jobs.seq) AS tags")
+_JOB_KEYS = tuple(column.split()[-1] for column in JOB_COLUMNS.replace("tag, char", "tag,char").split(", "))
+CLAIM_COLUMNS = "seq, id, command, attempts, runs AS run, max_retries, timeout, cwd, env, queue"
+TAG_SEPARATOR = "\x1f"  # tags have no control characters
 
 class Recorded(NamedTuple):
     """A recorded outcome: the job's new state, and when it may run again (a retry)."""
@@ -482,13 +511,16 @@ class Store:
         for job in new_jobs:
             job_id = job["id"] or os.urandom(8).hex()
             rows.append((job_id, job["command"], PENDING, job["max_retries"], job["priority"],
-                         job["run_at"], job["run_at"], job["timeout"], job["cwd"], job["env"], now, now))
+                         job["run_at"], job["run_at"], job["timeout"], job["cwd"], job["env"], now, now,
+                         job.get("queue") or DEFAULT_QUEUE))
+        tags = [(tag, row[0]) for job, row in zip(new_jobs, rows) for tag in job.get("tags") or ()]
         try:
             with self._write() as con:
                 con.executemany(
                     "INSERT INTO jobs (id, command, state, max_retries, priority, run_at, next_run_at, "
-                    "timeout, cwd, env, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "timeout, cwd, env, created_at, updated_at, queue) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows)
+                con.executemany("INSERT INTO job_tags (tag, job_seq) SELECT ?, seq FROM jobs WHERE id = ?", tags)
         except sqlite3.IntegrityError:
             ids = [row[0] for row in rows]
             index = self._first_duplicate(ids)
@@ -506,19 +538,21 @@ class Store:
 
     # ------------------------------------------------------------ the worker's transitions
 
-    def claim(self, worker, lease_s, *, now=None):
+    def claim(self, worker, lease_s, *, now=None, queues=None):
         """pending/due failed -> processing for the next job in claim order, atomically.
 
-        Order: priority (high first), then due time, then enqueue order. Sets a
-        lease until now + lease_s and counts the run. Returns a dict of the
-        job's CLAIM_COLUMNS, or None when nothing is due. `now` defaults to the
-        time the write lock was granted: a claim that waited for the lock must
-        not start with a lease already spent.
+        Order: priority (high first), then due time, then enqueue order, among
+        the jobs of `queues` (None: every queue) that are neither paused nor at
+        their concurrency limit: those are passed over, not waited behind.
+        Sets a lease until now + lease_s and counts the run. Returns a dict of
+        the job's CLAIM_COLUMNS, or None when nothing is due. `now` defaults to
+        the time the write lock was granted: a claim that waited for the lock
+        must not start with a lease already spent.
         """
         with self._write() as con:
-            return self._claim(con, worker, lease_s, time.time() if now is None else now)
+            return self._claim(con, worker, lease_s, time.time() if now is None else now, queues)
 
-    def finish_and_claim(self, outcome, settings, *, now=None):
+    def finish_and_claim(self, outcome, settings, *, now=None, queues=None):
         """`record(outcome)` and `claim` in one transaction: one commit per job instead of two.
 
         Returns (what `record` returns, the next job or None).
@@ -526,15 +560,18 @@ class Store:
         with self._write() as con:
             state = self._record(con, outcome, settings)
             return state, self._claim(con, outcome.worker, settings["lease-seconds"],
-                                      time.time() if now is None else now)
+                                      time.time() if now is None else now, queues)
 
-    def _claim(self, con, worker, lease_s, now):
+    def _claim(self, con, worker, lease_s, now, queues):
+        select = _claim_select(len(queues) if queues else 0)
+        select_params = (now,) + tuple(queues or ())
         params = (worker, now + lease_s, now, now)
         if HAS_RETURNING:
-            row = con.execute(_CLAIM_RETURNING_SQL, params + (now,)).fetchone()
+            row = con.execute(_CLAIM_SQL + "(" + select + ") RETURNING " + CLAIM_COLUMNS,
+                              params + select_params).fetchone()
         else:
             # SQLite < 3.35 has no RETURNING. Still atomic: we hold the write lock.
-            found = con.execute(_CLAIM_SELECT, (now,)).fetchone()
+            found = con.execute(select, select_params).fetchone()
             row = None
             if found is not None:
                 con.execute(_CLAIM_SQL + "?", params + found)
@@ -564,7 +601,22 @@ class Store:
             return self._complete(con, outcome)
         if outcome.kind == FAIL:
             return self._fail(con, outcome, settings)
+        if outcome.kind == CANCEL:
+            return self._cancelled(con, outcome)
         return self._release(con, outcome)
+
+    def _cancelled(self, con, outcome):
+        job, now = outcome.job, outcome.now
+        cur = con.execute(
+            "UPDATE jobs SET state = ?, exit_code = ?, last_error = ?, finished_at = ?, updated_at = ?, "
+            "lease_until = NULL, cancel_requested = 0 WHERE seq = ? AND state = ? AND worker = ? AND runs = ?",
+            (CANCELLED, outcome.exit_code, CANCELLED_ERROR, now, now, job["seq"], PROCESSING, outcome.worker,
+             job["run"]))
+        if cur.rowcount != 1:
+            return None
+        self._insert_run(con, job["seq"], job["run"], outcome.exit_code, CANCELLED_ERROR, now,
+                         outcome.stdout, outcome.stderr)
+        return Recorded(CANCELLED, None)
 
     def release(self, job, worker, now):
         """processing -> pending without using an attempt (the worker was told to stop at once)."""
@@ -678,15 +730,17 @@ class Store:
         with self._write() as con:
             expired = {w for (w,) in con.execute("SELECT id FROM workers WHERE lease_until < ?", (now,))}
             rows = [row for row in con.execute(
-                        "SELECT seq, id, attempts, max_retries, runs, worker, lease_until < ?, run_process FROM jobs "
-                        "WHERE state = ?", (now, PROCESSING))
+                        "SELECT seq, id, attempts, max_retries, runs, worker, lease_until < ?, run_process, "
+                        "cancel_requested FROM jobs WHERE state = ?", (now, PROCESSING))
                     if row[5] in dead_workers or (row[6] and is_lost(row[5]))]
             gone = dead_workers | {w for w in expired if is_lost(w)} | {row[5] for row in rows}
-            for seq, job_id, attempts, max_retries, run, worker, _, process in rows:
+            for seq, job_id, attempts, max_retries, run, worker, _, process, cancelling in rows:
                 if before_retry is not None and process is not None:
                     before_retry(job_id, run, process)
                 job = {"seq": seq, "attempts": attempts, "max_retries": max_retries, "run": run}
-                recovered.append((job_id, self._fail(con, Outcome(FAIL, job, worker, now, "worker lost"), settings).state))
+                # A job whose cancel was asked for while its worker was lost ends cancelled.
+                outcome = Outcome(CANCEL if cancelling else FAIL, job, worker, now, "worker lost")
+                recovered.append((job_id, self._record(con, outcome, settings).state))
             con.executemany("DELETE FROM workers WHERE id = ?", [(w,) for w in gone])
         for worker in gone:
             qhome.forget_pulse(self.home, worker)
@@ -731,10 +785,11 @@ class Store:
 
     # ------------------------------------------------------------ queries
 
-    def counts(self):
-        """Jobs per state, all five states present."""
+    def counts(self, *, queue=None, tag=None):
+        """Jobs per state (every state present), of `queue` and with `tag` if given."""
         counts = dict.fromkeys(STATES, 0)
-        for state, n in self._read("SELECT state, count(*) FROM jobs GROUP BY state"):
+        where, params = _filters(queue=queue, tag=tag)
+        for state, n in self._read("SELECT state, count(*) FROM jobs" + where + " GROUP BY state", params):
             counts[state] = n
         return counts
 
@@ -769,19 +824,18 @@ class Store:
                 return alive
             time.sleep(WAIT_POLL_S)
 
-    def list_jobs(self, *, state=None, limit=DEFAULT_LIST_LIMIT, newest_first=False, after_seq=None):
-        """Jobs in enqueue order (oldest first, or newest first), at most `limit` (0 = all).
+    def list_jobs(self, *, state=None, queue=None, tag=None, limit=DEFAULT_LIST_LIMIT, newest_first=False,
+                  after_seq=None):
+        """Jobs in enqueue order (oldest first, or newest first), at most `limit` (0 = all), of
+        `state`, `queue` and with `tag` when given.
 
         `after_seq` continues a listing: only the jobs after that `seq` (each row has its own) in this order.
         """
-        sql = "SELECT " + JOB_COLUMNS + " FROM jobs"
-        params = []
-        if state is not None:
-            sql += " WHERE state = ?"
-            params.append(state)
+        where, params = _filters(states=None if state is None else [state], queue=queue, tag=tag)
         if after_seq is not None:
-            sql += (" AND " if params else " WHERE ") + ("seq < ?" if newest_first else "seq > ?")
+            where += (" AND " if params else " WHERE ") + ("seq < ?" if newest_first else "seq > ?")
             params.append(after_seq)
+        sql = "SELECT " + JOB_COLUMNS + " FROM jobs" + where
         sql += " ORDER BY seq DESC" if newest_first else " ORDER BY seq"
         if 0 < limit <= SQLITE_MAX_INT:  # a larger limit means all, as 0 does: SQLite cannot bind it
             sql += " LIMIT ?"
@@ -799,7 +853,8 @@ class Store:
         each with the last that many bytes of its stdout and stderr (cut in SQL: a job retried a
         thousand times may hold a gigabyte of output)."""
         keys = ["run", "attempt", "worker", "started_at", "finished_at", "exit_code", "error"]
-        cols, params = ", ".join(keys), [job["seq"]]
+        cols = "run, attempt, worker, started_at, finished_at, exit_code, error"
+        params = [job["seq"]]
         if output_tail:
             keys += ["stdout", "stderr"]
             cols += ", substr(stdout, -?), substr(stderr, -?)"
@@ -855,20 +910,91 @@ class Store:
 
     # ------------------------------------------------------------ user actions
 
-    def retry_dead(self, job_id, now):
-        """dead -> pending with attempts reset. Raises if the job is not dead."""
-        with self._write() as con:
-            if con.execute(_RETRY_DEAD_SQL + " AND id = ?", (PENDING, now, now, DEAD, job_id)).rowcount == 1:
-                return
-            row = con.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise JobNotFound(job_id)
-        raise InvalidState("job %r is %s, not dead: only dead jobs can be retried" % (job_id, row[0]))
+    def cancel(self, ids=(), *, now, state=None, queue=None, tag=None):
+        """Cancel jobs: `ids`, or with no ids every unfinished job matching the filters. One
+        transaction: an unknown or finished id raises and cancels nothing.
 
-    def retry_all_dead(self, now):
-        """Every dead job -> pending with attempts reset. Returns how many."""
+        pending/failed -> cancelled at once. processing: its cancel is requested and its
+        worker (which looks every half second) kills its process tree and records the run
+        as cancelled, fenced like any outcome: if the run ends first, that outcome stands.
+        Returns (ids cancelled now, ids whose worker was asked to).
+        """
         with self._write() as con:
-            return con.execute(_RETRY_DEAD_SQL, (PENDING, now, now, DEAD)).rowcount
+            rows = self._pick(con, ids, UNFINISHED_STATES, "cancelled", state=state, queue=queue, tag=tag)
+            waiting = [seq for seq, _, st in rows if st != PROCESSING]
+            running = [seq for seq, _, st in rows if st == PROCESSING]
+            con.executemany(
+                "UPDATE jobs SET state = ?, last_error = ?, next_run_at = ?, finished_at = ?, updated_at = ? "
+                "WHERE seq = ? AND state IN (?, ?)",
+                [(CANCELLED, CANCELLED_ERROR, now, now, now, seq, PENDING, FAILED) for seq in waiting])
+            con.executemany("UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE seq = ? AND state = ?",
+                            [(now, seq, PROCESSING) for seq in running])
+        names = {seq: job_id for seq, job_id, _ in rows}
+        return [names[seq] for seq in waiting], [names[seq] for seq in running]
+
+    def cancel_requests(self, worker):
+        """The seqs of `worker`'s processing jobs whose cancel was requested."""
+        return {seq for (seq,) in self._read("SELECT seq FROM jobs WHERE state = ? AND worker = ? AND cancel_requested",
+                                             (PROCESSING, worker))}
+
+    def retry(self, ids=(), *, now, state=None, queue=None, tag=None, only=FINISHED_STATES):
+        """Finished jobs (`only` of them) -> pending with attempts reset and the last run's fields
+        cleared (the runs keep them; run numbers go on). `ids`, or with no ids every job in
+        `only` matching the filters; one transaction: an unknown or unfinished id raises and
+        retries nothing. Returns the ids retried."""
+        with self._write() as con:
+            rows = self._pick(con, ids, only, "retried", state=state, queue=queue, tag=tag)
+            con.executemany(
+                "UPDATE jobs SET state = ?, attempts = 0, next_run_at = ?, updated_at = ?, exit_code = NULL, "
+                "last_error = NULL, worker = NULL, started_at = NULL, finished_at = NULL, cancel_requested = 0 "
+                "WHERE seq = ?", [(PENDING, now, now, seq) for seq, _, _ in rows])
+        return [job_id for _, job_id, _ in rows]
+
+    def _pick(self, con, ids, allowed, doing, *, state, queue, tag):
+        """(seq, id, state) of the jobs an action takes: each of `ids`, which must exist and be in
+        `allowed` (else raise: the caller's transaction then changes nothing), or with no ids
+        every job in `allowed` matching the filters."""
+        if ids:
+            rows = []
+            for job_id in dict.fromkeys(ids):
+                row = con.execute("SELECT seq, id, state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is None:
+                    raise JobNotFound(job_id)
+                if row[2] not in allowed:
+                    raise InvalidState("job %r is %s, not %s: only those can be %s"
+                                       % (job_id, row[2], _either(allowed), doing))
+                rows.append(tuple(row))
+            return rows
+        states = [s for s in allowed if state is None or s == state]
+        where, params = _filters(states=states, queue=queue, tag=tag)
+        return [tuple(row) for row in con.execute("SELECT seq, id, state FROM jobs" + where + " ORDER BY seq", params)]
+
+    def edit(self, job_id, changes, *, now, default_max_retries):
+        """Change fields of a pending or failed job; the whole job is validated again, as
+        `enqueue` would. Any other state raises InvalidState and changes nothing. `changes`:
+        raw job fields (as in the JSON), e.g. {"priority": 5, "delay": "10m"}."""
+        with self._write() as con:
+            rows = con.execute("SELECT " + JOB_COLUMNS + " FROM jobs WHERE id = ?", (job_id,)).fetchall()
+            if not rows:
+                raise JobNotFound(job_id)
+            row = _job_dict(rows[0])
+            if row["state"] not in EDITABLE_STATES:
+                raise InvalidState("job %r is %s: only pending or failed jobs can be edited" % (job_id, row["state"]))
+            raw = as_input(row, row["tags"])
+            if "run_at" in changes or "delay" in changes:
+                raw.pop("run_at")
+            raw.update(changes)
+            new = validate_job(raw, now=now, cwd=row["cwd"], default_max_retries=default_max_retries)
+            moved = "run_at" in changes or "delay" in changes
+            run_at = new["run_at"] if moved else row["run_at"]
+            next_run_at = new["run_at"] if moved else row["next_run_at"]
+            con.execute(
+                "UPDATE jobs SET command = ?, max_retries = ?, priority = ?, run_at = ?, next_run_at = ?, "
+                "timeout = ?, cwd = ?, env = ?, queue = ?, updated_at = ? WHERE seq = ? AND state IN (?, ?)",
+                (new["command"], new["max_retries"], new["priority"], run_at, next_run_at, new["timeout"],
+                 new["cwd"], new["env"], new["queue"], now, row["seq"]) + EDITABLE_STATES)
+            con.execute("DELETE FROM job_tags WHERE job_seq = ?", (row["seq"],))
+            con.executemany("INSERT INTO job_tags (tag, job_seq) VALUES (?, ?)", [(t, row["seq"]) for t in new["tags"]])
 
     def delete(self, job_id):
         """Remove a job that is not processing, with its runs."""
@@ -877,20 +1003,54 @@ class Store:
             if row is None:
                 raise JobNotFound(job_id)
             if row[1] == PROCESSING:
-                raise InvalidState("job %r is processing: wait for it to finish (or stop its worker) first"
-                                   % (job_id,))
-            con.execute("DELETE FROM runs WHERE job_seq = ?", (row[0],))
-            con.execute("DELETE FROM jobs WHERE seq = ?", (row[0],))
+                raise InvalidState("job %r is processing: cancel it (or wait for it to finish) first" % (job_id,))
+            _forget("seq = ?", (row[0],), con=con)
 
     def purge(self, state, *, older_than_s=0.0, now):
-        """Remove `completed` or `dead` jobs last updated at least `older_than_s` ago. Returns how many."""
+        """Remove finished jobs in `state` last updated at least `older_than_s` ago. Returns how many."""
         if state not in FINISHED_STATES:
-            raise InvalidJob("purge removes completed or dead jobs, not %s" % state)
+            raise InvalidJob("purge removes %s jobs, not %s" % (_either(FINISHED_STATES), state))
         with self._write() as con:
-            cutoff = now - older_than_s
-            con.execute("DELETE FROM runs WHERE job_seq IN (SELECT seq FROM jobs WHERE state = ? "
-                        "AND updated_at <= ?)", (state, cutoff))
-            return con.execute("DELETE FROM jobs WHERE state = ? AND updated_at <= ?", (state, cutoff)).rowcount
+            return _forget("state = ? AND updated_at <= ?", (state, now - older_than_s), con=con)
+
+    def prune(self, now, settings, *, batch=PRUNE_BATCH):
+        """Retention: remove at most `batch` jobs (with their runs) that finished longer ago than
+        config retain-completed (completed and cancelled jobs) or retain-dead allows (0: keep).
+        A small transaction each time: claims never wait long behind it. Returns how many."""
+        removed = 0
+        for states, key in (((COMPLETED, CANCELLED), "retain-completed"), ((DEAD,), "retain-dead")):
+            keep_s = settings[key]
+            if not keep_s or removed >= batch:
+                continue
+            with self._write() as con:
+                seqs = [seq for (seq,) in con.execute(
+                    "SELECT seq FROM jobs INDEXED BY jobs_finished WHERE state IN (%s) AND finished_at < ? "
+                    "LIMIT ?" % _placeholders(len(states)), states + (now - keep_s, batch - removed))]
+                removed += _forget("seq IN (%s)" % _placeholders(len(seqs)), seqs, con=con) if seqs else 0
+        return removed
+
+    # ------------------------------------------------------------ queues
+
+    def queues(self):
+        """Every queue (named by a job or by a setting), with paused, concurrency and counts per state."""
+        found = {}
+        for name, paused, concurrency in self._read("SELECT name, paused, concurrency FROM queues"):
+            found[name] = {"name": name, "paused": bool(paused), "concurrency": concurrency,
+                           "jobs": dict.fromkeys(STATES, 0)}
+        for name, state, n in self._read("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state"):
+            queue = found.setdefault(name, {"name": name, "paused": False, "concurrency": 0,
+                                            "jobs": dict.fromkeys(STATES, 0)})
+            queue["jobs"][state] = n
+        return [found[name] for name in sorted(found)]
+
+    def set_queue(self, name, *, paused=None, concurrency=None):
+        """Pause or resume queue `name`, or set its concurrency (0: no limit)."""
+        with self._write() as con:
+            con.execute("INSERT OR IGNORE INTO queues (name) VALUES (?)", (name,))
+            if paused is not None:
+                con.execute("UPDATE queues SET paused = ? WHERE name = ?", (int(paused), name))
+            if concurrency is not None:
+                con.execute("UPDATE queues SET concurrency = ? WHERE name = ?", (concurrency, name))
 
     # ------------------------------------------------------------ config
 
@@ -912,18 +1072,60 @@ class Store:
 
 # A completed job whose latest run wrote no runs row: it succeeded without output.
 _SILENT_SUCCESS = "NOT EXISTS (SELECT 1 FROM runs WHERE runs.job_seq = jobs.seq AND runs.run = jobs.runs)"
+# The queues a claim passes over: paused ones, and those with as many jobs processing as their
+# concurrency allows. Not correlated with the job rows, so SQLite works it out once a claim.
+_BLOCKED_QUEUES = ("SELECT name FROM queues WHERE paused OR (concurrency > 0 AND concurrency <= "
+                   "(SELECT count(*) FROM jobs AS running WHERE running.queue = queues.name "
+                   "AND running.state = 'processing'))")
 _CLAIM_SELECT = ("SELECT seq FROM jobs INDEXED BY jobs_ready WHERE state IN ('pending', 'failed') AND next_run_at <= ? "
+                 "AND queue NOT IN (" + _BLOCKED_QUEUES + ") %s"
                  "ORDER BY priority DESC, next_run_at, seq LIMIT 1")
+
+
+@functools.lru_cache(maxsize=None)
+def _claim_select(served):
+    """The claim's row lookup for a worker serving `served` named queues (0: every queue). Built
+    once per shape: sqlite3 finds its cached statement by the text."""
+    return _CLAIM_SELECT % ("AND queue IN (%s) " % _placeholders(served) if served else "")
 _CLAIM_SQL = ("UPDATE jobs SET state = 'processing', attempts = attempts + 1, runs = runs + 1, worker = ?, "
               "lease_until = ?, started_at = ?, finished_at = NULL, updated_at = ? WHERE seq = ")
-# Built once: the claim runs once per job, and sqlite3 finds its cached statement by the text.
-_CLAIM_RETURNING_SQL = _CLAIM_SQL + "(" + _CLAIM_SELECT + ") RETURNING " + CLAIM_COLUMNS
 _CLAIM_KEYS = tuple(column.split()[-1] for column in CLAIM_COLUMNS.split(", "))
-_JOB_KEYS = tuple(column.split()[-1] for column in JOB_COLUMNS.split(", "))
 
 
-_RETRY_DEAD_SQL = "UPDATE jobs SET state = ?, attempts = 0, next_run_at = ?, updated_at = ? WHERE state = ?"
+def _filters(*, states=None, queue=None, tag=None):
+    """(" WHERE ..." or "", params) selecting jobs in `states` (None: any), of `queue`, with `tag`."""
+    clauses, params = [], []
+    if states is not None:
+        clauses.append("state IN (%s)" % _placeholders(len(states)) if states else "0")
+        params += states
+    if queue is not None:
+        clauses.append("queue = ?")
+        params.append(queue)
+    if tag is not None:
+        clauses.append("seq IN (SELECT job_seq FROM job_tags WHERE tag = ?)")
+        params.append(tag)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _either(states):
+    """("completed", "dead", "cancelled") -> "completed, dead or cancelled"."""
+    return " or ".join(filter(None, (", ".join(states[:-1]), states[-1])))
+
+
+def _placeholders(n):
+    """`?, ?, ?` for n values: the only text an SQL statement is ever built from, besides constants."""
+    return ", ".join("?" * n)
+
+
+def _forget(where, params, *, con):
+    """Delete the jobs matching `where` (constant text and placeholders) with their runs and tags;
+    returns how many jobs."""
+    for table in ("runs", "job_tags"):
+        con.execute("DELETE FROM %s WHERE job_seq IN (SELECT seq FROM jobs WHERE %s)" % (table, where), params)
+    return con.execute("DELETE FROM jobs WHERE " + where, params).rowcount
 
 
 def _job_dict(row):
-    return dict(zip(_JOB_KEYS, row))
+    job = dict(zip(_JOB_KEYS, row))
+    job["tags"] = sorted(job["tags"].split(TAG_SEPARATOR)) if job["tags"] else []
+    return job

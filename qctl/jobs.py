@@ -9,21 +9,25 @@ not need it, and every command pays for start-up.
 """
 
 import os
+import re
 from typing import NamedTuple, Optional
 
 from .config import MAX_RETRIES_LIMIT
 from .errors import InvalidJob, describe
 from .times import parse_duration, parse_timestamp
 
-# The five states, exactly as stored.
+# The states, exactly as stored.
 PENDING = "pending"
 PROCESSING = "processing"
 COMPLETED = "completed"
 FAILED = "failed"
 DEAD = "dead"
-STATES = (PENDING, PROCESSING, COMPLETED, FAILED, DEAD)
-FINISHED_STATES = (COMPLETED, DEAD)
+CANCELLED = "cancelled"
+STATES = (PENDING, PROCESSING, COMPLETED, FAILED, DEAD, CANCELLED)
+FINISHED_STATES = (COMPLETED, DEAD, CANCELLED)
 UNFINISHED_STATES = (PENDING, PROCESSING, FAILED)
+EDITABLE_STATES = (PENDING, FAILED)
+CANCELLED_ERROR = "cancelled"  # a cancelled run's error
 
 ID_MAX_CHARS = 200
 # Bounded input: nothing stored can be too big to run, to list, or to read back.
@@ -37,19 +41,24 @@ ENV_MAX_KEYS = 1000
 PRIORITY_LIMIT = 1000000000
 DEFAULT_LIST_LIMIT = 100  # list, and the dashboard's /api/jobs, without a limit
 
-JOB_FIELDS = ("id", "command", "max_retries", "priority", "run_at", "delay", "timeout", "cwd", "env")
+JOB_FIELDS = ("id", "command", "max_retries", "priority", "run_at", "delay", "timeout", "cwd", "env", "queue", "tags")
+DEFAULT_QUEUE = "default"
+TAGS_LIMIT = 16
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # a queue's name
 
 
 # ---------------------------------------------------------------- a run's outcome
 
-COMPLETE, FAIL, RELEASE = "complete", "fail", "release"
+COMPLETE, FAIL, RELEASE, CANCEL = "complete", "fail", "release", "cancel"
 
 
 class Outcome(NamedTuple):
     """What one run of a claimed job came to, for `Store.record` or `Store.finish_and_claim`.
 
-    `kind`: COMPLETE (exit 0), FAIL (anything else: `error` says what) or
-    RELEASE (a hard stop cut it short: back to pending, no attempt used).
+    `kind`: COMPLETE (exit 0), FAIL (anything else: `error` says what),
+    RELEASE (a hard stop cut it short: back to pending, no attempt used) or
+    CANCEL (a user cancelled it while it ran: cancelled, the run's error
+    `cancelled`).
     """
     kind: str
     job: dict
@@ -212,8 +221,46 @@ def validate_job(raw, *, now, cwd=None, default_max_retries):
         import json
         env = json.dumps(_check_env(env), sort_keys=True)
 
+    queue = raw.get("queue")
+    queue = DEFAULT_QUEUE if queue is None else check_queue(queue)
+    tags = check_tags(raw.get("tags") or [])
+
     return {"id": job_id, "command": command, "max_retries": max_retries, "priority": priority,
-            "run_at": run_at, "timeout": timeout, "cwd": job_cwd, "env": env}
+            "run_at": run_at, "timeout": timeout, "cwd": job_cwd, "env": env, "queue": queue, "tags": tags}
+
+
+def check_queue(name):
+    """A queue's name: 1-64 of A-Z a-z 0-9 _ . -"""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InvalidJob("queue must be 1-64 of the characters A-Z a-z 0-9 _ . -, not %s" % describe(name))
+    return name
+
+
+def check_tags(tags):
+    """Up to TAGS_LIMIT distinct tags of 1-64 characters, no control characters; in the order given."""
+    if not isinstance(tags, list):
+        raise InvalidJob("tags must be an array of strings, not %s" % describe(tags))
+    if len(tags) > TAGS_LIMIT:
+        raise InvalidJob("a job has at most %d tags, not %d" % (TAGS_LIMIT, len(tags)))
+    for tag in tags:
+        if not isinstance(tag, str) or not 1 <= len(tag) <= 64 or any(is_control(ch) for ch in tag):
+            raise InvalidJob("a tag must be a string of 1-64 characters without control characters, not %s"
+                             % describe(tag))
+        check_unicode(tag, "tag")
+    return list(dict.fromkeys(tags))
+
+
+def as_input(row, tags):
+    """A stored job as the JSON a user would enqueue it with (env values included: for `edit`,
+    which re-validates the whole job after changing some fields)."""
+    import json
+    from .times import iso
+    raw = {"id": row["id"], "command": row["command"], "max_retries": row["max_retries"],
+           "priority": row["priority"], "run_at": iso(row["run_at"]), "timeout": row["timeout"],
+           "cwd": row["cwd"], "queue": row["queue"], "tags": tags}
+    if row["env"]:
+        raw["env"] = json.loads(row["env"])
+    return raw
 
 
 def _base_dir(cwd):

@@ -234,14 +234,14 @@ class ClaimOrderTest(CliTestCase):
 
 
 class QueryTest(CliTestCase):
-    def test_status_json_has_all_five_states_with_zeros(self):
+    def test_status_json_has_every_state_with_zeros(self):
         self.assertEqual(self.json_of("status"), {
-            "jobs": {"pending": 0, "processing": 0, "completed": 0, "failed": 0, "dead": 0},
+            "jobs": {"pending": 0, "processing": 0, "completed": 0, "failed": 0, "dead": 0, "cancelled": 0},
             "workers": {"processes": 0, "threads": 0}})
         self.ok("enqueue", '{"command": "x"}')
         self.make_dead("d")
         self.assertEqual(self.json_of("status")["jobs"],
-                         {"pending": 1, "processing": 0, "completed": 0, "failed": 0, "dead": 1})
+                         {"pending": 1, "processing": 0, "completed": 0, "failed": 0, "dead": 1, "cancelled": 0})
 
     def test_status_text(self):
         text = self.ok("status").stdout
@@ -277,7 +277,7 @@ class QueryTest(CliTestCase):
 
     def test_list_errors(self):
         self.fails("list", "--state", "running", code=2,
-                   message=r"unknown state 'running' \(valid states: pending, processing, completed, failed, dead\)")
+                   message=r"unknown state 'running' \(valid states: pending, processing, completed, failed, dead, cancelled\)")
         self.fails("list", "--limit", "-1", code=2, message="must be 0 .* or more")
         self.fails("list", "--limit", "ten", code=2, message="whole number")
 

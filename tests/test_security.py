@@ -76,6 +76,8 @@ def _is_constant(node, local_ok):
         return _is_constant(node.left, local_ok) and _is_constant(node.right, local_ok)
     if isinstance(node, ast.IfExp):
         return _is_constant(node.body, local_ok) and _is_constant(node.orelse, local_ok)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in SQL_BUILDERS:
+        return True  # their own results are checked: SqlSourceTest.test_sql_builders_return_constant_text
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("int", "str"):
         return all(_is_constant(arg, local_ok) for arg in node.args) and not node.keywords
     if isinstance(node, ast.Subscript):
@@ -85,7 +87,17 @@ def _is_constant(node, local_ok):
     return False
 
 
-SQL_CALLS = ("execute", "executemany", "executescript", "_read")
+def _joins_constant_clauses(node, function):
+    """`" WHERE " + " AND ".join(clauses) if clauses else ""` where every clauses.append(...) is constant."""
+    appended = [c.args[0] for c in ast.walk(function) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)
+                and c.func.attr == "append" and isinstance(c.func.value, ast.Name) and c.func.value.id == "clauses"]
+    return bool(appended) and all(_is_constant(a, set()) for a in appended)
+
+
+SQL_CALLS = ("execute", "executemany", "executescript", "_read", "_forget")
+# Functions of db.py that return SQL text (or (text, params)) built only from constants and
+# placeholders: a call to one is as constant as a literal.
+SQL_BUILDERS = ("_placeholders", "_filters", "_claim_select")
 
 
 def sql_built_from_values(source):
@@ -105,6 +117,10 @@ def sql_built_from_values(source):
                 for target in node.targets:
                     if isinstance(target, ast.Name):
                         assigned.setdefault(target.id, []).append(node.value)
+                    elif isinstance(target, ast.Tuple):  # where, params = _filters(...)
+                        for element in target.elts:
+                            if isinstance(element, ast.Name):
+                                assigned.setdefault(element.id, []).append(node.value)
             elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
                 assigned.setdefault(node.target.id, []).append(node.value)
             elif isinstance(node, ast.For) and isinstance(node.target, ast.Name):
@@ -130,6 +146,23 @@ class SqlSourceTest(unittest.TestCase):
             bad, checked = sql_built_from_values(fh.read())
         self.assertGreater(checked, 30, "the scan found too few statements: is it still looking?")
         self.assertEqual(bad, [])
+
+    def test_sql_builders_return_constant_text(self):
+        with open(os.path.join(ROOT, "qctl", "db.py"), encoding="utf-8") as fh:
+            tree = ast.parse(fh.read())
+        builders = {f.name: f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name in SQL_BUILDERS}
+        self.assertEqual(set(builders), set(SQL_BUILDERS))
+        placeholders = builders.pop("_placeholders")
+        # The one builder of text from a number: "?" joined, nothing else.
+        self.assertEqual(ast.dump(placeholders.body[-1].value),
+                         ast.dump(ast.parse('", ".join("?" * n)', mode="eval").body))
+        for name, function in builders.items():
+            for ret in (n for n in ast.walk(function) if isinstance(n, ast.Return)):
+                value = ret.value.elts[0] if isinstance(ret.value, ast.Tuple) else ret.value
+                local = {a.id for a in ast.walk(function) if isinstance(a, ast.Name) and a.id in ("clauses",)}
+                with self.subTest(builder=name):
+                    self.assertTrue(_is_constant(value, local) or _joins_constant_clauses(value, function),
+                                    ast.dump(value)[:200])
 
     def test_no_other_module_runs_sql(self):
         names = [os.path.join("qctl", n) for n in os.listdir(os.path.join(ROOT, "qctl")) if n.endswith(".py")]

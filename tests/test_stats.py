@@ -64,7 +64,7 @@ class StatsScenario(HomeTestCase):
 
     def test_jobs_workers_and_oldest_pending(self):
         self.assertEqual(self.figures["jobs"],
-                         {"pending": 2, "processing": 1, "completed": 3, "failed": 0, "dead": 1})
+                         {"pending": 2, "processing": 1, "completed": 3, "failed": 0, "dead": 1, "cancelled": 0})
         self.assertEqual(self.figures["workers"], {"processes": 0, "threads": 0})
         self.assertAlmostEqual(self.figures["oldest_pending_age"], 50.0, places=3)
 

@@ -361,7 +361,7 @@ class RunHistoryTest(StoreTestCase):
             self.s.fail(job, "w1", T + 10 * n + 1, error="exit code 4", exit_code=4, settings=retry_in(1),
                         stderr=b"oops %d" % n)
         self.assertEqual(self.s.get("a")["state"], jobs.DEAD)
-        self.s.retry_dead("a", T + 30)
+        self.s.retry(["a"], now=T + 30)
         row = self.s.get("a")
         self.assertEqual((row["state"], row["attempts"], row["run"], row["next_run_at"]), (jobs.PENDING, 0, 2, T + 30))
         job = self.claim("w2", T + 30)
@@ -394,18 +394,18 @@ class UserActionTest(StoreTestCase):
     def test_retry_dead_only_for_dead_jobs(self):
         self.add("a")
         with self.assertRaisesRegex(InvalidState, "'a' is pending, not dead"):
-            self.s.retry_dead("a", T)
+            self.s.retry(["a"], now=T, only=(jobs.DEAD,))
         with self.assertRaises(JobNotFound):
-            self.s.retry_dead("nope", T)
+            self.s.retry(["nope"], now=T)
 
     def test_retry_all_dead(self):
         for name in ("a", "b", "c"):
             self.add(name, max_retries=0)
         for _ in range(2):
             self.s.fail(self.claim(), "w1", T, error="e", exit_code=1, settings=retry_in(0))
-        self.assertEqual(self.s.retry_all_dead(T + 1), 2)
+        self.assertEqual(self.s.retry(now=T + 1, only=(jobs.DEAD,)), ["a", "b"])
         self.assertEqual(self.s.counts()[jobs.PENDING], 3)
-        self.assertEqual(self.s.retry_all_dead(T + 2), 0)
+        self.assertEqual(self.s.retry(now=T + 2, only=(jobs.DEAD,)), [])
 
     def test_delete(self):
         self.add("a", max_retries=0)
@@ -431,7 +431,7 @@ class UserActionTest(StoreTestCase):
         self.assertEqual([j["id"] for j in self.s.list_jobs()], ["new", "waiting"])
         self.assertEqual(self.s.purge(jobs.DEAD, now=T + 120), 0)
         self.assertEqual(self.s.purge(jobs.COMPLETED, now=T + 120), 1)
-        with self.assertRaisesRegex(InvalidJob, "completed or dead"):
+        with self.assertRaisesRegex(InvalidJob, "completed, dead or cancelled"):
             self.s.purge(jobs.PENDING, now=T)
         self.assertEqual([j["id"] for j in self.s.list_jobs()], ["waiting"])
 
@@ -440,7 +440,7 @@ class UserActionTest(StoreTestCase):
         for i in range(5):
             self.add("j%d" % i)
         self.claim()
-        self.assertEqual(self.s.counts(), {"pending": 4, "processing": 1, "completed": 0, "failed": 0, "dead": 0})
+        self.assertEqual(self.s.counts(), dict(dict.fromkeys(jobs.STATES, 0), pending=4, processing=1))
         self.assertEqual([j["id"] for j in self.s.list_jobs(limit=3)], ["j0", "j1", "j2"])
         self.assertEqual([j["id"] for j in self.s.list_jobs(limit=0)], ["j0", "j1", "j2", "j3", "j4"])
         self.assertEqual([j["id"] for j in self.s.list_jobs(state=jobs.PENDING, limit=2)], ["j1", "j2"])
@@ -460,9 +460,11 @@ class ClaimPlanTest(StoreTestCase):
         for i in range(50):
             self.add("j%d" % i, priority=i % 3)
         self.s._read("ANALYZE")
-        plan = [row[3] for row in self.s._read("EXPLAIN QUERY PLAN " + qctl.db._CLAIM_SELECT, (0.0,))]
-        self.assertTrue(any("jobs_ready" in step for step in plan), plan)
-        self.assertFalse([step for step in plan if "TEMP B-TREE" in step.upper()], plan)
+        for served in ((), ("default", "other")):  # every queue, and a worker's own queues
+            plan = [row[3] for row in self.s._read("EXPLAIN QUERY PLAN " + qctl.db._claim_select(len(served)),
+                                                   (0.0,) + served)]
+            self.assertTrue(any("jobs_ready" in step for step in plan), plan)
+            self.assertFalse([step for step in plan if "TEMP B-TREE" in step.upper()], plan)
 
 
 # Claims until the queue is empty, as fast as a worker whose jobs take half a millisecond,

@@ -471,7 +471,7 @@ class Handler(BaseHTTPRequestHandler):
         if not hmac.compare_digest(token.encode("utf-8", "replace"), self.server.token.encode("ascii")):
             raise HttpError(403, "missing or wrong %s header: reload the page" % TOKEN_HEADER)
         with self._store() as store:
-            store.retry_dead(job_id, time.time())
+            store.retry([job_id], now=time.time(), only=(jobs.DEAD,))
             self._json(200, shapes.job(store.get(job_id)))
 
 
