@@ -237,11 +237,12 @@ class Tree:
 
 
 def kill_lost(pid, start, tag):
-    """KILL what is left of a run whose worker died: the session and process group of its shell
-    (`pid`, started at `start`), every process carrying `tag`, and all below them. Returns how many."""
+    """KILL what is left of a run whose worker died: every process carrying `tag`, the session and
+    process group of its shell if known (`pid`, started at `start`), and all below them. Returns how
+    many. Without a start time every process is read for the tag."""
     if not SUPPORTED:
         return 0
-    return Tree(pid, tag, start=start, lost=True).kill_now()
+    return Tree(pid, tag, start=start or 0, lost=True).kill_now()
 
 
 # ---------------------------------------------------------------- /proc
