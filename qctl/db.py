@@ -17,7 +17,7 @@ The store's verbs, which a second backend would implement one for one:
   enqueue                                  store new jobs, all or none
   claim, finish_and_claim                  the next due job -> processing (with the last one's outcome)
   record, complete, fail, release          a claimed job's outcome, fenced by its claim
-  note_process                             how to find a claimed job's running command (for recover)
+  note_process                             more on how to find a claimed job's command (for recover)
   heartbeat, deregister, live_workers      worker registration and liveness
   recover                                  jobs of lost workers back to the queue
   poll_for_work, housekeep                 an idle worker's wake-up check; WAL upkeep
@@ -125,7 +125,7 @@ SCHEMA_V2 = (
     "ALTER TABLE workers ADD COLUMN host_key TEXT",
 )
 # What a worker on the same host needs to kill a run's processes once the run's worker died
-# (opaque to the store: the worker writes it when the command starts, `recover` hands it back).
+# (opaque to the store: the claim writes it, `note_process` adds to it, `recover` hands it back).
 SCHEMA_V3 = ("ALTER TABLE jobs ADD COLUMN run_process TEXT",)
 
 # Control: named queues (paused, a concurrency limit), tags, cancelling a running job.
@@ -538,7 +538,7 @@ class Store:
 
     # ------------------------------------------------------------ the worker's transitions
 
-    def claim(self, worker, lease_s, *, now=None, queues=None):
+    def claim(self, worker, lease_s, *, now=None, queues=None, process=None):
         """pending/due failed -> processing for the next job in claim order, atomically.
 
         Order: priority (high first), then due time, then enqueue order, among
@@ -547,12 +547,13 @@ class Store:
         Sets a lease until now + lease_s and counts the run. Returns a dict of
         the job's CLAIM_COLUMNS, or None when nothing is due. `now` defaults to
         the time the write lock was granted: a claim that waited for the lock
-        must not start with a lease already spent.
+        must not start with a lease already spent. `process` (text) is kept on
+        the job for `recover` while the run lasts (see `note_process`).
         """
         with self._write() as con:
-            return self._claim(con, worker, lease_s, time.time() if now is None else now, queues)
+            return self._claim(con, worker, lease_s, time.time() if now is None else now, queues, process)
 
-    def finish_and_claim(self, outcome, settings, *, now=None, queues=None):
+    def finish_and_claim(self, outcome, settings, *, now=None, queues=None, process=None):
         """`record(outcome)` and `claim` in one transaction: one commit per job instead of two.
 
         Returns (what `record` returns, the next job or None).
@@ -560,12 +561,12 @@ class Store:
         with self._write() as con:
             state = self._record(con, outcome, settings)
             return state, self._claim(con, outcome.worker, settings["lease-seconds"],
-                                      time.time() if now is None else now, queues)
+                                      time.time() if now is None else now, queues, process)
 
-    def _claim(self, con, worker, lease_s, now, queues):
+    def _claim(self, con, worker, lease_s, now, queues, process=None):
         select = _claim_select(len(queues) if queues else 0)
         select_params = (now,) + tuple(queues or ())
-        params = (worker, now + lease_s, now, now)
+        params = (worker, now + lease_s, now, now, process)
         if HAS_RETURNING:
             row = con.execute(_CLAIM_SQL + "(" + select + ") RETURNING " + CLAIM_COLUMNS,
                               params + select_params).fetchone()
@@ -685,7 +686,7 @@ class Store:
                         (now + lease_s, PROCESSING, worker))
 
     def note_process(self, job, worker, process):
-        """Keep `process` (text) on a processing job's row while its command runs, fenced by the claim.
+        """Replace the `process` text that a processing job's claim kept, fenced by the claim.
 
         Returns whether it was kept (False: the claim was lost).
         """
@@ -707,9 +708,9 @@ class Store:
         that lapsed while a long transaction held the lock, or while we were
         frozen ourselves, is not a lost worker. `me`, the caller, is never lost.
         Fenced by the run number, like every transition. `before_retry(id, run,
-        process)` is called for each job whose run noted a process
-        (`note_process`), inside the transaction: the job cannot be claimed again
-        before it returns.
+        process)` is called for each job whose claim kept a process text (see
+        `claim`), inside the transaction: the job cannot be claimed again before
+        it returns.
         """
         lease_s = settings["lease-seconds"]
         lost = {}  # worker -> whether it stopped pulsing, looked up once a call
@@ -1088,7 +1089,7 @@ def _claim_select(served):
     once per shape: sqlite3 finds its cached statement by the text."""
     return _CLAIM_SELECT % ("AND queue IN (%s) " % _placeholders(served) if served else "")
 _CLAIM_SQL = ("UPDATE jobs SET state = 'processing', attempts = attempts + 1, runs = runs + 1, worker = ?, "
-              "lease_until = ?, started_at = ?, finished_at = NULL, updated_at = ? WHERE seq = ")
+              "lease_until = ?, started_at = ?, finished_at = NULL, updated_at = ?, run_process = ? WHERE seq = ")
 _CLAIM_KEYS = tuple(column.split()[-1] for column in CLAIM_COLUMNS.split(", "))
 
 

@@ -42,11 +42,12 @@ A zombie that nothing tied to a tree (the hole above, once it exits) stays
 until the worker exits.
 
 After a kill -9 of the worker its commands' trees lose their subreaper; the
-next worker on the host calls `kill_lost` with what the lost one recorded when
-the run started (the shell's pid, which is its session and group id, its
-start time and the tag): it KILLs that session and group and every process
-carrying the tag. A descendant that left the session and cleared its
-environment escapes that one.
+next worker on the host calls `kill_lost` with what the lost one recorded: the
+tag, kept by the claim before the command started, and once the run had lasted
+a tick the shell's pid (its session and group id) and start time. It KILLs
+every process carrying the tag and, when known, that session and group. A
+descendant that cleared its environment escapes if it left the session too,
+or if the run was lost within its first tick.
 
 Only Linux has /proc and subreapers: elsewhere `runner.kill_tree` kills the
 process group (macOS) or runs taskkill /T (Windows), as before.
@@ -237,11 +238,12 @@ class Tree:
 
 
 def kill_lost(pid, start, tag):
-    """KILL what is left of a run whose worker died: the session and process group of its shell
-    (`pid`, started at `start`), every process carrying `tag`, and all below them. Returns how many."""
+    """KILL what is left of a run whose worker died: every process carrying `tag`, the session and
+    process group of its shell if known (`pid`, started at `start`), and all below them. Returns how
+    many. Without a start time every process is read for the tag."""
     if not SUPPORTED:
         return 0
-    return Tree(pid, tag, start=start, lost=True).kill_now()
+    return Tree(pid, tag, start=start or 0, lost=True).kill_now()
 
 
 # ---------------------------------------------------------------- /proc

@@ -185,8 +185,9 @@ def run_identity(proc):
 
 
 def kill_lost(identity):
-    """KILL what is left of a command whose worker died, from its `run_identity`; returns how many processes."""
-    return proctree.kill_lost(identity["pid"], identity["start"], identity["tag"])
+    """KILL what is left of a command whose worker died, from its tag and, if known, the rest of its
+    `run_identity`; returns how many processes."""
+    return proctree.kill_lost(identity.get("pid"), identity.get("start"), identity["tag"])
 
 
 def kill_tree(proc, *, grace_s=KILL_GRACE_S):
@@ -231,7 +232,7 @@ def describe_exit(code):
     return "exit code %d" % code
 
 
-def run_command(command, *, cwd=None, env=None, timeout=None, output_limit=65536, on_start=None):
+def run_command(command, *, cwd=None, env=None, timeout=None, output_limit=65536, on_start=None, tag=None):
     """Run `command` through the platform shell; return a Result.
 
     Output beyond `output_limit` bytes per stream is dropped from the front, and
@@ -239,9 +240,10 @@ def run_command(command, *, cwd=None, env=None, timeout=None, output_limit=65536
     `on_start(proc)` is called once the process exists (the worker keeps it to
     kill on a hard stop); the timeout runs from before it is called.
     On Linux, what the command leaves running when it ends is killed (see the
-    module docstring).
+    module docstring). `tag` (default: a random one) is set as TAG_VAR in the
+    command's environment.
     """
-    tag = os.urandom(8).hex()
+    tag = tag or os.urandom(8).hex()
     full_env = dict(os.environ)
     full_env.update(env or {})
     full_env[TAG_VAR] = tag

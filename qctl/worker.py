@@ -71,6 +71,7 @@ class Worker:
         self._idle = 0
         self._active = self.threads          # pool threads still looping (burst ends when all are idle)
         self._procs = {}                     # job seq -> Popen, for a hard stop
+        self._unnoted = {}                   # job seq -> (job, Popen, start): pid not yet noted (_note_runs)
         self._killed = set()                 # job seqs whose command a hard stop killed
         self._procs_lock = threading.Lock()
         self._last_error, self._last_error_at = None, 0.0  # see _log_error
@@ -229,7 +230,7 @@ class Worker:
                 if job is None:
                     self._wait_for_work(generation)
                 else:
-                    finish = self._run_guarded(job, store)
+                    finish = self._run_guarded(job)
         finally:
             try:
                 self._record_last(store, finish)
@@ -238,12 +239,25 @@ class Worker:
                 self._thread_exit()
 
     def _claim_next(self, store, finish):
-        """Record `finish` (if any) and claim the next job, in one transaction; the job or None."""
+        """Record `finish` (if any) and claim the next job, in one transaction; the job or None.
+
+        The claim keeps on the job the tag its command will carry (runner.TAG_VAR) and who we are:
+        if we die mid-run, the worker that recovers the job kills by them what we left running.
+        """
+        tag = os.urandom(8).hex()
+        process = self._process_note({"tag": tag})
         if finish is None:
-            return store.claim(self.id, self.settings["lease-seconds"])
-        recorded, job = store.finish_and_claim(finish, self.settings)
-        self._log_recorded(finish, recorded)
+            job = store.claim(self.id, self.settings["lease-seconds"], process=process)
+        else:
+            recorded, job = store.finish_and_claim(finish, self.settings, process=process)
+            self._log_recorded(finish, recorded)
+        if job is not None:
+            job["tag"] = tag
         return job
+
+    def _process_note(self, identity):
+        """The text kept on a running job for `_kill_lost_run`: a run's identity and our process."""
+        return json.dumps(dict(identity, host_key=self.host_key, worker_pid=self.pid))
 
     def _record_last(self, store, finish):
         if finish is None:
@@ -253,10 +267,10 @@ class Worker:
         except QueueError as exc:
             log.error("worker %s: could not record a result: %s; the job will be recovered", self.id, exc)
 
-    def _run_guarded(self, job, store):
+    def _run_guarded(self, job):
         """`step(job)`, turning a bug into a failed run rather than a lease held forever."""
         try:
-            return self.step(job, store=store)
+            return self.step(job)
         except Exception as exc:
             log.exception("worker %s: error running job %s", self.id, job["id"])
             return Outcome(FAIL, job, self.id, time.time(), "worker error: %s" % exc)
@@ -299,12 +313,8 @@ class Worker:
 
     # ------------------------------------------------------------ one job
 
-    def step(self, job, *, store=None):
-        """Run a claimed job; return its Outcome: complete, fail, or release when a hard stop killed it.
-
-        With `store` (the calling thread's), the command's process is noted on the job as it starts,
-        so that if we die the worker that recovers the job can kill what we leave running.
-        """
+    def step(self, job):
+        """Run a claimed job; return its Outcome: complete, fail, or release when a hard stop killed it."""
         settings = self.settings
         timeout = job["timeout"] or settings["job-timeout"] or None
         log.info("job %s started (attempt %d/%d, run %d)", job["id"], job["attempts"], job["max_retries"] + 1,
@@ -314,20 +324,21 @@ class Worker:
         def track(proc):
             with self._procs_lock:
                 self._procs[job["seq"]] = proc
+                self._unnoted[job["seq"]] = (job, proc, time.monotonic())
                 killing = self._killing
                 if killing:
                     self._killed.add(job["seq"])
             if killing:
                 kill_tree(proc, grace_s=HARD_STOP_GRACE_S)
-            elif store is not None:
-                self._note_process(store, job, proc)
 
         try:
             result = run_command(job["command"], cwd=job["cwd"], env=job["env"] and json.loads(job["env"]),
-                                 timeout=timeout, output_limit=settings["output-limit"], on_start=track)
+                                 timeout=timeout, output_limit=settings["output-limit"], on_start=track,
+                                 tag=job.get("tag"))
         finally:
             with self._procs_lock:
                 self._procs.pop(job["seq"], None)
+                self._unnoted.pop(job["seq"], None)
         now = time.time()
         if job["seq"] in self._killed:  # whatever it exited with: we cut it short
             return Outcome(RELEASE, job, self.id, now)
@@ -335,18 +346,6 @@ class Worker:
         if result.error is None:
             return Outcome(COMPLETE, job, self.id, now, stdout=result.stdout, stderr=result.stderr, took=took)
         return Outcome(FAIL, job, self.id, now, result.error, result.exit_code, result.stdout, result.stderr, took)
-
-    def _note_process(self, store, job, proc):
-        """Note on the job what a worker on this host needs to kill this run's processes after we die."""
-        identity = run_identity(proc)
-        if identity is None:  # not Linux: nothing to kill them by
-            return
-        identity.update(run=job["run"], host_key=self.host_key, worker_pid=self.pid)
-        try:
-            store.note_process(job, self.id, json.dumps(identity))
-        except QueueError as exc:
-            log.warning("job %s: could not note its process (%s); if this worker dies, its command may run on",
-                        job["id"], exc)
 
     def _log_recorded(self, outcome, recorded):
         """One line for what became of a run, as the store recorded it."""
@@ -389,6 +388,7 @@ class Worker:
             self._guarded("reloading the config", self._reload_config)
             if not self._stopping.is_set():
                 self._guarded("recovering lost workers' jobs", self._recover)
+            self._guarded("noting running commands", self._note_runs)
 
     def _guarded(self, doing, step):
         """Run one housekeeping step; log what it raised (see _log_error). Returns whether it ran."""
@@ -421,13 +421,28 @@ class Worker:
                                                        before_retry=self._kill_lost_run):
             log.info("job %s recovered from a lost worker: now %s", job_id, state)
 
+    def _note_runs(self):
+        """Add its shell's pid and start time to the note of each run that has lasted a tick, so that
+        a recovery also kills its session and group: the tag misses a process that cleared its
+        environment. A run over within a tick costs no write."""
+        now = time.monotonic()
+        with self._procs_lock:
+            due = [(job, proc) for job, proc, since in self._unnoted.values() if now - since >= TICK_S]
+            for job, _ in due:
+                del self._unnoted[job["seq"]]
+        for job, proc in due:
+            identity = run_identity(proc)
+            if identity is not None:  # Linux: elsewhere there is nothing more to kill it by
+                self._house_store.note_process(job, self.id, self._process_note(identity))
+
     def _kill_lost_run(self, job_id, run, process):
-        """Before a lost run's job can run again: if its worker was on this host and is dead, kill what
-        the run left running. Called inside the recovery's transaction; never raises (that would undo it)."""
+        """Before a lost run's job can run again: if its worker was in our process table and is dead,
+        kill what the run left running. Called inside the recovery's transaction; never raises (that
+        would undo the recovery)."""
         try:
             lost = json.loads(process)
-            if lost.get("run") != run or qhome.worker_alive(lost.get("host_key"), lost["worker_pid"]):
-                return  # an earlier run's note, or a worker in another process table (or still alive)
+            if qhome.worker_alive(lost.get("host_key"), lost.get("worker_pid")):
+                return  # a worker in another process table, or still alive
             killed = kill_lost(lost)
         except Exception:
             log.exception("worker %s: could not kill what job %s's lost run %d left running", self.id, job_id, run)

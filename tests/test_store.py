@@ -325,13 +325,18 @@ class RecoveryTest(StoreTestCase):
         self.assertEqual(self.s.get("b")["state"], jobs.PROCESSING)
         self.assertEqual([w["id"] for w in self.s.live_workers(T + 1)], ["w2"])
 
-    def test_a_noted_process_is_handed_to_the_recovery_before_the_job_can_run_again(self):
-        self.add("a")
-        self.add("b")
-        job = self.claim("w1", T)
-        self.claim("w1", T)  # b: its run noted nothing
-        self.assertFalse(self.s.note_process(job, "w2", "not w2's claim"), "fenced by the claim")
-        self.assertTrue(self.s.note_process(job, "w1", "pid 42"))
+    def test_the_claim_keeps_a_process_note_for_the_recovery_before_the_job_can_run_again(self):
+        for job_id in "abcd":
+            self.add(job_id)
+        first = self.s.claim("w1", LEASE_S, now=T, process="a, run 1")
+        self.s.release(first, "w1", T)
+        a = self.s.claim("w1", LEASE_S, now=T, process="a, claimed again")  # a new claim, a new note
+        b = self.s.claim("w1", LEASE_S, now=T)
+        _, c = self.s.finish_and_claim(jobs.Outcome(jobs.COMPLETE, b, "w1", T), SETTINGS, now=T, process="c")
+        self.s.claim("w1", LEASE_S, now=T)  # d: its claim kept nothing
+        self.assertEqual([a["id"], c["id"]], ["a", "c"])
+        self.assertFalse(self.s.note_process(a, "w2", "not w2's claim"), "fenced by the claim")
+        self.assertTrue(self.s.note_process(c, "w1", "c, and its pid"))
         other = self.store()
         handed = []
 
@@ -339,8 +344,9 @@ class RecoveryTest(StoreTestCase):
             # Still processing to everyone else: nobody can claim it before this returns.
             handed.append((job_id, run, process, other.get(job_id)["state"]))
         recovered = self.s.recover(T + LEASE_S + 1, SETTINGS, before_retry=before_retry)
-        self.assertEqual(sorted(recovered), [("a", jobs.FAILED), ("b", jobs.FAILED)])
-        self.assertEqual(handed, [("a", 1, "pid 42", jobs.PROCESSING)])
+        self.assertEqual(sorted(recovered), [("a", jobs.FAILED), ("c", jobs.FAILED), ("d", jobs.FAILED)])
+        self.assertEqual(sorted(handed), [("a", 1, "a, claimed again", jobs.PROCESSING),
+                                          ("c", 1, "c, and its pid", jobs.PROCESSING)])
 
     def test_heartbeat_extends_the_leases_of_its_jobs(self):
         self.add("a")

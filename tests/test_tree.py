@@ -9,6 +9,7 @@ group (GNU `timeout`), and checks by pid, read from a file the process writes it
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -184,22 +185,22 @@ class WorkerTreeTest(TreeCase):
         self.assertEqual(self.job(job_id)["state"], "pending")
         self.assert_gone(pids, "after a hard stop")
 
-    def test_kill_9_of_the_worker_the_next_one_kills_the_lost_run_before_rerunning(self):
-        # Run 1 leaves two orphans, then execs into a sleep: one in a session of its own (only
-        # the run's tag finds it) and one without an environment (only the session finds it).
-        # Run 2 writes down which of run 1's processes it finds running: "before the job runs
-        # again" is checked by the job itself.
-        names = ("setsid", "bare", "shell")
+    def lose_a_run(self, leave, names, *, after_note):
+        """Run a job whose first run leaves the processes `names` (started by the shell text `leave`)
+        and execs into a sleep; kill -9 its worker (`after_note`: once the worker has noted the
+        shell's pid on the job); return the pids. Run 2 writes down which of run 1's processes it
+        finds running, so "before the job runs again" is checked by the job itself."""
+        names = names + ("shell",)
         check = ("for f in " + " ".join(names) + "; do p=$(cat {d}/$f); "
                  "s=$(sed -n 's/^State:[[:space:]]*\\(.\\).*/\\1/p' /proc/$p/status 2>/dev/null); "
                  "if [ -n \"$s\" ] && [ \"$s\" != Z ]; then echo alive-$f >> {d}/log; fi; done")
-        run_1 = ("(" + SETSID + " while [ ! -s {d}/setsid ]; do sleep 0.01; done); "
-                 "(env -i sh -c 'echo $$ > {d}/bare; exec sleep 60' >/dev/null 2>&1 & "
-                 "while [ ! -s {d}/bare ]; do sleep 0.01; done); echo $$ > {d}/shell; exec sleep 60")
         job_id = self.enqueue(self.command("if [ -f {d}/shell ]; then " + check + "; echo second >> {d}/log; "
-                                           "else echo first >> {d}/log; " + run_1 + "; fi"))
+                                           "else echo first >> {d}/log; " + leave
+                                           + "echo $$ > {d}/shell; exec sleep 60; fi"))
         first = self.spawn_worker()
         pids = self.pids(*names)
+        if after_note:
+            wait_until(lambda: "pid" in json.loads(self.run_process(job_id)), message="the shell's pid noted")
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
         self.assertTrue(all(alive(pid) for pid in pids), "the lost run's processes outlive its worker")
@@ -208,6 +209,28 @@ class WorkerTreeTest(TreeCase):
         wait_until(lambda: self.job(job_id)["state"] == "completed", message="the job to be recovered and rerun")
         self.assertEqual(read(os.path.join(self.tmp, "log")).split(), ["first", "second"],
                          "run 2 found run 1's processes running")
+        return pids
+
+    def run_process(self, job_id):
+        con = sqlite3.connect(self.db_path)
+        try:
+            return con.execute("SELECT run_process FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+        finally:
+            con.close()
+
+    def test_kill_9_at_once_the_next_worker_kills_the_lost_run_by_its_tag(self):
+        # Before any tick of the worker: only what the claim kept, the run's tag, is known.
+        pids = self.lose_a_run("(" + SETSID + " while [ ! -s {d}/setsid ]; do sleep 0.01; done); ", ("setsid",),
+                               after_note=False)
+        self.assert_gone(pids, "after the recovery")
+
+    def test_kill_9_later_the_next_worker_also_kills_the_lost_run_s_session(self):
+        # One orphan in a session of its own (only the tag finds it) and one without an
+        # environment (only the session, noted with the shell's pid after a tick, finds it).
+        leave = ("(" + SETSID + " while [ ! -s {d}/setsid ]; do sleep 0.01; done); "
+                 "(env -i sh -c 'echo $$ > {d}/bare; exec sleep 60' >/dev/null 2>&1 & "
+                 "while [ ! -s {d}/bare ]; do sleep 0.01; done); ")
+        pids = self.lose_a_run(leave, ("setsid", "bare"), after_note=True)
         self.assert_gone(pids, "after the recovery")
 
 if __name__ == "__main__":
