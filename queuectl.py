@@ -23,6 +23,7 @@ from qctl.errors import DuplicateJob, InvalidJob, QueueError
 from qctl.times import parse_duration
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+CANCEL_WAIT_S = 10.0  # cancel waits this long for running jobs' workers to kill them
 HELP_WIDTH = 79  # the grouped command list in `queuectl -h` fits an 80-column terminal
 DASHBOARD_HOST, DASHBOARD_PORT = "127.0.0.1", 8765  # the dashboard module's defaults, without importing it
 
@@ -31,6 +32,7 @@ DASHBOARD_HOST, DASHBOARD_PORT = "127.0.0.1", 8765  # the dashboard module's def
 COMMAND_GROUPS = (
     ("enqueue and run", ("enqueue", "worker")),
     ("watch and inspect", ("status", "list", "show", "logs", "wait", "stats", "dashboard")),
+    ("control", ("cancel", "retry", "edit", "queue")),
     ("dead letter queue and clean-up", ("dlq", "delete", "purge")),
     ("settings", ("config",)),
 )
@@ -40,6 +42,8 @@ ACTION_GROUPS = {
     "worker": ("start, stop or list worker processes", "queuectl worker start --count 4\nqueuectl worker stop --wait"),
     "dlq": ("the dead letter queue: jobs that ran out of retries", "queuectl dlq list\nqueuectl dlq retry job1"),
     "config": ("get, set or list settings", "queuectl config set max-retries 5"),
+    "queue": ("list named queues; pause, resume or limit one",
+              "queuectl queue list\nqueuectl queue pause nightly\nqueuectl queue set gpu --concurrency 1"),
 }
 
 # (name, summary, example, add_arguments, handler, parser options), in `queuectl -h` order; see `command`.
@@ -146,6 +150,17 @@ def state_arg(value):
         raise argparse.ArgumentTypeError(str(exc))
 
 
+def queue_arg(value):
+    try:
+        return jobs.check_queue(value)
+    except InvalidJob as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("queue must be", "must be"))
+
+
+def queues_arg(value):
+    return [queue_arg(name.strip()) for name in value.split(",")]
+
+
 def add_json(parser):
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -157,37 +172,64 @@ def open_store(args):
 
 # ---------------------------------------------------------------- enqueue and run
 
-def enqueue_arguments(p):
-    p.add_argument("job", nargs="?", metavar="JOB_JSON", help="the job as a JSON object")
-    p.add_argument("--command", metavar="CMD", help="the shell command (options form)")
-    p.add_argument("--id", help="job id (default: generated)")
+def job_option_arguments(p):
+    """The job fields as options: enqueue's and edit's."""
+    p.add_argument("--command", metavar="CMD", help="the shell command")
     p.add_argument("--max-retries", type=int, metavar="N", help="retries after the first run")
     p.add_argument("--priority", type=int, metavar="P", help="higher runs first (default 0)")
     when = p.add_mutually_exclusive_group()
     when.add_argument("--run-at", metavar="TS", help="ISO 8601 time to run at (no zone = local time)")
     when.add_argument("--delay", metavar="SECONDS", help="run after this long (30, 30s, 5m, 2h, 1d)")
     p.add_argument("--timeout", metavar="S", help="fail the run after this long (90, 90s, 5m, 2h)")
-    p.add_argument("--cwd", metavar="DIR", help="run in this directory (default: the current one)")
+    p.add_argument("--queue", metavar="Q", help="the named queue (default: default)")
+    p.add_argument("--tag", action="append", metavar="T", help="a tag (repeatable)")
     p.add_argument("--env", action="append", metavar="KEY=VALUE", help="add to the environment (repeatable)")
+
+
+def job_options(args):
+    """The job fields given as options, as raw job fields (the names the JSON uses)."""
+    raw = {name: getattr(args, name) for name in ("max_retries", "priority", "run_at", "delay", "timeout", "queue")
+           if getattr(args, name) is not None}
+    if args.tag:
+        raw["tags"] = args.tag
+    if args.env:
+        raw["env"] = dict(parse_env_pair(pair) for pair in args.env)
+    return raw
+
+
+def enqueue_arguments(p):
+    p.add_argument("job", nargs="*", metavar="JOB",
+                   help="the job as a JSON object, or a plain shell command; after --, a program and its "
+                        "arguments (quoted for the shell)")
+    job_option_arguments(p)
+    p.add_argument("--id", help="job id (default: generated)")
+    p.add_argument("--cwd", metavar="DIR", help="run in this directory (default: the current one)")
     p.add_argument("--file", metavar="PATH", help="JSON Lines file of jobs ('-' = stdin), all or nothing")
     add_json(p)
 
 
 @command("enqueue", "add a job to the queue",
+         "queuectl enqueue 'sleep 1'\n"
+         "queuectl enqueue --queue gpu --tag nightly -- python train.py --epochs 3\n"
          "queuectl enqueue '{\"id\": \"job1\", \"command\": \"echo hello\"}'\n"
          "queuectl enqueue --command 'sleep 2' --max-retries 5 --delay 30s\n"
          "queuectl enqueue --file jobs.jsonl", enqueue_arguments, allow_abbrev=False)
 def cmd_enqueue(args):
+    import shlex
     now = time.time()
-    option_values = {"id": args.id, "max_retries": args.max_retries, "priority": args.priority,
-                     "run_at": args.run_at, "delay": args.delay, "timeout": args.timeout, "cwd": args.cwd}
-    given = [name for name, value in option_values.items() if value is not None] + (["env"] if args.env else [])
-    sources = [s for s in (args.job, args.command, args.file) if s is not None]
+    raw = job_options(args)
+    raw.update({name: getattr(args, name) for name in ("id", "cwd") if getattr(args, name) is not None})
+    json_text = command = None
+    if len(args.job) == 1 and args.job[0].lstrip().startswith("{"):
+        json_text = args.job[0]
+    elif args.job:
+        command = args.job[0] if len(args.job) == 1 else shlex.join(args.job)
+    sources = [s for s in (json_text, command, args.command, args.file) if s is not None]
     if len(sources) != 1:
-        args.parser.error("give exactly one of JOB_JSON, --command or --file")
-    if given and args.command is None:
-        args.parser.error("--%s goes with --command; put it inside the JSON instead"
-                          % given[0].replace("_", "-"))
+        args.parser.error("give exactly one of a JOB (JSON or a command), --command or --file")
+    if raw and command is None and args.command is None:
+        args.parser.error("--%s goes with a command; put it inside the JSON instead"
+                          % sorted(raw)[0].replace("_", "-").replace("tags", "tag"))
     with open_store(args) as store:
         default_retries = store.config()["max-retries"]
         try:
@@ -205,13 +247,10 @@ def cmd_enqueue(args):
             else:
                 out("enqueued %s" % display.plural(len(ids), "job"))
             return EXIT_OK
-        if args.job is not None:
-            new = jobs.parse_job_json(args.job, now=now, cwd=cwd, default_max_retries=default_retries)
+        if json_text is not None:
+            new = jobs.parse_job_json(json_text, now=now, cwd=cwd, default_max_retries=default_retries)
         else:
-            raw = {k: v for k, v in option_values.items() if v is not None}
-            raw["command"] = args.command
-            if args.env:
-                raw["env"] = dict(parse_env_pair(pair) for pair in args.env)
+            raw["command"] = args.command if command is None else command
             new = jobs.validate_job(raw, now=now, cwd=cwd, default_max_retries=default_retries)
         job_id = store.enqueue([new], now)[0]
         if args.json:
@@ -247,6 +286,9 @@ def worker_start_arguments(q):
     q.add_argument("--count", type=whole_number_arg(1, 256, "from 1 to 256"), metavar="N",
                    help="worker threads (default: config worker-count)")
     q.add_argument("--burst", action="store_true", help="exit once nothing is runnable and nothing runs")
+    q.add_argument("--drain", action="store_true",
+                   help="exit once no job of its queues is pending, processing or failed (waits for retries)")
+    q.add_argument("--queue", type=queues_arg, metavar="Q[,Q...]", help="serve only these queues (default: all)")
     q.add_argument("--detach", action="store_true", help="run in the background (log: HOME/worker.log)")
     # Also here, where it began; `queuectl --allow-shared-home COMMAND` is the same for every command.
     q.add_argument("--allow-shared-home", action="store_true", default=argparse.SUPPRESS,
@@ -255,7 +297,8 @@ def worker_start_arguments(q):
 
 
 @command("worker start", "run worker threads in this process until stopped",
-         "queuectl worker start --count 4\nqueuectl worker start --burst\nqueuectl worker start --detach",
+         "queuectl worker start --count 4\nqueuectl worker start --burst\nqueuectl worker start --detach\n"
+         "queuectl worker start --queue gpu,io --drain",
          worker_start_arguments)
 def cmd_worker_start(args):
     import logging
@@ -267,8 +310,11 @@ def cmd_worker_start(args):
         argv = [sys.executable, os.path.abspath(__file__), "--home", home, "worker", "start"]
         if args.count:
             argv += ["--count", str(args.count)]
-        if args.burst:
-            argv.append("--burst")
+        for flag in ("burst", "drain"):
+            if getattr(args, flag):
+                argv.append("--" + flag)
+        if args.queue:
+            argv += ["--queue", ",".join(args.queue)]
         if args.allow_shared_home:
             argv.append("--allow-shared-home")
         # The child reads the stopfile only once it runs: a stop issued before then must reach it.
@@ -282,8 +328,8 @@ def cmd_worker_start(args):
     logger.setLevel(logging.INFO)
     logger.propagate = False
     try:
-        worker = qworker.Worker(home, threads=args.count, burst=args.burst, stop_generation=args.stop_generation,
-                                allow_shared_home=args.allow_shared_home)
+        worker = qworker.Worker(home, threads=args.count, burst=args.burst, drain=args.drain, queues=args.queue,
+                                stop_generation=args.stop_generation, allow_shared_home=args.allow_shared_home)
         worker.install_signal_handlers()
         return worker.run()
     finally:
@@ -329,10 +375,21 @@ def cmd_worker_list(args):
 
 # ---------------------------------------------------------------- watch and inspect
 
-@command("status", "show jobs per state and live workers", "queuectl status --json", add_json)
+def filter_arguments(p):
+    p.add_argument("--queue", type=queue_arg, metavar="Q", help="only jobs of this queue")
+    p.add_argument("--tag", metavar="T", help="only jobs with this tag")
+
+
+def status_arguments(p):
+    filter_arguments(p)
+    add_json(p)
+
+
+@command("status", "show jobs per state and live workers", "queuectl status --json\nqueuectl status --queue gpu",
+         status_arguments)
 def cmd_status(args):
     with open_store(args) as store:
-        status = shapes.status(store.counts(), store.live_workers(time.time()))
+        status = shapes.status(store.counts(queue=args.queue, tag=args.tag), store.live_workers(time.time()))
     if args.json:
         print_json(status)
     else:
@@ -342,6 +399,7 @@ def cmd_status(args):
 
 def list_arguments(p):
     p.add_argument("--state", type=state_arg, help="only jobs in this state (%s)" % ", ".join(jobs.STATES))
+    filter_arguments(p)
     p.add_argument("--limit", type=limit_arg, default=jobs.DEFAULT_LIST_LIMIT, metavar="N",
                    help="at most N jobs (default %d, 0 = all)" % jobs.DEFAULT_LIST_LIMIT)
     add_json(p)
@@ -350,7 +408,7 @@ def list_arguments(p):
 @command("list", "list jobs, oldest first", "queuectl list --state pending --limit 20", list_arguments)
 def cmd_list(args):
     with open_store(args) as store:
-        rows = store.list_jobs(state=args.state, limit=args.limit)
+        rows = store.list_jobs(state=args.state, queue=args.queue, tag=args.tag, limit=args.limit)
     if args.json:
         print_json([shapes.job(r) for r in rows])
     elif rows:
@@ -417,11 +475,11 @@ def cmd_logs(args):
 
 def wait_arguments(p):
     p.add_argument("ids", nargs="*", metavar="ID",
-                   help="jobs to wait for (default: all); exit 0 if all completed, 1 if any is dead")
+                   help="jobs to wait for (default: all); exit 0 if all completed, 1 if any is dead or cancelled")
     p.add_argument("--timeout", type=duration_arg, metavar="S", help="give up after this long (exit 3)")
 
 
-@command("wait", "wait until jobs are completed or dead", "queuectl wait job1 job2 --timeout 5m", wait_arguments)
+@command("wait", "wait until jobs are completed, dead or cancelled", "queuectl wait job1 job2 --timeout 5m", wait_arguments)
 def cmd_wait(args):
     with open_store(args) as store:
         counts, finished = store.wait_finished(args.ids, timeout=args.timeout)
@@ -429,9 +487,10 @@ def cmd_wait(args):
         error_line("timed out: %s not finished yet"
                    % display.plural(sum(counts[s] for s in jobs.UNFINISHED_STATES), "job"))
         return EXIT_TIMEOUT
-    out("%s finished: %d completed, %d dead" % (display.plural(counts[jobs.COMPLETED] + counts[jobs.DEAD], "job"),
-                                                counts[jobs.COMPLETED], counts[jobs.DEAD]))
-    return EXIT_ERROR if counts[jobs.DEAD] else EXIT_OK
+    finished = [counts[s] for s in jobs.FINISHED_STATES]
+    out("%s finished: %s" % (display.plural(sum(finished), "job"), ", ".join(
+        "%d %s" % (n, s) for n, s in zip(finished, jobs.FINISHED_STATES) if n or s != jobs.CANCELLED)))
+    return EXIT_ERROR if counts[jobs.DEAD] or counts[jobs.CANCELLED] else EXIT_OK
 
 
 @command("stats", "show run counts, failure rates, run times, oldest pending age",
@@ -477,12 +536,147 @@ def cmd_dashboard(args):
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- control
+
+def pick_arguments(p, states):
+    """IDs, or --all with filters: the jobs cancel and retry act on."""
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("--all", action="store_true", help="every job matching the filters")
+    p.add_argument("--state", type=lambda v: state_in(v, states), metavar="S",
+                   help="with --all: only jobs in this state (%s)" % ", ".join(states))
+    filter_arguments(p)
+
+
+def state_in(value, states):
+    try:
+        return jobs.check_state(value, states)
+    except InvalidJob as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
+def picked(args):
+    """The ids and filters of `pick_arguments`, checked: ids or --all, never both, never neither."""
+    if bool(args.ids) == bool(args.all):
+        args.parser.error("give job IDs or --all")
+    if args.ids and (args.state or args.queue or args.tag):
+        args.parser.error("--state, --queue and --tag go with --all")
+    return {"state": args.state, "queue": args.queue, "tag": args.tag}
+
+
+@command("cancel", "cancel jobs: waiting ones never run, running ones are killed",
+         "queuectl cancel job1 job2\nqueuectl cancel --all --queue nightly",
+         lambda p: pick_arguments(p, jobs.UNFINISHED_STATES))
+def cmd_cancel(args):
+    filters = picked(args)
+    with open_store(args) as store:
+        now_cancelled, asked = store.cancel(args.ids, now=time.time(), **filters)
+        for job_id in now_cancelled:
+            out("job %s cancelled" % job_id)
+        if not asked:
+            if args.all and not now_cancelled:
+                out("no jobs to cancel")
+            return EXIT_OK
+        # A running job ends with its worker's kill (within a couple of seconds): say how it ended.
+        counts, _ = store.wait_finished(asked, timeout=CANCEL_WAIT_S)
+        for job_id in asked:
+            state = store.get(job_id)["state"]
+            out("job %s %s" % (job_id, {jobs.CANCELLED: "cancelled: its processes were killed",
+                                        jobs.PROCESSING: "is being cancelled: its worker has not answered yet"}
+                                .get(state, "ended %s before it could be cancelled" % state)))
+    return EXIT_OK
+
+
+@command("retry", "put finished jobs back to pending, attempts reset",
+         "queuectl retry job1\nqueuectl retry --all --state cancelled --queue nightly",
+         lambda p: pick_arguments(p, jobs.FINISHED_STATES))
+def cmd_retry(args):
+    filters = picked(args)
+    if args.all and not args.state:
+        args.parser.error("--all needs --state (%s)" % ", ".join(jobs.FINISHED_STATES))
+    with open_store(args) as store:
+        ids = store.retry(args.ids, now=time.time(), **filters)
+    if args.all:
+        out("%s back to pending" % display.plural(len(ids), "job"))
+    for job_id in [] if args.all else ids:
+        out("job %s back to pending" % job_id)
+    return EXIT_OK
+
+
+def edit_arguments(p):
+    id_argument(p)
+    job_option_arguments(p)
+
+
+@command("edit", "change a pending or failed job (validated again as enqueue would)",
+         "queuectl edit job1 --priority 5 --delay 10m\nqueuectl edit job1 --tag nightly --tag big",
+         edit_arguments)
+def cmd_edit(args):
+    changes = job_options(args)
+    if args.command is not None:
+        changes["command"] = args.command
+    if not changes:
+        args.parser.error("give at least one field to change")
+    with open_store(args) as store:
+        store.edit(args.id, changes, now=time.time(), default_max_retries=store.config()["max-retries"])
+        job = store.get(args.id)
+    out("job %s changed: %s" % (args.id, display.job_summary(shapes.job(job))))
+    return EXIT_OK
+
+
+@command("queue list", "list queues: paused, concurrency, jobs per state", "queuectl queue list --json", add_json)
+def cmd_queue_list(args):
+    with open_store(args) as store:
+        queues = store.queues()
+    if args.json:
+        print_json(queues)
+    elif queues:
+        out_lines(display.queue_lines(queues, colour()))
+    else:
+        out("no queues yet")
+    return EXIT_OK
+
+
+def queue_name_argument(p):
+    p.add_argument("name", type=queue_arg, metavar="Q")
+
+
+@command("queue pause", "claim nothing more from a queue (running jobs finish)", "queuectl queue pause nightly",
+         queue_name_argument)
+def cmd_queue_pause(args):
+    return set_queue(args, "queue %s paused", paused=True)
+
+
+@command("queue resume", "claim from a paused queue again", "queuectl queue resume nightly", queue_name_argument)
+def cmd_queue_resume(args):
+    return set_queue(args, "queue %s resumed", paused=False)
+
+
+def queue_set_arguments(p):
+    queue_name_argument(p)
+    p.add_argument("--concurrency", type=whole_number_arg(0, 1000000, "0 (no limit) or more"), required=True,
+                   metavar="N", help="at most N of its jobs processing at once, across all workers (0 = no limit)")
+
+
+@command("queue set", "limit how many of a queue's jobs run at once", "queuectl queue set gpu --concurrency 1",
+         queue_set_arguments)
+def cmd_queue_set(args):
+    return set_queue(args, "queue %%s: concurrency %s" % (args.concurrency or "unlimited"),
+                     concurrency=args.concurrency)
+
+
+def set_queue(args, said, **change):
+    with open_store(args) as store:
+        store.set_queue(args.name, **change)
+    out(said % args.name)
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- dead letter queue and clean-up
 
-@command("dlq list", "list dead jobs with their last error", "queuectl dlq list --json", add_json)
+@command("dlq list", "list dead jobs with their last error", "queuectl dlq list --json", status_arguments)
 def cmd_dlq_list(args):
     with open_store(args) as store:
-        rows = store.list_jobs(state=jobs.DEAD, limit=0)
+        rows = store.list_jobs(state=jobs.DEAD, queue=args.queue, tag=args.tag, limit=0)
     if args.json:
         print_json([shapes.job(r) for r in rows])
     elif rows:
@@ -525,7 +719,7 @@ def purge_arguments(p):
                    help="only jobs finished at least this long ago (30, 5m, 2h, 1d)")
 
 
-@command("purge", "remove completed or dead jobs", "queuectl purge --state completed --older-than 7d",
+@command("purge", "remove finished jobs (completed, dead or cancelled)", "queuectl purge --state completed --older-than 7d",
          purge_arguments)
 def cmd_purge(args):
     with open_store(args) as store:

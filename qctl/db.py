@@ -41,7 +41,7 @@ from typing import NamedTuple, Optional
 from . import config as qconfig
 from . import home as qhome
 from .errors import DatabaseDamaged, DuplicateJob, InvalidJob, InvalidState, JobNotFound, StoreError
-from .jobs import (COMPLETE, COMPLETED, DEAD, FAIL, FAILED, FINISHED_STATES, PENDING, PROCESSING, RELEASE, STATES,
+from .jobs import (COMPLETE, COMPLETED, FAIL, FAILED, FINISHED_STATES, PENDING, PROCESSING, RELEASE, STATES,
                    UNFINISHED_STATES, DEFAULT_LIST_LIMIT, DEFAULT_QUEUE, CANCEL, CANCELLED, CANCELLED_ERROR,
                    EDITABLE_STATES, Outcome, after_failure, as_input, validate_job)
 
@@ -137,10 +137,9 @@ SCHEMA_V4 = (
     "DROP INDEX jobs_ready",
     """CREATE INDEX jobs_ready ON jobs (priority DESC, next_run_at, seq, queue)
         WHERE state IN ('pending', 'failed')""",
-    # Per-queue counts: the concurrency check in the claim, queue list, --queue filters.
-    "CREATE INDEX jobs_queue ON jobs (queue, state)",
-    # Retention finds finished jobs by when they finished.
-    "CREATE INDEX jobs_finished ON jobs (state, finished_at) WHERE state IN ('completed', 'dead', 'cancelled')",
+    # Retention finds finished jobs by when they finished. (Partial on IS NOT NULL: SQLite sees that
+    # any `finished_at < ?` implies it; it cannot see that a narrower IN implies a wider one.)
+    "CREATE INDEX jobs_finished ON jobs (state, finished_at) WHERE finished_at IS NOT NULL",
     """CREATE TABLE queues (
         name         TEXT PRIMARY KEY,
         paused       INTEGER NOT NULL DEFAULT 0,
@@ -1019,14 +1018,14 @@ class Store:
         config retain-completed (completed and cancelled jobs) or retain-dead allows (0: keep).
         A small transaction each time: claims never wait long behind it. Returns how many."""
         removed = 0
-        for states, key in (((COMPLETED, CANCELLED), "retain-completed"), ((DEAD,), "retain-dead")):
+        for states, key in (("'completed', 'cancelled'", "retain-completed"), ("'dead'", "retain-dead")):
             keep_s = settings[key]
             if not keep_s or removed >= batch:
                 continue
             with self._write() as con:
                 seqs = [seq for (seq,) in con.execute(
-                    "SELECT seq FROM jobs INDEXED BY jobs_finished WHERE state IN (%s) AND finished_at < ? "
-                    "LIMIT ?" % _placeholders(len(states)), states + (now - keep_s, batch - removed))]
+                    "SELECT seq FROM jobs INDEXED BY jobs_finished WHERE state IN (" + states + ") "
+                    "AND finished_at < ? LIMIT ?", (now - keep_s, batch - removed))]
                 removed += _forget("seq IN (%s)" % _placeholders(len(seqs)), seqs, con=con) if seqs else 0
         return removed
 

@@ -264,3 +264,19 @@ def config_lines(values, settings):
     return table(["KEY", "VALUE", "DEFAULT", "MEANING"],
                  [[key, setting_text(values[key]), setting_text(s.default), s.meaning] for key, s in settings.items()],
                  flex=(3,))
+
+
+def queue_lines(queues, colour):
+    """`queue list`: one line a queue."""
+    return table(["QUEUE", "PAUSED", "CONCURRENCY", "JOBS"],
+                 [[q["name"], "yes" if q["paused"] else "no", q["concurrency"] or "-",
+                   "  ".join("%s %d" % (paint_state(s, colour), n) for s, n in q["jobs"].items() if n) or "-"]
+                  for q in queues], flex=(3, 0), right=(2,))
+
+
+def job_summary(job):
+    """One line of a job's fields that `edit` changes."""
+    fields = [("queue", job["queue"]), ("priority", job["priority"]), ("max_retries", job["max_retries"]),
+              ("next_run_at", job["next_run_at"]), ("timeout", job["timeout"] and format_seconds(job["timeout"]) + "s"),
+              ("tags", ",".join(job["tags"]) or None), ("command", one_line(job["command"]))]
+    return printable("  ".join("%s %s" % (name, value) for name, value in fields if value is not None))

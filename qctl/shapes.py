@@ -20,7 +20,7 @@ def job(row):
         "next_run_at": iso(row["next_run_at"]) if state in (PENDING, FAILED) else None,
         "last_error": row["last_error"], "exit_code": row["exit_code"], "cwd": row["cwd"],
         "env": mask_env(row["env"]), "worker": row["worker"], "started_at": iso(row["started_at"]),
-        "finished_at": iso(row["finished_at"]),
+        "finished_at": iso(row["finished_at"]), "queue": row["queue"], "tags": row["tags"],
     }
 
 

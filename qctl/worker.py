@@ -21,9 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 
 from . import home as qhome
-from .db import Store
+from .db import PRUNE_BATCH, Store
 from .errors import DatabaseDamaged, QueueError
-from .jobs import COMPLETED, DEAD, FAIL, FAILED, RELEASE, COMPLETE, Outcome
+from .jobs import CANCEL, CANCELLED, COMPLETE, COMPLETED, DEAD, FAIL, FAILED, RELEASE, UNFINISHED_STATES, Outcome
 from .runner import adopt_orphans, kill_lost, kill_tree, run_command, run_identity
 from .times import format_seconds
 
@@ -32,6 +32,7 @@ log = logging.getLogger("qctl.worker")
 TICK_S = 0.5               # housekeeping thread's period for config reload and recovery
 WAL_TICK_S = 0.1           # ... and for WAL upkeep, which must keep up with a full-speed drain
 DAMAGED_TRIES = 3          # a damaged database: give up after this many failed claims in a row
+PRUNE_EVERY_S = 10.0       # retention looks this often (at once again while it finds a full batch)
 ERROR_REPEAT_S = 60.0      # the same database error is logged at most this often
 SAFETY_WAKE_S = 5.0        # idle threads retry a claim at least this often, whatever the signals say
 CLAIM_RETRY_S = 1.0        # after a database error, a thread waits this long before claiming again
@@ -45,7 +46,8 @@ class Worker:
     or, with `burst`, until nothing is runnable and nothing runs.
     """
 
-    def __init__(self, home, *, threads=None, burst=False, stop_generation=None, allow_shared_home=False):
+    def __init__(self, home, *, threads=None, burst=False, drain=False, queues=None, stop_generation=None,
+                 allow_shared_home=False):
         self.home = home
         self.db_path = qhome.ensure(home, allow_shared=allow_shared_home)
         self.host = qhome.host()
@@ -53,6 +55,8 @@ class Worker:
         self.pid = os.getpid()
         self.id = "%s:%d:%s" % (self.host, self.pid, os.urandom(3).hex())
         self.burst = burst
+        self.drain = drain
+        self.queues = tuple(queues) if queues else None  # None: every queue
         with Store(self.db_path) as store:
             self.settings = store.config()
         self.threads = threads or self.settings["worker-count"]
@@ -73,9 +77,11 @@ class Worker:
         self._procs = {}                     # job seq -> Popen, for a hard stop
         self._unnoted = {}                   # job seq -> (job, Popen, start): pid not yet noted (_note_runs)
         self._killed = set()                 # job seqs whose command a hard stop killed
+        self._cancelled = set()              # job seqs whose command we killed because a user cancelled it
         self._procs_lock = threading.Lock()
         self._last_error, self._last_error_at = None, 0.0  # see _log_error
         self.failure = None                  # why the worker gave up (run() then returns 1)
+        self._pruned = 0                     # jobs the last retention batch removed
 
     # ------------------------------------------------------------ control
 
@@ -179,9 +185,20 @@ class Worker:
                     if due or now - last_wake >= SAFETY_WAKE_S:
                         self._wake()
                         last_wake = now
+                    if self.drain and self._idle >= self._active and self._drained(watch):
+                        log.info("worker %s stopping: nothing left to drain", self.id)
+                        self.stop()
                 wait_futures(futures, timeout=self.settings["poll-interval"])
         finally:
             watch.close()
+
+    def _drained(self, watch):
+        """--drain: whether no job of our queues is pending, processing or failed (due or not)."""
+        try:
+            counts = [watch.counts(queue=q) for q in self.queues] if self.queues else [watch.counts()]
+        except QueueError:
+            return False
+        return not any(c[s] for c in counts for s in UNFINISHED_STATES)
 
     def _obey_signals(self):
         if self._signals == 1 and not self._stopping.is_set():
@@ -247,9 +264,9 @@ class Worker:
         tag = os.urandom(8).hex()
         process = self._process_note({"tag": tag})
         if finish is None:
-            job = store.claim(self.id, self.settings["lease-seconds"], process=process)
+            job = store.claim(self.id, self.settings["lease-seconds"], queues=self.queues, process=process)
         else:
-            recorded, job = store.finish_and_claim(finish, self.settings, process=process)
+            recorded, job = store.finish_and_claim(finish, self.settings, queues=self.queues, process=process)
             self._log_recorded(finish, recorded)
         if job is not None:
             job["tag"] = tag
@@ -343,6 +360,9 @@ class Worker:
         if job["seq"] in self._killed:  # whatever it exited with: we cut it short
             return Outcome(RELEASE, job, self.id, now)
         took = time.monotonic() - started
+        if job["seq"] in self._cancelled:
+            self._cancelled.discard(job["seq"])
+            return Outcome(CANCEL, job, self.id, now, None, result.exit_code, result.stdout, result.stderr, took)
         if result.error is None:
             return Outcome(COMPLETE, job, self.id, now, stdout=result.stdout, stderr=result.stderr, took=took)
         return Outcome(FAIL, job, self.id, now, result.error, result.exit_code, result.stdout, result.stderr, took)
@@ -355,6 +375,8 @@ class Worker:
                         job["id"])
         elif outcome.kind == RELEASE:
             log.info("job %s killed; it goes back to the queue without using an attempt", job["id"])
+        elif recorded.state == CANCELLED:
+            log.info("job %s cancelled after %.2fs; its processes were killed", job["id"], outcome.took)
         elif recorded.state == COMPLETED:
             log.info("job %s completed in %.2fs", job["id"], outcome.took)
         elif recorded.state == FAILED:
@@ -370,6 +392,7 @@ class Worker:
         """Heartbeat, config reload, recovery of lost workers' jobs (every TICK_S) and WAL
         upkeep (every WAL_TICK_S)."""
         last_beat = last_tick = time.monotonic()
+        last_prune = 0.0
         while not self._done.is_set():
             self._house_store.await_upkeep(WAL_TICK_S)
             self._guarded("keeping the WAL small", self._house_store.housekeep)
@@ -389,6 +412,9 @@ class Worker:
             if not self._stopping.is_set():
                 self._guarded("recovering lost workers' jobs", self._recover)
             self._guarded("noting running commands", self._note_runs)
+            self._guarded("cancelling jobs", self._cancel_requested)
+            if time.monotonic() - last_prune >= PRUNE_EVERY_S and self._guarded("pruning old jobs", self._prune):
+                last_prune = time.monotonic() if self._pruned < PRUNE_BATCH else 0.0  # more to do: soon
 
     def _guarded(self, doing, step):
         """Run one housekeeping step; log what it raised (see _log_error). Returns whether it ran."""
@@ -401,6 +427,21 @@ class Worker:
 
     def _reload_config(self):
         self.settings = self._house_store.config()
+
+    def _cancel_requested(self):
+        """Kill the process trees of our running jobs whose cancel a user asked for; `step` then
+        records them cancelled. A job not running yet (or any more) is left to its own end."""
+        wanted = self._house_store.cancel_requests(self.id)
+        with self._procs_lock:
+            procs = [(seq, proc) for seq, proc in self._procs.items() if seq in wanted and seq not in self._cancelled]
+            self._cancelled.update(seq for seq, _ in procs)
+        for _, proc in procs:
+            threading.Thread(target=kill_tree, args=(proc,), kwargs={"grace_s": HARD_STOP_GRACE_S},
+                             daemon=True).start()
+
+    def _prune(self):
+        """Retention: a batch of old finished jobs (see `Store.prune`)."""
+        self._pruned = self._house_store.prune(time.time(), self.settings)
 
     def _pulse_loop(self):
         """Touch our pulse file (see `home.pulse`) several times a lease, whatever the database does."""

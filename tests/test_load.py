@@ -35,7 +35,8 @@ class WalTest(HomeTestCase):
 
         def housekeeping():
             with Store(self.db_path, durable=False, autocheckpoint=False) as house:
-                while not done.wait(0.1):
+                while not done.is_set():
+                    house.await_upkeep(0.1)  # as a worker's housekeeping thread does
                     house.housekeep()
                     peak[0] = max(peak[0], self.wal_bytes())
 

@@ -123,8 +123,11 @@ def sql_built_from_values(source):
                                 assigned.setdefault(element.id, []).append(node.value)
             elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
                 assigned.setdefault(node.target.id, []).append(node.value)
-            elif isinstance(node, ast.For) and isinstance(node.target, ast.Name):
-                assigned.setdefault(node.target.id, []).append(node.iter)
+            elif isinstance(node, ast.For):  # for name in ...: / for a, b in ...:
+                targets = node.target.elts if isinstance(node.target, ast.Tuple) else [node.target]
+                for target in targets:
+                    if isinstance(target, ast.Name):
+                        assigned.setdefault(target.id, []).append(node.iter)
         local_ok = set()
         if isinstance(scope, ast.FunctionDef) and scope.name in SQL_CALLS:
             local_ok |= {arg.arg for arg in scope.args.args}
