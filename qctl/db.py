@@ -944,6 +944,12 @@ class Store:
         retries nothing. Returns the ids retried."""
         with self._write() as con:
             rows = self._pick(con, ids, only, "retried", state=state, queue=queue, tag=tag)
+            # A silent success has no runs row (the job row carries it): write it before the job
+            # row forgets it, so the history survives the retry.
+            con.executemany(
+                "INSERT OR IGNORE INTO runs (job_seq, run, attempt, worker, started_at, finished_at, exit_code, error) "
+                "SELECT seq, runs, attempts, worker, started_at, finished_at, exit_code, last_error FROM jobs "
+                "WHERE seq = ? AND runs > 0", [(seq,) for seq, _, _ in rows])
             con.executemany(
                 "UPDATE jobs SET state = ?, attempts = 0, next_run_at = ?, updated_at = ?, exit_code = NULL, "
                 "last_error = NULL, worker = NULL, started_at = NULL, finished_at = NULL, cancel_requested = 0 "
