@@ -792,6 +792,12 @@ def add_command(subparsers, name, func, summary, example, **kwargs):
     return parser
 
 
+def show_actions(args):
+    """A group command without its action (`queuectl worker`): its actions, as -h lists them."""
+    out_lines(args.parser.format_help().rstrip().splitlines())
+    return EXIT_OK
+
+
 def build_parser():
     parser = Parser(
         prog="queuectl", usage="queuectl [-h] [--version] [--home DIR] [--allow-shared-home] COMMAND ...",
@@ -815,9 +821,8 @@ def build_parser():
         if action:
             if group not in groups:
                 group_summary, group_example = ACTION_GROUPS[group]
-                group_parser = add_command(sub, group, None, group_summary, group_example)
+                group_parser = add_command(sub, group, show_actions, group_summary, group_example)
                 groups[group] = group_parser.add_subparsers(dest=group + "_command", metavar="ACTION")
-                groups[group].required = True
             target = groups[group]
         p = add_command(target, action or name, handler, summary, example, **options)
         if arguments is not None:

@@ -369,7 +369,6 @@ class DlqTest(CliTestCase):
     def test_retry_usage(self):
         self.fails("dlq", "retry", code=2, message="give a job ID or --all")
         self.fails("dlq", "retry", "x", "--all", code=2, message="give a job ID or --all")
-        self.fails("dlq", code=2)
         self.fails("dlq", "purge", code=2, message="invalid choice")
 
     def test_retrying_a_processing_job_is_an_error(self):
@@ -455,7 +454,14 @@ class ConfigTest(CliTestCase):
 
     def test_usage(self):
         self.fails("config", "set", "max-retries", code=2)
-        self.fails("config", code=2)
+
+    def test_a_bare_group_command_lists_its_actions(self):
+        for group, actions in (("config", ("get", "set", "list")), ("dlq", ("list", "retry")),
+                               ("worker", ("start", "stop", "list")), ("queue", ("list", "pause", "resume", "set"))):
+            with self.subTest(group=group):
+                shown = self.ok(group).stdout
+                for action in actions:
+                    self.assertRegex(shown, r"(?m)^ +%s +\S" % action)
 
 
 class GlobalTest(CliTestCase):
