@@ -34,7 +34,7 @@ COMMAND_GROUPS = (
     ("watch and inspect", ("status", "list", "show", "logs", "wait", "stats", "dashboard")),
     ("control", ("cancel", "retry", "edit", "queue")),
     ("dead letter queue and clean-up", ("dlq", "delete", "purge")),
-    ("settings", ("config",)),
+    ("settings and upkeep", ("config", "init", "check", "backup")),
 )
 
 # Commands with actions (`queuectl dlq retry`): the group's summary and example.
@@ -165,9 +165,9 @@ def add_json(parser):
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def open_store(args):
+def open_store(args, *, allow_shared=False):
     from qctl.db import Store
-    return Store(qhome.ensure(args.home, allow_shared=args.allow_shared_home))
+    return Store(qhome.ensure(args.home, allow_shared=allow_shared or args.allow_shared_home))
 
 
 # ---------------------------------------------------------------- enqueue and run
@@ -779,6 +779,50 @@ def cmd_config_list(args):
         print_json(values)
     else:
         out_lines(display.config_lines(values, qconfig.SETTINGS))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- upkeep
+
+@command("init", "create the home and database and say where (no command needs it)", "queuectl init")
+def cmd_init(args):
+    path = qhome.ensure(args.home, allow_shared=args.allow_shared_home)
+    with open_store(args):
+        pass
+    out("home %s" % args.home)
+    out("database %s" % path)
+    return EXIT_OK
+
+
+@command("check", "check integrity, schema, sizes, permissions and stuck jobs",
+         "queuectl check\nqueuectl check --json", add_json)
+def cmd_check(args):
+    problems = qhome.sharing_problems(args.home)
+    with open_store(args, allow_shared=True) as store:
+        found, facts = store.check(time.time())
+    problems += found
+    if args.json:
+        print_json(dict(facts, healthy=not problems, problems=problems))
+    else:
+        out("database %s: schema version %d, %s, WAL %s" % (facts["path"], facts["schema_version"],
+                                                         display.size_text(facts["database_bytes"]),
+                                                         display.size_text(facts["wal_bytes"])))
+        for problem in problems:
+            error_line(problem)
+        out("healthy" if not problems else display.plural(len(problems), "problem"))
+    return EXIT_ERROR if problems else EXIT_OK
+
+
+def backup_arguments(p):
+    p.add_argument("file", metavar="FILE", help="where the copy goes (must not exist)")
+
+
+@command("backup", "copy the database consistently, even while workers run",
+         "queuectl backup /backups/queue-2026-12-01.db", backup_arguments)
+def cmd_backup(args):
+    with open_store(args) as store:
+        store.backup(args.file)
+    out("backed up to %s" % args.file)
     return EXIT_OK
 
 

@@ -25,6 +25,7 @@ The store's verbs, which a second backend would implement one for one:
   wait_finished, wait_workers_gone         block until jobs finish / workers exit (polling)
   cancel, cancel_requests, retry, edit, delete, purge, prune   user actions (prune: retention)
   queues, set_queue                        named queues: paused, concurrency
+  check, backup                            health, and a consistent copy while workers run
   config, set_config                       settings
 """
 
@@ -1034,6 +1035,54 @@ class Store:
                     "AND finished_at < ? LIMIT ?", (now - keep_s, batch - removed))]
                 removed += _forget("seq IN (%s)" % _placeholders(len(seqs)), seqs, con=con) if seqs else 0
         return removed
+
+    # ------------------------------------------------------------ health and backup
+
+    def check(self, now):
+        """Health: (problems, facts). Problems are one line each: a failed integrity check, jobs
+        processing under no live worker past their lease. Facts: schema version, file sizes."""
+        problems = ["integrity check: %s" % line for (line,) in self._read("PRAGMA integrity_check") if line != "ok"]
+        live = {w["id"] for w in self.live_workers(now)}
+        stuck = [job_id for job_id, worker in self._read(
+            "SELECT id, worker FROM jobs WHERE state = ? AND lease_until < ?", (PROCESSING, now)) if worker not in live]
+        if stuck:
+            problems.append("%d job%s processing under a worker that is gone (the next worker recovers them): %s"
+                            % (len(stuck), "" if len(stuck) == 1 else "s", ", ".join(stuck[:10])))
+        sizes = {}
+        for name, suffix in (("database_bytes", ""), ("wal_bytes", "-wal")):
+            try:
+                sizes[name] = os.path.getsize(self.path + suffix)
+            except OSError:
+                sizes[name] = 0
+        facts = dict(sizes, path=self.path, schema_version=self._read("PRAGMA user_version")[0][0],
+                     jobs=self.counts())
+        return problems, facts
+
+    def backup(self, target):
+        """A consistent copy of the database at `target` (SQLite's online backup API: right while
+        workers write). The copy is made 0600 beside `target` and renamed into place."""
+        if os.path.exists(target):
+            raise StoreError("%s exists already: remove it or choose another name" % target)
+        partial = "%s.%d.partial" % (target, os.getpid())
+        try:
+            os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            if os.name == "posix":
+                os.chmod(partial, 0o600)
+            copy = sqlite3.connect(partial)
+            try:
+                self.con.backup(copy)
+                copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file, no -wal beside it
+            finally:
+                copy.close()
+            os.replace(partial, target)
+        except (OSError, sqlite3.Error) as exc:
+            try:
+                os.remove(partial)
+            except OSError:
+                pass
+            if isinstance(exc, sqlite3.Error):
+                raise self._note(exc) from None
+            raise StoreError("cannot write the backup %s: %s" % (target, exc.strerror or exc)) from None
 
     # ------------------------------------------------------------ queues
 

@@ -280,3 +280,11 @@ def job_summary(job):
               ("next_run_at", job["next_run_at"]), ("timeout", job["timeout"] and format_seconds(job["timeout"]) + "s"),
               ("tags", ",".join(job["tags"]) or None), ("command", one_line(job["command"]))]
     return printable("  ".join("%s %s" % (name, value) for name, value in fields if value is not None))
+
+
+def size_text(n):
+    """1536 -> '1.5 KiB'."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return ("%d %s" if unit == "bytes" else "%.1f %s") % (n, unit)
+        n /= 1024.0

@@ -107,6 +107,17 @@ def open_private_log(path):
         raise StoreError("cannot open the worker log %s: %s" % (path, exc.strerror or exc)) from None
 
 
+def sharing_problems(home):
+    """What `ensure` would refuse about `home` and its database, as messages (for `check`)."""
+    problems = []
+    for path in (home, os.path.join(home, DB_NAME)):
+        try:
+            _refuse_if_shared(path)
+        except QueueError as exc:
+            problems.append(str(exc))
+    return problems
+
+
 def _refuse_if_shared(path):
     if not POSIX:
         return
