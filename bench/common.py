@@ -20,13 +20,13 @@ from qctl import config as qconfig
 from qctl import home as qhome
 from qctl import jobs
 from qctl.db import Store
+from qctl.worker import WAL_TICK_S  # how often a worker looks after its WAL
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "queuectl.py")
 
 WORKER = "bench:1:000000"
 LEASE_S = 30.0
-HOUSEKEEP_EVERY_S = 0.5  # the worker's housekeeping tick
 ENQUEUE_BATCH = 100000
 SETTINGS = dict(qconfig.defaults(), **{"lease-seconds": LEASE_S})
 
@@ -134,7 +134,8 @@ class Checkpointer:
         self.thread = threading.Thread(target=self.loop, daemon=True)
 
     def loop(self):
-        while not self.done.wait(HOUSEKEEP_EVERY_S):
+        while not self.done.is_set():  # as a worker's housekeeping thread keeps the WAL small
+            self.store.await_upkeep(WAL_TICK_S)
             self.store.housekeep()
 
     def __enter__(self):
