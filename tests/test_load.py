@@ -64,13 +64,13 @@ class WalTest(HomeTestCase):
 
 class StallTest(ReliabilityCase):
     def test_a_long_transaction_does_not_make_live_workers_lose_their_jobs(self):
-        # Another process holds SQLite's write lock for 2.5 leases: no worker can renew a lease
+        # Another process holds SQLite's write lock for 2.2 leases: no worker can renew a lease
         # meanwhile. Both live workers' jobs must run once, and neither a worker nor a process that
         # waited out the lock (the recover below) may count them lost.
         self.ok("config", "set", "lease-seconds", "1")
         starts = os.path.join(self.tmp, "starts")
         for name in ("a", "b"):
-            self.ok("enqueue", "--id", name, "--command", "echo %s >> %s; sleep 4" % (name, starts))
+            self.ok("enqueue", "--id", name, "--command", "echo %s >> %s; sleep 3.5" % (name, starts))
         for _ in range(2):
             self.spawn_worker("--count", "1")
         with Store(self.db_path) as store:
@@ -78,7 +78,7 @@ class StallTest(ReliabilityCase):
             con = sqlite3.connect(self.db_path, isolation_level=None)
             self.addCleanup(con.close)
             con.execute("BEGIN IMMEDIATE")
-            time.sleep(2.5)  # the stall itself: what is under test is how long the lock is held
+            time.sleep(2.2)  # the stall itself (over two leases): what is under test is how long the lock is held
             con.execute("COMMIT")
             self.assertEqual(store.recover(time.time(), dict(SETTINGS, **{"lease-seconds": 1.0})), [],
                              "a process that waited for the lock recovered live workers' jobs")

@@ -298,7 +298,7 @@ class WorkerProcessTest(WorkerTestCase):
     def test_sigstopped_worker_changes_nothing_after_its_job_was_recovered(self):
         self.ok("config", "set", "lease-seconds", "1")
         self.ok("config", "set", "backoff-base", "1")
-        job_id = self.enqueue("sleep 2; echo ran >> %s" % os.path.join(self.tmp, "ran"))
+        job_id = self.enqueue("sleep 1; echo ran >> %s" % os.path.join(self.tmp, "ran"))
         paused = self.spawn_worker()
         wait_until(lambda: self.state(job_id) == "processing", message="the first worker to claim")
         os.kill(paused.pid, signal.SIGSTOP)
