@@ -217,8 +217,7 @@ class CancelWorkerTest(ControlCase):
         self.ok("enqueue", "--id", "long", "--command", "sh -c 'echo $$ > %s; exec sleep 30' & wait" % pidfile)
         self.ok("enqueue", "--id", "next", "--command", "true", "--priority", "-1")
         self.spawn_worker("--count", "1")
-        wait_until(lambda: os.path.exists(pidfile) and open(pidfile).read().strip(), message="the job to start")
-        pid = int(open(pidfile).read())
+        pid = int(wait_until(lambda: _read(pidfile), message="the job to start"))
         started = time.monotonic()
         result = self.run_cli("cancel", "long")  # a separate process with only the home
         self.assertIn("job long cancelled", result.stdout, result)
@@ -240,7 +239,7 @@ class QueueWorkerTest(ControlCase):
         for _ in range(2):
             self.spawn_worker("--count", "2", "--burst")
         wait_until(lambda: self.s.counts()[jobs.COMPLETED] == 8, message="every job to complete")
-        events = [line.split() for line in open(log)]
+        events = [line.split() for line in _read(log).splitlines()]
         running = peak = 0
         for kind, _ in sorted(events, key=lambda e: float(e[1])):
             running += 1 if kind == "start" else -1
@@ -257,6 +256,15 @@ class QueueWorkerTest(ControlCase):
         self.assertEqual(result.code, 0, result)
         self.assertEqual(self.state("flaky"), jobs.COMPLETED, "--drain waited out the retry's delay")
         self.assertEqual(self.state("other"), jobs.PENDING, "a job of another queue was served")
+
+
+def _read(path):
+    """The text of `path`, stripped ("" if it does not exist yet)."""
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except FileNotFoundError:
+        return ""
 
 
 def _zombie(pid):
