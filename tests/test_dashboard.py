@@ -21,7 +21,9 @@ from urllib.parse import quote
 
 from qctl import dashboard
 from qctl import jobs
-from tests.base import DEADLINE_S, SCRIPT, HomeTestCase, new_job, run_next
+from qctl.db import RecentRun
+from qctl.times import iso
+from tests.base import DEADLINE_S, SCRIPT, HomeTestCase, add_job, new_job, run_next
 
 XSS_COMMAND = "<img src=x onerror=alert(1)>"
 # The command holds no markup; its output does: printf writes <script>alert(2)</script>.
@@ -87,12 +89,20 @@ class DashboardCase(HomeTestCase):
         self.ok("enqueue", json.dumps({"id": job_id, "command": "exit 1", "max_retries": 0}))
         self.finish(job_id, fail=True)
 
-    def enqueue_many(self, count):
+    def enqueue_many(self, count, **fields):
         """`count` pending jobs j00000, j00001, ... in one batch, through the store."""
         ids = ["j%05d" % n for n in range(count)]
         now = time.time()
-        self.store().enqueue([new_job(job_id, now=now, delay=3600) for job_id in ids], now)
+        self.store().enqueue([new_job(job_id, now=now, delay=3600, **fields) for job_id in ids], now)
         return ids
+
+    def post(self, path, *, token=True, server=None):
+        """POST `path` (with the page's token unless told not to): (status, headers, JSON body)."""
+        server = server or self.server
+        headers = {dashboard.TOKEN_HEADER: server.token} if token else {}
+        code, headers, body = self.request("POST", path, headers=headers, server=server)
+        self.assertEqual(headers["Content-Type"], "application/json")
+        return code, headers, json.loads(body)
 
 
 def read_until_closed(sock):
@@ -219,6 +229,16 @@ class PagingTest(DashboardCase):
         self.assertIn("state=pending", pages[0][1]["Link"])
         self.assertEqual([job["id"] for page, _ in pages for job in page], ids)
         self.assertEqual([job["id"] for job in self.get_json("/api/jobs?state=dead&limit=0")], ["doomed"])
+
+    def test_the_cursor_keeps_the_queue_and_tag_filters(self):
+        ids = self.enqueue_many(1200, queue="bulk", tags=["big", "x"])
+        self.ok("enqueue", "--id", "other-queue", "--queue", "small", "--tag", "big", "true")
+        self.ok("enqueue", "--id", "other-tag", "--queue", "bulk", "--tag", "small", "true")
+        pages = self.pages("/api/jobs?queue=bulk&tag=big&limit=0")
+        self.assertEqual([len(page) for page, _ in pages], [1000, 200])
+        self.assertIn("queue=bulk", pages[0][1]["Link"])
+        self.assertIn("tag=big", pages[0][1]["Link"])
+        self.assertEqual([job["id"] for page, _ in pages for job in page], ids)
 
     def test_bad_cursors(self):
         for after in ("x", "-1", "1.5", str(2 ** 63)):
@@ -362,6 +382,178 @@ class AwkwardIdTest(DashboardCase):
         self.assertIn('"?id=" + encodeURIComponent(id)', script)
 
 
+class QueuesAndFiltersTest(DashboardCase):
+    def enqueue_mix(self):
+        self.ok("enqueue", "--id", "a1", "--queue", "a", "--tag", "x", "--tag", "y", "--delay", "1h", "echo a1")
+        self.ok("enqueue", "--id", "a2", "--queue", "a", "--delay", "1h", "echo a2")
+        self.ok("enqueue", "--id", "b1", "--queue", "b", "--tag", "x", "--delay", "1h", "echo b1")
+        self.ok("enqueue", "--id", "d1", "--tag", "y", "--delay", "1h", "echo d1")
+        self.ok("cancel", "a2")
+
+    def test_queues_as_queue_list_prints(self):
+        self.assertEqual(self.get_json("/api/queues"), [])
+        self.enqueue_mix()
+        self.ok("queue", "pause", "a")
+        self.ok("queue", "set", "b", "--concurrency", "2")
+        self.ok("queue", "set", "idle", "--concurrency", "1")  # a queue no job names yet
+        queues = self.get_json("/api/queues")
+        self.assertEqual(queues, json.loads(self.ok("queue", "list", "--json").stdout))
+        self.assertEqual([(q["name"], q["paused"], q["concurrency"]) for q in queues],
+                         [("a", True, 0), ("b", False, 2), ("default", False, 0), ("idle", False, 1)])
+        counts = dict.fromkeys(jobs.STATES, 0)
+        counts.update(pending=1, cancelled=1)
+        self.assertEqual(queues[0]["jobs"], counts)
+
+    def test_jobs_filter_by_queue_tag_and_state_as_list_does(self):
+        self.enqueue_mix()
+        for query, argv in (("queue=a", ["--queue", "a"]), ("tag=x", ["--tag", "x"]),
+                            ("queue=a&tag=y", ["--queue", "a", "--tag", "y"]),
+                            ("queue=a&state=cancelled", ["--queue", "a", "--state", "cancelled"]),
+                            ("tag=y&state=pending", ["--tag", "y", "--state", "pending"]),
+                            ("queue=nobody", ["--queue", "nobody"])):
+            with self.subTest(query=query):
+                self.assertEqual(self.get_json("/api/jobs?" + query),
+                                 json.loads(self.ok("list", "--json", *argv).stdout))
+        self.assertEqual([j["id"] for j in self.get_json("/api/jobs?tag=x&newest=1")], ["b1", "a1"])
+        self.assertEqual(self.get_json("/api/jobs?queue=a&tag=x")[0]["tags"], ["x", "y"])
+        for query in ("queue=no%20spaces", "queue=" + "q" * 65, "tag=" + "t" * 65, "tag=%01"):
+            with self.subTest(query=query):
+                self.assertIn("error", self.get_json("/api/jobs?" + query, status=400))
+
+
+class ActionTest(DashboardCase):
+    def test_cancel_a_pending_job(self):
+        for job_id, path in (("p1", "/api/jobs/p1/cancel"), ("p/2", "/api/job/cancel?id=p%2F2"),
+                             ("..", "/api/job/cancel?id=..")):
+            with self.subTest(path=path):
+                self.ok("enqueue", "--id", job_id, "--delay", "1h", "echo never")
+                code, _, job = self.post(path)
+                self.assertEqual(code, 200, job)
+                self.assertEqual((job["id"], job["state"], job["last_error"]), (job_id, jobs.CANCELLED, "cancelled"))
+                self.assertEqual(self.job(job_id)["state"], jobs.CANCELLED)
+        self.ok("enqueue", "--id", "f1", "--max-retries", "1", "exit 1")
+        self.finish("f1", fail=True)
+        self.assertEqual(self.job("f1")["state"], jobs.FAILED)
+        self.assertEqual(self.post("/api/job/cancel?id=f1")[2]["state"], jobs.CANCELLED)
+
+    def test_cancel_needs_the_token_and_changes_nothing_otherwise(self):
+        self.ok("enqueue", "--id", "waiting", "--delay", "1h", "echo never")
+        before = self.job("waiting")
+        for headers in ({}, {dashboard.TOKEN_HEADER: "guess"}, {dashboard.TOKEN_HEADER: ""}):
+            for path in ("/api/jobs/waiting/cancel", "/api/job/cancel?id=waiting"):
+                with self.subTest(headers=headers, path=path):
+                    code, answer, body = self.request("POST", path, headers=headers)
+                    self.assertEqual(code, 403, body)
+                    self.assertEqual(answer["Content-Security-Policy"], dashboard.CSP)
+                    self.assertIn("error", json.loads(body))
+        self.assertEqual(self.job("waiting"), before)
+        code, _, body = self.post("/api/jobs/nope/cancel")
+        self.assertEqual(code, 404, body)
+        self.assertIn("error", body)
+
+    def test_cancel_of_a_finished_job_is_409_and_changes_nothing(self):
+        self.ok("enqueue", "--id", "done", "true")
+        self.finish("done")
+        self.dead_job("doomed")
+        self.ok("enqueue", "--id", "gone", "--delay", "1h", "true")
+        self.ok("cancel", "gone")
+        for job_id in ("done", "doomed", "gone"):
+            with self.subTest(id=job_id):
+                before = self.job(job_id)
+                code, headers, body = self.post("/api/job/cancel?id=" + job_id)
+                self.assertEqual(code, 409, body)
+                self.assertIn("only those can be cancelled", body["error"])
+                self.assertEqual(headers["Content-Security-Policy"], dashboard.CSP)
+                self.assertEqual(self.job(job_id), before)
+
+    def test_cancel_of_a_running_job_asks_its_worker(self):
+        self.ok("enqueue", "--id", "busy", "sleep 100")
+        store = self.store()
+        claimed = store.claim("w-test", 30.0, now=time.time())
+        code, _, job = self.post("/api/jobs/busy/cancel")
+        self.assertEqual(code, 200, job)
+        self.assertEqual(job["state"], jobs.PROCESSING)  # until its worker has killed it
+        self.assertEqual(store.cancel_requests("w-test"), {claimed["seq"]})
+
+    def test_retry_takes_any_finished_job(self):
+        self.ok("enqueue", "--id", "stopped", "--delay", "1h", "echo stopped")
+        self.ok("cancel", "stopped")
+        self.ok("enqueue", "--id", "done", "echo done")
+        self.finish("done", output=b"done\n")
+        self.dead_job("doomed")
+        for job_id in ("stopped", "done", "doomed"):
+            with self.subTest(id=job_id):
+                runs = len(self.get_json("/api/job?id=" + job_id)["runs"])
+                code, _, job = self.post("/api/job/retry?id=" + job_id)
+                self.assertEqual(code, 200, job)
+                self.assertEqual((job["state"], job["attempts"], job["exit_code"], job["last_error"], job["finished_at"]),
+                                 (jobs.PENDING, 0, None, None, None))
+                self.assertEqual(self.job(job_id)["state"], jobs.PENDING)
+                self.assertEqual(len(self.get_json("/api/job?id=" + job_id)["runs"]), runs)  # history kept
+        code, _, body = self.post("/api/jobs/done/retry")  # pending now: not finished
+        self.assertEqual(code, 409, body)
+        self.assertEqual(self.job("done")["state"], jobs.PENDING)
+
+
+class ChartTest(DashboardCase):
+    def run_at(self, job_id, end, *, fail=False, retries=0):
+        """Enqueue `job_id` and run it once, finishing at `end` (epoch seconds)."""
+        add_job(self.store(), job_id, now=end - 2, max_retries=retries)
+        run_next(self.store(), job_id, start=end - 1, end=end, error="exit code 1" if fail else None)
+
+    def test_runs_and_failures_per_minute_over_the_last_hour(self):
+        now = time.time()
+        finished = {}  # finish time -> failed
+        for job_id, ago_s, fail in (("old", 2 * 3600, False), ("half-ok", 1800, False), ("half-bad", 1795, True),
+                                    ("recent", 300, False), ("just-now", 1, True)):
+            self.run_at(job_id, now - ago_s, fail=fail)
+            finished[now - ago_s] = fail
+        # A job that failed, then completed: two runs, counted where each finished.
+        self.run_at("flaky", now - 600, fail=True, retries=1)
+        run_next(self.store(), "flaky", start=now - 599, end=now - 598)
+        finished[now - 600], finished[now - 598] = True, False
+        before = time.time()
+        chart = self.get_json("/api/chart")
+        after = time.time()
+        self.assertEqual(len(chart), dashboard.CHART_MINUTES)
+        self.assertEqual(len(chart), 60)
+        self.assertEqual(set(chart[0]), {"minute", "runs", "failures"})
+        first = (int(before // 60) - 59) * 60
+        starts = [iso(first + 60 * n) for n in range(60)]
+        if chart[-1]["minute"] != starts[-1]:  # the minute turned during the request
+            first += 60
+            starts = [iso(first + 60 * n) for n in range(60)]
+            self.assertLessEqual(first + 59 * 60, after)
+        self.assertEqual([bucket["minute"] for bucket in chart], starts)  # whole minutes, oldest first, now last
+        expected = {}
+        for end, fail in finished.items():
+            if end >= first:
+                runs, failures = expected.get(iso(end // 60 * 60), (0, 0))
+                expected[iso(end // 60 * 60)] = (runs + 1, failures + fail)
+        self.assertEqual({b["minute"]: (b["runs"], b["failures"]) for b in chart if b["runs"]}, expected)
+        self.assertEqual(sum(b["runs"] for b in chart), 6)  # all but the one two hours ago
+        self.assertEqual(sum(b["failures"] for b in chart), 3)
+
+    def test_bucket_edges(self):
+        class Runs:
+            def __init__(self, ends):
+                self.ends = ends
+
+            def runs_since(self, since):
+                return [RecentRun(end, 1.0, failed, 1) for end, failed in self.ends if end >= since]
+
+        minute = 60 * 28333333.0  # 2023-11-14T22:13:00Z
+        now = minute + 42.5
+        first = minute - 59 * 60
+        store = Runs([(first - 0.001, True), (first, True), (first + 59.999, False), (now, False),
+                      (now + 120, True)])  # the last: a clock that stepped back since
+        chart = dashboard.runs_per_minute(store, now)
+        self.assertEqual(chart[0], {"minute": iso(first), "runs": 2, "failures": 1})
+        self.assertEqual(chart[-1], {"minute": iso(minute), "runs": 1, "failures": 0})
+        self.assertEqual(sum(b["runs"] for b in chart), 3)
+        self.assertEqual(dashboard.runs_per_minute(Runs([]), now)[0]["runs"], 0)
+
+
 class SafetyTest(DashboardCase):
     def test_host_header_must_name_the_served_address(self):
         port = self.server.port
@@ -416,7 +608,8 @@ class SafetyTest(DashboardCase):
         self.assertNotEqual(self.serve().token, token)  # per server
 
     def test_csp_and_no_inline_code(self):
-        for path in ("/", "/static/app.js", "/api/status", "/nope"):
+        for path in ("/", "/static/app.js", "/static/app.css", "/api/status", "/api/queues", "/api/chart",
+                     "/api/jobs?queue=a&tag=b", "/nope", "/api/job?id=nope"):
             with self.subTest(path=path):
                 csp = self.request("GET", path)[1]["Content-Security-Policy"]
                 self.assertIn("default-src 'none'", csp)
@@ -449,13 +642,18 @@ class ReadOnlyTest(DashboardCase):
 
     def test_every_post_is_refused(self):
         self.dead_job()
+        self.ok("enqueue", "--id", "waiting", "--delay", "1h", "echo never")
         self.assertEqual(self.page_token(), "")
-        code, _, body = self.request("POST", "/api/jobs/doomed/retry",
-                                     headers={dashboard.TOKEN_HEADER: self.server.token})
-        self.assertEqual(code, 403, body)
-        self.assertIn(b"read-only", body)
+        for path in ("/api/jobs/doomed/retry", "/api/job/retry?id=doomed", "/api/jobs/waiting/cancel",
+                     "/api/job/cancel?id=waiting"):
+            with self.subTest(path=path):
+                code, headers, body = self.post(path)  # even with the token the server made
+                self.assertEqual(code, 403, body)
+                self.assertIn("read-only", body["error"])
+                self.assertEqual(headers["Content-Security-Policy"], dashboard.CSP)
         self.assertEqual(self.job("doomed")["state"], jobs.DEAD)
         self.assertEqual(self.get_json("/api/jobs/doomed")["state"], jobs.DEAD)
+        self.assertEqual(self.job("waiting")["state"], jobs.PENDING)
 
 
 @unittest.skipUnless(hasattr(signal, "SIGINT") and os.name == "posix", "needs POSIX signals")
