@@ -21,7 +21,9 @@ from urllib.parse import quote
 
 from qctl import dashboard
 from qctl import jobs
-from tests.base import DEADLINE_S, SCRIPT, HomeTestCase, new_job, run_next
+from qctl.db import RecentRun
+from qctl.times import iso
+from tests.base import DEADLINE_S, SCRIPT, HomeTestCase, add_job, new_job, run_next, wait_until
 
 XSS_COMMAND = "<img src=x onerror=alert(1)>"
 # The command holds no markup; its output does: printf writes <script>alert(2)</script>.
@@ -87,12 +89,20 @@ class DashboardCase(HomeTestCase):
         self.ok("enqueue", json.dumps({"id": job_id, "command": "exit 1", "max_retries": 0}))
         self.finish(job_id, fail=True)
 
-    def enqueue_many(self, count):
+    def enqueue_many(self, count, **fields):
         """`count` pending jobs j00000, j00001, ... in one batch, through the store."""
         ids = ["j%05d" % n for n in range(count)]
         now = time.time()
-        self.store().enqueue([new_job(job_id, now=now, delay=3600) for job_id in ids], now)
+        self.store().enqueue([new_job(job_id, now=now, delay=3600, **fields) for job_id in ids], now)
         return ids
+
+    def post(self, path, *, token=True, server=None):
+        """POST `path` (with the page's token unless told not to): (status, headers, JSON body)."""
+        server = server or self.server
+        headers = {dashboard.TOKEN_HEADER: server.token} if token else {}
+        code, headers, body = self.request("POST", path, headers=headers, server=server)
+        self.assertEqual(headers["Content-Type"], "application/json")
+        return code, headers, json.loads(body)
 
 
 def read_until_closed(sock):
@@ -219,6 +229,16 @@ class PagingTest(DashboardCase):
         self.assertIn("state=pending", pages[0][1]["Link"])
         self.assertEqual([job["id"] for page, _ in pages for job in page], ids)
         self.assertEqual([job["id"] for job in self.get_json("/api/jobs?state=dead&limit=0")], ["doomed"])
+
+    def test_the_cursor_keeps_the_queue_and_tag_filters(self):
+        ids = self.enqueue_many(1200, queue="bulk", tags=["big", "x"])
+        self.ok("enqueue", "--id", "other-queue", "--queue", "small", "--tag", "big", "true")
+        self.ok("enqueue", "--id", "other-tag", "--queue", "bulk", "--tag", "small", "true")
+        pages = self.pages("/api/jobs?queue=bulk&tag=big&limit=0")
+        self.assertEqual([len(page) for page, _ in pages], [1000, 200])
+        self.assertIn("queue=bulk", pages[0][1]["Link"])
+        self.assertIn("tag=big", pages[0][1]["Link"])
+        self.assertEqual([job["id"] for page, _ in pages for job in page], ids)
 
     def test_bad_cursors(self):
         for after in ("x", "-1", "1.5", str(2 ** 63)):
@@ -362,6 +382,178 @@ class AwkwardIdTest(DashboardCase):
         self.assertIn('"?id=" + encodeURIComponent(id)', script)
 
 
+class QueuesAndFiltersTest(DashboardCase):
+    def enqueue_mix(self):
+        self.ok("enqueue", "--id", "a1", "--queue", "a", "--tag", "x", "--tag", "y", "--delay", "1h", "echo a1")
+        self.ok("enqueue", "--id", "a2", "--queue", "a", "--delay", "1h", "echo a2")
+        self.ok("enqueue", "--id", "b1", "--queue", "b", "--tag", "x", "--delay", "1h", "echo b1")
+        self.ok("enqueue", "--id", "d1", "--tag", "y", "--delay", "1h", "echo d1")
+        self.ok("cancel", "a2")
+
+    def test_queues_as_queue_list_prints(self):
+        self.assertEqual(self.get_json("/api/queues"), [])
+        self.enqueue_mix()
+        self.ok("queue", "pause", "a")
+        self.ok("queue", "set", "b", "--concurrency", "2")
+        self.ok("queue", "set", "idle", "--concurrency", "1")  # a queue no job names yet
+        queues = self.get_json("/api/queues")
+        self.assertEqual(queues, json.loads(self.ok("queue", "list", "--json").stdout))
+        self.assertEqual([(q["name"], q["paused"], q["concurrency"]) for q in queues],
+                         [("a", True, 0), ("b", False, 2), ("default", False, 0), ("idle", False, 1)])
+        counts = dict.fromkeys(jobs.STATES, 0)
+        counts.update(pending=1, cancelled=1)
+        self.assertEqual(queues[0]["jobs"], counts)
+
+    def test_jobs_filter_by_queue_tag_and_state_as_list_does(self):
+        self.enqueue_mix()
+        for query, argv in (("queue=a", ["--queue", "a"]), ("tag=x", ["--tag", "x"]),
+                            ("queue=a&tag=y", ["--queue", "a", "--tag", "y"]),
+                            ("queue=a&state=cancelled", ["--queue", "a", "--state", "cancelled"]),
+                            ("tag=y&state=pending", ["--tag", "y", "--state", "pending"]),
+                            ("queue=nobody", ["--queue", "nobody"])):
+            with self.subTest(query=query):
+                self.assertEqual(self.get_json("/api/jobs?" + query),
+                                 json.loads(self.ok("list", "--json", *argv).stdout))
+        self.assertEqual([j["id"] for j in self.get_json("/api/jobs?tag=x&newest=1")], ["b1", "a1"])
+        self.assertEqual(self.get_json("/api/jobs?queue=a&tag=x")[0]["tags"], ["x", "y"])
+        for query in ("queue=no%20spaces", "queue=" + "q" * 65, "tag=" + "t" * 65, "tag=%01"):
+            with self.subTest(query=query):
+                self.assertIn("error", self.get_json("/api/jobs?" + query, status=400))
+
+
+class ActionTest(DashboardCase):
+    def test_cancel_a_pending_job(self):
+        for job_id, path in (("p1", "/api/jobs/p1/cancel"), ("p/2", "/api/job/cancel?id=p%2F2"),
+                             ("..", "/api/job/cancel?id=..")):
+            with self.subTest(path=path):
+                self.ok("enqueue", "--id", job_id, "--delay", "1h", "echo never")
+                code, _, job = self.post(path)
+                self.assertEqual(code, 200, job)
+                self.assertEqual((job["id"], job["state"], job["last_error"]), (job_id, jobs.CANCELLED, "cancelled"))
+                self.assertEqual(self.job(job_id)["state"], jobs.CANCELLED)
+        self.ok("enqueue", "--id", "f1", "--max-retries", "1", "exit 1")
+        self.finish("f1", fail=True)
+        self.assertEqual(self.job("f1")["state"], jobs.FAILED)
+        self.assertEqual(self.post("/api/job/cancel?id=f1")[2]["state"], jobs.CANCELLED)
+
+    def test_cancel_needs_the_token_and_changes_nothing_otherwise(self):
+        self.ok("enqueue", "--id", "waiting", "--delay", "1h", "echo never")
+        before = self.job("waiting")
+        for headers in ({}, {dashboard.TOKEN_HEADER: "guess"}, {dashboard.TOKEN_HEADER: ""}):
+            for path in ("/api/jobs/waiting/cancel", "/api/job/cancel?id=waiting"):
+                with self.subTest(headers=headers, path=path):
+                    code, answer, body = self.request("POST", path, headers=headers)
+                    self.assertEqual(code, 403, body)
+                    self.assertEqual(answer["Content-Security-Policy"], dashboard.CSP)
+                    self.assertIn("error", json.loads(body))
+        self.assertEqual(self.job("waiting"), before)
+        code, _, body = self.post("/api/jobs/nope/cancel")
+        self.assertEqual(code, 404, body)
+        self.assertIn("error", body)
+
+    def test_cancel_of_a_finished_job_is_409_and_changes_nothing(self):
+        self.ok("enqueue", "--id", "done", "true")
+        self.finish("done")
+        self.dead_job("doomed")
+        self.ok("enqueue", "--id", "gone", "--delay", "1h", "true")
+        self.ok("cancel", "gone")
+        for job_id in ("done", "doomed", "gone"):
+            with self.subTest(id=job_id):
+                before = self.job(job_id)
+                code, headers, body = self.post("/api/job/cancel?id=" + job_id)
+                self.assertEqual(code, 409, body)
+                self.assertIn("only those can be cancelled", body["error"])
+                self.assertEqual(headers["Content-Security-Policy"], dashboard.CSP)
+                self.assertEqual(self.job(job_id), before)
+
+    def test_cancel_of_a_running_job_asks_its_worker(self):
+        self.ok("enqueue", "--id", "busy", "sleep 100")
+        store = self.store()
+        claimed = store.claim("w-test", 30.0, now=time.time())
+        code, _, job = self.post("/api/jobs/busy/cancel")
+        self.assertEqual(code, 200, job)
+        self.assertEqual(job["state"], jobs.PROCESSING)  # until its worker has killed it
+        self.assertEqual(store.cancel_requests("w-test"), {claimed["seq"]})
+
+    def test_retry_takes_any_finished_job(self):
+        self.ok("enqueue", "--id", "stopped", "--delay", "1h", "echo stopped")
+        self.ok("cancel", "stopped")
+        self.ok("enqueue", "--id", "done", "echo done")
+        self.finish("done", output=b"done\n")
+        self.dead_job("doomed")
+        for job_id in ("stopped", "done", "doomed"):
+            with self.subTest(id=job_id):
+                runs = len(self.get_json("/api/job?id=" + job_id)["runs"])
+                code, _, job = self.post("/api/job/retry?id=" + job_id)
+                self.assertEqual(code, 200, job)
+                self.assertEqual((job["state"], job["attempts"], job["exit_code"], job["last_error"], job["finished_at"]),
+                                 (jobs.PENDING, 0, None, None, None))
+                self.assertEqual(self.job(job_id)["state"], jobs.PENDING)
+                self.assertEqual(len(self.get_json("/api/job?id=" + job_id)["runs"]), runs)  # history kept
+        code, _, body = self.post("/api/jobs/done/retry")  # pending now: not finished
+        self.assertEqual(code, 409, body)
+        self.assertEqual(self.job("done")["state"], jobs.PENDING)
+
+
+class ChartTest(DashboardCase):
+    def run_at(self, job_id, end, *, fail=False, retries=0):
+        """Enqueue `job_id` and run it once, finishing at `end` (epoch seconds)."""
+        add_job(self.store(), job_id, now=end - 2, max_retries=retries)
+        run_next(self.store(), job_id, start=end - 1, end=end, error="exit code 1" if fail else None)
+
+    def test_runs_and_failures_per_minute_over_the_last_hour(self):
+        now = time.time()
+        finished = {}  # finish time -> failed
+        for job_id, ago_s, fail in (("old", 2 * 3600, False), ("half-ok", 1800, False), ("half-bad", 1795, True),
+                                    ("recent", 300, False), ("just-now", 1, True)):
+            self.run_at(job_id, now - ago_s, fail=fail)
+            finished[now - ago_s] = fail
+        # A job that failed, then completed: two runs, counted where each finished.
+        self.run_at("flaky", now - 600, fail=True, retries=1)
+        run_next(self.store(), "flaky", start=now - 599, end=now - 598)
+        finished[now - 600], finished[now - 598] = True, False
+        before = time.time()
+        chart = self.get_json("/api/chart")
+        after = time.time()
+        self.assertEqual(len(chart), dashboard.CHART_MINUTES)
+        self.assertEqual(len(chart), 60)
+        self.assertEqual(set(chart[0]), {"minute", "runs", "failures"})
+        first = (int(before // 60) - 59) * 60
+        starts = [iso(first + 60 * n) for n in range(60)]
+        if chart[-1]["minute"] != starts[-1]:  # the minute turned during the request
+            first += 60
+            starts = [iso(first + 60 * n) for n in range(60)]
+            self.assertLessEqual(first + 59 * 60, after)
+        self.assertEqual([bucket["minute"] for bucket in chart], starts)  # whole minutes, oldest first, now last
+        expected = {}
+        for end, fail in finished.items():
+            if end >= first:
+                runs, failures = expected.get(iso(end // 60 * 60), (0, 0))
+                expected[iso(end // 60 * 60)] = (runs + 1, failures + fail)
+        self.assertEqual({b["minute"]: (b["runs"], b["failures"]) for b in chart if b["runs"]}, expected)
+        self.assertEqual(sum(b["runs"] for b in chart), 6)  # all but the one two hours ago
+        self.assertEqual(sum(b["failures"] for b in chart), 3)
+
+    def test_bucket_edges(self):
+        class Runs:
+            def __init__(self, ends):
+                self.ends = ends
+
+            def runs_since(self, since):
+                return [RecentRun(end, 1.0, failed, 1) for end, failed in self.ends if end >= since]
+
+        minute = 60 * 28333333.0  # 2023-11-14T22:13:00Z
+        now = minute + 42.5
+        first = minute - 59 * 60
+        store = Runs([(first - 0.001, True), (first, True), (first + 59.999, False), (now, False),
+                      (now + 120, True)])  # the last: a clock that stepped back since
+        chart = dashboard.runs_per_minute(store, now)
+        self.assertEqual(chart[0], {"minute": iso(first), "runs": 2, "failures": 1})
+        self.assertEqual(chart[-1], {"minute": iso(minute), "runs": 1, "failures": 0})
+        self.assertEqual(sum(b["runs"] for b in chart), 3)
+        self.assertEqual(dashboard.runs_per_minute(Runs([]), now)[0]["runs"], 0)
+
+
 class SafetyTest(DashboardCase):
     def test_host_header_must_name_the_served_address(self):
         port = self.server.port
@@ -416,7 +608,8 @@ class SafetyTest(DashboardCase):
         self.assertNotEqual(self.serve().token, token)  # per server
 
     def test_csp_and_no_inline_code(self):
-        for path in ("/", "/static/app.js", "/api/status", "/nope"):
+        for path in ("/", "/static/app.js", "/static/app.css", "/api/status", "/api/queues", "/api/chart",
+                     "/api/jobs?queue=a&tag=b", "/nope", "/api/job?id=nope"):
             with self.subTest(path=path):
                 csp = self.request("GET", path)[1]["Content-Security-Policy"]
                 self.assertIn("default-src 'none'", csp)
@@ -449,13 +642,18 @@ class ReadOnlyTest(DashboardCase):
 
     def test_every_post_is_refused(self):
         self.dead_job()
+        self.ok("enqueue", "--id", "waiting", "--delay", "1h", "echo never")
         self.assertEqual(self.page_token(), "")
-        code, _, body = self.request("POST", "/api/jobs/doomed/retry",
-                                     headers={dashboard.TOKEN_HEADER: self.server.token})
-        self.assertEqual(code, 403, body)
-        self.assertIn(b"read-only", body)
+        for path in ("/api/jobs/doomed/retry", "/api/job/retry?id=doomed", "/api/jobs/waiting/cancel",
+                     "/api/job/cancel?id=waiting"):
+            with self.subTest(path=path):
+                code, headers, body = self.post(path)  # even with the token the server made
+                self.assertEqual(code, 403, body)
+                self.assertIn("read-only", body["error"])
+                self.assertEqual(headers["Content-Security-Policy"], dashboard.CSP)
         self.assertEqual(self.job("doomed")["state"], jobs.DEAD)
         self.assertEqual(self.get_json("/api/jobs/doomed")["state"], jobs.DEAD)
+        self.assertEqual(self.job("waiting")["state"], jobs.PENDING)
 
 
 @unittest.skipUnless(hasattr(signal, "SIGINT") and os.name == "posix", "needs POSIX signals")
@@ -487,17 +685,224 @@ def find_browser():
     return None
 
 
+def browser_argv(profile):
+    return [find_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--user-data-dir=" + profile]
+
+
+def element(dom, tag, element_id):
+    """What is inside <tag id="element_id">...</tag> in `dom` (as chromium's --dump-dom writes it)."""
+    start = re.search(r'<%s\b[^>]* id="%s"[^>]*>' % (tag, element_id), dom)
+    if start is None:
+        raise AssertionError("no <%s id=%r> in the page" % (tag, element_id))
+    depth = 1
+    for match in re.finditer(r"<(/?)%s\b[^>]*>" % tag, dom[start.end():]):
+        depth += -1 if match.group(1) else 1
+        if not depth:
+            return dom[start.end():start.end() + match.start()]
+    raise AssertionError("<%s id=%r> never ends" % (tag, element_id))
+
+
+def rows(tbody):
+    """Each <tr> of a <tbody>'s text."""
+    return re.findall(r"<tr[^>]*>(.*?)</tr>", tbody, re.S)
+
+
+class DevTools:
+    """Headless chromium driven through its DevTools protocol on --remote-debugging-pipe: JSON
+    messages ended by a NUL byte, read from its fd 3 and written to its fd 4. No websocket,
+    so nothing beyond the standard library. Dialogs (confirm) are accepted and kept in `dialogs`."""
+
+    def __init__(self, test, profile):
+        to_browser, self._write = os.pipe()
+        self._read, from_browser = os.pipe()
+        # The shell puts our pipe ends on fds 3 and 4, where chromium looks for them.
+        shell = 'exec "$0" "$@" 3<&%d 4>&%d' % (to_browser, from_browser)
+        self.proc = subprocess.Popen(["/bin/sh", "-c", shell] + browser_argv(profile) + ["--remote-debugging-pipe"],
+                                     pass_fds=(to_browser, from_browser), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        os.close(to_browser)
+        os.close(from_browser)
+        test.addCleanup(self.close)
+        self._buffer = b""
+        self._next_id = 0
+        self.dialogs = []
+
+    def close(self):
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError, AssertionError):
+                self._send("Browser.close", {}, None)
+            try:
+                self.proc.wait(DEADLINE_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for fd in (self._read, self._write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _send(self, method, params, session):
+        self._next_id += 1
+        message = {"id": self._next_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        os.write(self._write, json.dumps(message).encode() + b"\0")
+        return self._next_id
+
+    def call(self, method, params=None, session=None):
+        """Send one command and return its result, handling events meanwhile."""
+        wanted = self._send(method, params or {}, session)
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            while b"\0" in self._buffer:
+                text, _, self._buffer = self._buffer.partition(b"\0")
+                message = json.loads(text)
+                if message.get("method") == "Page.javascriptDialogOpening":
+                    self.dialogs.append(message["params"]["message"])
+                    self._send("Page.handleJavaScriptDialog", {"accept": True}, message.get("sessionId"))
+                elif message.get("id") == wanted:
+                    if "error" in message:
+                        raise AssertionError("%s: %s" % (method, message["error"]))
+                    return message["result"]
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._read], [], [], left)[0]:
+                raise AssertionError("chromium did not answer %s within %ss" % (method, DEADLINE_S))
+            chunk = os.read(self._read, 65536)
+            if not chunk:
+                raise AssertionError("chromium exited (while waiting for %s)" % method)
+            self._buffer += chunk
+
+    def open(self, url):
+        """A new tab showing `url`; returns its session for `evaluate`."""
+        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        self.call("Page.enable", {}, session)
+        self.call("Page.navigate", {"url": url}, session)
+        return session
+
+    def evaluate(self, session, expression):
+        """The value of a JS expression in the page (promises awaited)."""
+        answer = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True,
+                                                "awaitPromise": True}, session)
+        if "exceptionDetails" in answer:
+            raise AssertionError("%s: %s" % (expression, answer["exceptionDetails"]))
+        return answer["result"].get("value")
+
+    def wait_for(self, session, expression, message):
+        return wait_until(lambda: self.evaluate(session, expression), message=message)
+
+
+# In the page: the button labelled LABEL in the row of the jobs list whose id is ID, or null.
+ROW_BUTTON_JS = """(function (id, label) {
+  var found = null;
+  document.querySelectorAll("#jobs tr").forEach(function (tr) {
+    var b = tr.querySelector("td.action button");
+    if (tr.querySelector("td.id button").textContent === id && b && b.textContent === label) found = b;
+  });
+  return found;
+})(%s, %s)"""
+
+
 @unittest.skipUnless(find_browser(), "no chromium / google-chrome on PATH")
 class BrowserTest(DashboardCase):
-    def dump_dom(self, path):
+    def dump_dom(self, path, server=None):
+        server = server or self.server
         profile = tempfile.mkdtemp(prefix="qctl-chrome-", dir=self.tmp)
-        argv = [find_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--user-data-dir=" + profile, "--virtual-time-budget=5000", "--dump-dom",
-                "http://127.0.0.1:%d%s" % (self.server.port, path)]
+        argv = browser_argv(profile) + ["--virtual-time-budget=5000", "--dump-dom",
+                                        "http://127.0.0.1:%d%s" % (server.port, path)]
         proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=120)
         self.assertEqual(proc.returncode, 0)
+        self.assertIn("updated ", proc.stdout)  # the script ran and the API answered
         return proc.stdout
+
+    def some_of_everything(self):
+        """Jobs in queues and with tags, in every state but processing, and runs to chart."""
+        self.ok("enqueue", "--id", "waiting", "--queue", "mail", "--tag", "news", "--tag", "eu", "--delay", "1h",
+                "echo waiting")
+        self.ok("enqueue", "--id", "done", "--queue", "reports", "--tag", "nightly", "echo done")
+        self.finish("done")
+        self.dead_job("doomed")
+        self.ok("enqueue", "--id", "stopped", "--delay", "1h", "echo stopped")
+        self.ok("cancel", "stopped")
+        self.ok("queue", "pause", "mail")
+        self.ok("queue", "set", "reports", "--concurrency", "3")
+
+    def test_page_shows_queues_chart_tags_and_buttons(self):
+        self.some_of_everything()
+        dom = self.dump_dom("/")
+        queues = {re.search(r'class="link"[^>]*>([^<]*)<', r).group(1): r for r in rows(element(dom, "tbody", "queues"))}
+        self.assertEqual(sorted(queues), ["default", "mail", "reports"])
+        self.assertIn(">paused<", queues["mail"])
+        self.assertIn(">active<", queues["reports"])
+        self.assertRegex(queues["reports"], r'<td class="num">3</td>')  # its concurrency
+        self.assertIn('id="count-cancelled">1<', dom)
+        chart = element(dom, "div", "chart")
+        self.assertRegex(chart, r"^<svg [^>]*viewBox=")
+        self.assertEqual(len(re.findall(r"<g class=\"bucket\">", chart)), 60)
+        self.assertEqual(len(re.findall(r'<rect [^>]*class="runs"', chart)), 1)  # done, this minute (or the last)
+        self.assertEqual(len(re.findall(r'<rect [^>]*class="failures"', chart)), 1)  # doomed
+        self.assertIn(">now</text>", chart)
+        self.assertIn("<title>", chart)  # each minute's tooltip
+        jobs_rows = {re.search(r'<td class="id"><button[^>]*>([^<]*)<', r).group(1): r
+                     for r in rows(element(dom, "tbody", "jobs"))}
+        self.assertEqual(sorted(jobs_rows), sorted(["waiting", "done", "doomed", "stopped"]))
+        self.assertIn('>Cancel</button>', jobs_rows["waiting"])
+        for job_id in ("done", "doomed", "stopped"):
+            self.assertIn('>Retry</button>', jobs_rows[job_id])
+            self.assertNotIn('>Cancel</button>', jobs_rows[job_id])
+        self.assertRegex(jobs_rows["waiting"], r'<button class="tag"[^>]*>eu</button><button class="tag"[^>]*>news<')
+        self.assertIn('<td class="queue">mail</td>', jobs_rows["waiting"])
+        options = re.findall(r"<option[^>]*>([^<]*)</option>", element(dom, "select", "filter-queue"))
+        self.assertEqual(options, ["all queues", "default", "mail", "reports"])
+
+        read_only = self.serve(read_only=True)
+        dom = self.dump_dom("/", server=read_only)
+        self.assertEqual(len(rows(element(dom, "tbody", "jobs"))), 4)
+        self.assertNotIn(">Cancel<", dom)
+        self.assertNotIn(">Retry<", dom)
+
+    def test_filters_come_from_the_address(self):
+        self.some_of_everything()
+        for path, shown in (("/#queue=mail", ["waiting"]), ("/#tag=nightly", ["done"]),
+                            ("/#state=cancelled", ["stopped"]), ("/#queue=reports&tag=news", []),
+                            ("/#state=dead&job=done", ["doomed"])):
+            with self.subTest(path=path):
+                dom = self.dump_dom(path)
+                ids = re.findall(r'<td class="id"><button[^>]*>([^<]*)<', element(dom, "tbody", "jobs"))
+                self.assertEqual(ids, shown)
+        self.assertRegex(dom, r'<section class="panel detail" id="detail">')  # #job= opens the job too
+        self.assertIn('<code id="detail-id">done</code>', dom)
+        # A filter the server refuses empties the list and says why; the rest of the page lives on.
+        dom = self.dump_dom("/#queue=no%20such%20name")
+        self.assertEqual(rows(element(dom, "tbody", "jobs")), [])
+        self.assertIn("filter: queue must be", element(dom, "div", "problem"))
+        self.assertIn('id="count-cancelled">1<', dom)
+
+    def test_job_page_shows_every_run_with_its_output_as_text(self):
+        self.ok("enqueue", json.dumps({"id": "flaky", "command": "./flaky", "max_retries": 1, "queue": "etl",
+                                       "tags": ["nightly"], "env": {"API_KEY": "hunter2"}}))
+        store = self.store()
+        run_next(store, "flaky", start=time.time(), end=time.time(), error="exit code 3", exit_code=3,
+                 output=b"first try <b>bold</b>\n")
+        run_next(store, "flaky", start=time.time(), end=time.time(), output=b"second try & done\n")
+        dom = self.dump_dom("/#job=flaky")
+        detail = element(dom, "section", "detail")
+        self.assertIn('<code id="detail-id">flaky</code>', detail)
+        fields = dict(re.findall(r"<dt>([^<]*)</dt><dd[^>]*>(.*?)</dd>", element(dom, "dl", "detail-fields"), re.S))
+        self.assertEqual(fields["queue"], "etl")
+        self.assertIn(">nightly</button>", fields["tags"])
+        self.assertEqual(fields["env"], "API_KEY=***")
+        self.assertNotIn("hunter2", dom)
+        runs = re.findall(r'<section class="run">(.*?)</section>', element(dom, "div", "detail-runs"), re.S)
+        self.assertEqual(len(runs), 2)
+        self.assertIn(">run 2<", runs[0])  # the latest first
+        self.assertIn('<pre class="stdout">second try &amp; done\n</pre>', runs[0])
+        self.assertIn(">run 1<", runs[1])
+        self.assertIn(">exit code 3<", runs[1])
+        self.assertIn('<pre class="stdout">first try &lt;b&gt;bold&lt;/b&gt;\n</pre>', runs[1])
+        self.assertNotIn("<b>bold", dom)
+        self.assertIn('>Retry</button>', element(dom, "span", "detail-actions"))  # completed: it may run again
 
     def test_page_renders_counts_and_job_data_as_text(self):
         self.ok("enqueue", json.dumps({"id": "xss", "command": XSS_COMMAND, "max_retries": 0}))
@@ -516,7 +921,6 @@ class BrowserTest(DashboardCase):
         self.assertNotRegex(dom, r"<img[^>]*onerror")
         self.assertNotIn("<script>alert", dom)
         self.assertIn(">Retry<", dom)
-        self.assertIn("updated ", dom)  # the script ran and the API answered
 
     def test_page_opens_jobs_whose_ids_are_dot_segments(self):
         for job_id in ("..", "."):
@@ -526,3 +930,93 @@ class BrowserTest(DashboardCase):
                 dom = self.dump_dom("/#job=" + quote(job_id, safe=""))
                 self.assertIn('<code id="detail-id">%s</code>' % job_id, dom)
                 self.assertRegex(dom, r'<section class="panel detail" id="detail">')  # shown, not hidden
+
+
+@unittest.skipUnless(find_browser() and os.name == "posix", "no chromium / google-chrome on PATH (or not POSIX)")
+class BrowserClickTest(DashboardCase):
+    """The buttons clicked in a real page: the request each sends, with its token, changes the job."""
+
+    def setUp(self):
+        super().setUp()
+        self.browser = DevTools(self, tempfile.mkdtemp(prefix="qctl-chrome-", dir=self.tmp))
+
+    def page(self, path="/"):
+        session = self.browser.open("http://127.0.0.1:%d%s" % (self.server.port, path))
+        # Until the navigation is done, this may run in about:blank, which has no #updated.
+        first_refresh = '(document.getElementById("updated") || {textContent: ""}).textContent.indexOf("updated") === 0'
+        self.browser.wait_for(session, first_refresh, "the page's first refresh")
+        return session
+
+    def row_button(self, session, job_id, label):
+        """Wait for job `job_id`'s row to show a button `label`; returns the JS that finds it."""
+        button = ROW_BUTTON_JS % (json.dumps(job_id), json.dumps(label))
+        self.browser.wait_for(session, button + " !== null", "a %s button for job %s" % (label, job_id))
+        return button
+
+    def click_row(self, session, job_id, label):
+        self.browser.evaluate(session, self.row_button(session, job_id, label) + ".click()")
+
+    def test_cancel_then_retry_from_the_jobs_list(self):
+        self.ok("enqueue", "--id", "waiting", "--tag", "t", "--delay", "1h", "echo never")
+        session = self.page()
+        self.click_row(session, "waiting", "Cancel")
+        wait_until(lambda: self.job("waiting")["state"] == jobs.CANCELLED, message="the cancel to land")
+        self.click_row(session, "waiting", "Retry")  # the row is redrawn as cancelled, with Retry
+        wait_until(lambda: self.job("waiting")["state"] == jobs.PENDING, message="the retry to land")
+        self.click_row(session, "waiting", "Cancel")
+        self.assertEqual(self.browser.dialogs, [])  # a job that is not running goes without asking
+        self.assertFalse(self.browser.evaluate(session, '!document.getElementById("problem").hidden'))
+
+    def test_cancel_of_a_running_job_asks_first_and_says_so(self):
+        self.ok("enqueue", "--id", "busy", "sleep 100")
+        claimed = self.store().claim("w-test", 30.0, now=time.time())
+        session = self.page()
+        self.click_row(session, "busy", "Cancel")
+        wait_until(lambda: self.store().cancel_requests("w-test") == {claimed["seq"]}, message="the cancel request")
+        self.assertEqual(len(self.browser.dialogs), 1)
+        self.assertIn("busy", self.browser.dialogs[0])
+        self.assertIn("killed", self.browser.dialogs[0])
+        cancelling = self.row_button(session, "busy", "Cancelling")  # until its worker has killed it
+        self.assertTrue(self.browser.evaluate(session, cancelling + ".disabled"))
+
+    def test_retry_from_the_job_page_and_a_refusal_shown(self):
+        self.ok("enqueue", "--id", "done", "echo done")
+        self.finish("done")
+        session = self.page("/#job=done")
+        retry = 'document.querySelector("#detail-actions button")'
+        self.browser.wait_for(session, retry + ' && %s.textContent === "Retry"' % retry, "the job page's Retry")
+        self.browser.evaluate(session, retry + ".click()")
+        wait_until(lambda: self.job("done")["state"] == jobs.PENDING, message="the retry to land")
+        # Another hand cancels the job before the page knows: its Cancel gets 409, and says so.
+        # Checked and clicked in one evaluation (the page's JS runs one thing at a time); should a
+        # refresh have come between the CLI's cancel and the click, try again.
+        click_cancel = '%s && %s.textContent === "Cancel" ? (%s.click(), true) : false' % (retry, retry, retry)
+        for _ in range(3):
+            self.browser.wait_for(session, retry + ' && %s.textContent === "Cancel"' % retry, "the job page redrawn")
+            self.ok("cancel", "done")
+            if self.browser.evaluate(session, click_cancel):
+                break
+            self.ok("retry", "done")
+        else:
+            self.fail("the page refreshed between the cancel and the click three times")
+        self.browser.wait_for(session, 'document.getElementById("problem").textContent.indexOf("cancel done") === 0',
+                              "the 409 shown")
+        self.assertIn("only those can be cancelled", self.browser.evaluate(
+            session, 'document.getElementById("problem").textContent'))
+
+    def test_tag_and_queue_filters_follow_clicks(self):
+        self.ok("enqueue", "--id", "a", "--queue", "qa", "--tag", "red", "--delay", "1h", "true")
+        self.ok("enqueue", "--id", "b", "--queue", "qb", "--tag", "blue", "--delay", "1h", "true")
+        session = self.page()
+        shown = 'Array.from(document.querySelectorAll("#jobs td.id button")).map(function (b) { return b.textContent; }).join()'
+        self.browser.wait_for(session, shown + ' === "b,a"', "both jobs")
+        self.browser.evaluate(session, 'document.querySelector("#jobs button.tag").click()')  # b's tag, blue
+        self.browser.wait_for(session, shown + ' === "b"', "the tag filter")
+        self.assertEqual(self.browser.evaluate(session, "location.hash"), "#tag=blue")
+        self.browser.evaluate(session, 'document.getElementById("filter-clear").click()')
+        self.browser.wait_for(session, shown + ' === "b,a"', "the filters cleared")
+        self.browser.evaluate(session, 'var s = document.getElementById("filter-queue"); s.value = "qa"; '
+                                       's.dispatchEvent(new Event("change"))')
+        self.browser.wait_for(session, shown + ' === "a"', "the queue filter")
+        self.assertEqual(self.browser.evaluate(session, "location.hash"), "#queue=qa")
+

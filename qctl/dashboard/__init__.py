@@ -7,8 +7,9 @@ nothing inline and nothing from elsewhere.
 Safety rules (Flower, rq-dashboard and Sidekiq all had holes here):
 - a request whose Host header is not the address we serve gets 400: a page on
   another site cannot reach us by rebinding its DNS name to 127.0.0.1;
-- every POST carries the per-server token the page embeds, else 403; a page on
-  another origin can neither read the token nor send the header without CORS;
+- every POST (an action: cancel or retry one job) carries the per-server token
+  the page embeds, else 403; a page on another origin can neither read the
+  token nor send the header without CORS;
 - `read_only` refuses every POST;
 - job data reaches the page as JSON and the page only ever sets textContent;
 - env values never leave the store: `shapes.job` masks them.
@@ -24,14 +25,19 @@ SECURITY_HEADERS (`end_headers` adds them).
 
 Ids: in a path an id is percent-encoded (`a/b` is `/api/jobs/a%2Fb`). Browsers
 and fetch() resolve `.` and `..` as dot segments even when sent as `%2E%2E`, so
-any id may also go in the query, which nobody normalises: `GET /api/job?id=ID`
-and `POST /api/job/retry?id=ID`. The page always uses that form.
+any id may also go in the query, which nobody normalises: `GET /api/job?id=ID`,
+`POST /api/job/cancel?id=ID` and `POST /api/job/retry?id=ID`. The page always
+uses that form.
+
+The chart (`GET /api/chart`): runs and failures per minute over the last hour,
+CHART_MINUTES buckets of whole clock minutes, the current one last.
 """
 
 import hmac
 import io
 import ipaddress
 import json
+import math
 import os
 import secrets
 import socket
@@ -46,6 +52,7 @@ from .. import shapes
 from .. import stats as qstats
 from ..db import SQLITE_MAX_INT, Store
 from ..errors import InvalidJob, InvalidState, JobNotFound, QueueError, StoreError
+from ..times import iso
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -55,7 +62,8 @@ MAX_CURSOR = SQLITE_MAX_INT  # a cursor is a job's seq
 MAX_BODY_BYTES = 65536
 IDLE_TIMEOUT_S = 10.0  # a request must arrive whole within this (DashboardServer.idle_timeout_s)
 LINGER_S = 2.0  # at most this long draining a refused body; see Handler.finish
-STATS_COST_FACTOR = 5  # see DashboardServer.stats
+STATS_COST_FACTOR = 5  # see DashboardServer.cached
+CHART_MINUTES = 60  # buckets of /api/chart
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 STATIC_FILES = {
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
@@ -175,24 +183,33 @@ class DashboardServer(ThreadingHTTPServer):
         self.db_path = db_path
         self.read_only = read_only
         self.token = secrets.token_urlsafe(32)
-        self._stats_lock = threading.Lock()
-        self._stats_cache = (0.0, 0.0, None)
+        self._cache_lock = threading.Lock()
+        self._cache = {}  # name -> (computed at, what it cost, value)
         super().__init__((host.strip("[]"), port), Handler)
         self.host = host.strip("[]")
         self.port = self.server_address[1]
         self.wildcard = _is_wildcard(self.host)
         self.allowed_hosts = allowed_hosts(self.host, self.port)
 
-    def stats(self, store):
-        """`stats --json`, recomputed only once the last copy is older than STATS_COST_FACTOR times
-        what it cost: fresh on a small queue, at most a fifth of a core on a huge one."""
-        with self._stats_lock:
+    def cached(self, name, compute):
+        """`compute()`, recomputed only once the last copy is older than STATS_COST_FACTOR times
+        what it cost: fresh on a small queue, at most a fifth of a core on a huge one. Both
+        figures that read every run of the last hour (stats, chart) go through here."""
+        with self._cache_lock:
             started = time.monotonic()
-            computed_at, cost, value = self._stats_cache
+            computed_at, cost, value = self._cache.get(name, (0.0, 0.0, None))
             if value is None or started - computed_at >= STATS_COST_FACTOR * cost:
-                value = qstats.collect(store, time.time())
-                self._stats_cache = (started, time.monotonic() - started, value)
+                value = compute()
+                self._cache[name] = (started, time.monotonic() - started, value)
             return value
+
+    def stats(self, store):
+        """`stats --json` (see `cached`)."""
+        return self.cached("stats", lambda: qstats.collect(store, time.time()))
+
+    def chart(self, store):
+        """Runs and failures per minute over the last hour (see `cached` and `runs_per_minute`)."""
+        return self.cached("chart", lambda: runs_per_minute(store, time.time()))
 
     @property
     def url(self):
@@ -388,6 +405,10 @@ class Handler(BaseHTTPRequestHandler):
             return lambda: self._with_store(self.server.stats)
         if rest == ["workers"]:
             return lambda: self._with_store(lambda store: [shapes.worker(w) for w in store.live_workers(time.time())])
+        if rest == ["queues"]:
+            return lambda: self._with_store(lambda store: store.queues())
+        if rest == ["chart"]:
+            return lambda: self._with_store(self.server.chart)
         if rest == ["jobs"]:
             return lambda: self._list(query)
         if len(rest) == 2 and rest[0] == "jobs":
@@ -400,10 +421,10 @@ class Handler(BaseHTTPRequestHandler):
         raise HttpError(405, "method not allowed")
 
     def _post_route(self, seg, query):
-        if len(seg) == 4 and seg[:2] == ["api", "jobs"] and seg[3] == "retry":
-            return lambda: self._retry(seg[2])
-        if seg == ["api", "job", "retry"]:
-            return lambda: self._retry(query_id(query))
+        if len(seg) == 4 and seg[:2] == ["api", "jobs"] and seg[3] in ACTIONS:
+            return lambda: self._act(ACTIONS[seg[3]], seg[2])
+        if len(seg) == 3 and seg[:2] == ["api", "job"] and seg[2] in ACTIONS:
+            return lambda: self._act(ACTIONS[seg[2]], query_id(query))
         return None
 
     # ------------------------------------------------------------ handlers
@@ -425,11 +446,17 @@ class Handler(BaseHTTPRequestHandler):
 
     def _list(self, query):
         state = (query.get("state") or [""])[-1] or None
-        if state is not None:
-            try:
+        queue = (query.get("queue") or [""])[-1] or None
+        tag = (query.get("tag") or [""])[-1] or None
+        try:
+            if state is not None:
                 jobs.check_state(state)
-            except InvalidJob as exc:
-                raise HttpError(400, str(exc)) from None
+            if queue is not None:
+                jobs.check_queue(queue)
+            if tag is not None:
+                jobs.check_tags([tag])
+        except InvalidJob as exc:
+            raise HttpError(400, str(exc)) from None
         limit_text = (query.get("limit") or [""])[-1]
         try:
             limit = int(limit_text) if limit_text else jobs.DEFAULT_LIST_LIMIT
@@ -449,12 +476,13 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(400, "after must be a cursor from X-Next-Cursor, not %r" % after_text)
         with self._store() as store:
             # One more than the page: whether there is a next page, without counting.
-            rows = store.list_jobs(state=state, limit=limit + 1, newest_first=newest_first, after_seq=after)
+            rows = store.list_jobs(state=state, queue=queue, tag=tag, limit=limit + 1, newest_first=newest_first,
+                                   after_seq=after)
         headers = ()
         if len(rows) > limit:
             rows = rows[:limit]
             cursor = str(rows[-1]["seq"])
-            params = [("state", state)] if state else []
+            params = [(name, value) for name, value in (("state", state), ("queue", queue), ("tag", tag)) if value]
             params += [("limit", limit)] + ([("newest", 1)] if newest_first else []) + [("after", cursor)]
             headers = (("X-Next-Cursor", cursor), ("Link", '</api/jobs?%s>; rel="next"' % urlencode(params)))
         self._json(200, [shapes.job(r) for r in rows], headers)
@@ -464,15 +492,32 @@ class Handler(BaseHTTPRequestHandler):
             text = qstats.prometheus(self.server.stats(store))
         self._send(200, text.encode("utf-8"), "text/plain; version=0.0.4; charset=utf-8")
 
-    def _retry(self, job_id):
+    def _act(self, action, job_id):
+        """Run `action` (a value of ACTIONS) on one job and answer the job as it is after."""
         if self.server.read_only:
             raise HttpError(403, "the dashboard is read-only")
         token = self.headers.get(TOKEN_HEADER) or ""
         if not hmac.compare_digest(token.encode("utf-8", "replace"), self.server.token.encode("ascii")):
             raise HttpError(403, "missing or wrong %s header: reload the page" % TOKEN_HEADER)
         with self._store() as store:
-            store.retry([job_id], now=time.time(), only=(jobs.DEAD,))
+            action(store, job_id)
             self._json(200, shapes.job(store.get(job_id)))
+
+
+def _cancel(store, job_id):
+    # As `cancel ID`, but without waiting for a running job's worker to kill it: the answer
+    # says `processing` until then, and the page's next refresh shows how it ended.
+    store.cancel([job_id], now=time.time())
+
+
+def _retry(store, job_id):
+    # Any finished job, as `retry ID`: `dlq retry` is the same thing for dead ones.
+    store.retry([job_id], now=time.time())
+
+
+# The POSTs: /api/jobs/ID/NAME or /api/job/NAME?id=ID. Unknown or finished (cancel) or
+# unfinished (retry) ids raise JobNotFound (404) or InvalidState (409) and change nothing.
+ACTIONS = {"cancel": _cancel, "retry": _retry}
 
 
 def query_id(query):
@@ -481,6 +526,19 @@ def query_id(query):
     if not values:
         raise HttpError(400, "name the job: ?id=ID")
     return values[-1]
+
+
+def runs_per_minute(store, now, *, minutes=CHART_MINUTES):
+    """`minutes` buckets of whole clock minutes, oldest first, the last one holding `now`:
+    [{"minute": ISO start, "runs": n, "failures": n}, ...], runs counted by when they finished."""
+    first = (math.floor(now / 60.0) - (minutes - 1)) * 60.0
+    buckets = [{"minute": iso(first + 60.0 * n), "runs": 0, "failures": 0} for n in range(minutes)]
+    for run in store.runs_since(first):
+        n = int((run.finished_at - first) // 60.0)
+        if n < minutes:  # a run finished "later than now" (a clock stepped back) has no bucket yet
+            buckets[n]["runs"] += 1
+            buckets[n]["failures"] += run.failed
+    return buckets
 
 
 def job_detail(store, job_id):

@@ -4,11 +4,17 @@
 
 (function () {
   var REFRESH_MS = 2000;
-  var STATES = ["pending", "processing", "completed", "failed", "dead"];
+  var STATES = ["pending", "processing", "completed", "failed", "dead", "cancelled"];
+  var CANCELLABLE = ["pending", "processing", "failed"];
+  var RETRYABLE = ["completed", "dead", "cancelled"];
+  var SVG = "http://www.w3.org/2000/svg";
   var token = metaContent("queuectl-token");
   var readOnly = metaContent("queuectl-read-only") === "1";
-  var filter = "";
-  var selected = null;
+  // What the page shows, and its address: #state=S&queue=Q&tag=T&job=ID (each part optional).
+  var view = {state: "", queue: "", tag: "", job: null};
+  var cancelling = {};  // ids whose running command we asked to kill, until the job is no longer processing
+  var held = null;      // the jobs list that arrived while the pointer was over it (see renderJobs)
+  var queueOptions = null;  // the queue names the filter offers, as last drawn
   var timer = null;
 
   function metaContent(name) {
@@ -22,6 +28,13 @@
     var node = document.createElement(tag);
     if (text !== undefined && text !== null) node.textContent = String(text);
     if (className) node.className = className;
+    return node;
+  }
+
+  function svg(tag, attrs, text) {
+    var node = document.createElementNS(SVG, tag);
+    Object.keys(attrs || {}).forEach(function (name) { node.setAttribute(name, String(attrs[name])); });
+    if (text !== undefined && text !== null) node.textContent = String(text);
     return node;
   }
 
@@ -58,6 +71,15 @@
     return ago(new Date(Date.now() - value * 1000).toISOString()).replace(" ago", "");
   }
 
+  function when(iso) {
+    return iso ? new Date(iso).toLocaleString() : "-";
+  }
+
+  function hhmm(iso) {
+    var d = new Date(iso);
+    return ("0" + d.getHours()).slice(-2) + ":" + ("0" + d.getMinutes()).slice(-2);
+  }
+
   // Ids go in the query, percent-encoded: in a path, the browser would resolve an id "." or ".."
   // (even sent as %2E%2E) as a dot segment and ask for another address.
   function jobPath(id, action) {
@@ -72,10 +94,39 @@
     return fetch(path, Object.assign({cache: "no-store", headers: {"Accept": "application/json"}}, options || {}))
       .then(function (response) {
         return response.json().catch(function () { return {}; }).then(function (body) {
-          if (!response.ok) throw new Error(body.error || ("HTTP " + response.status));
+          if (!response.ok) {
+            var err = new Error(body.error || ("HTTP " + response.status));
+            err.status = response.status;
+            throw err;
+          }
           return body;
         });
       });
+  }
+
+  // ------------------------------------------------------------ the address
+
+  function readHash() {
+    var next = {state: "", queue: "", tag: "", job: null};
+    location.hash.replace(/^#/, "").split("&").forEach(function (part) {
+      var eq = part.indexOf("=");
+      if (eq < 0) return;
+      var value;
+      try { value = decodeURIComponent(part.slice(eq + 1)); } catch (e) { return; }  // a mangled link
+      var key = part.slice(0, eq);
+      if (key === "job") next.job = value || null;
+      else if (key === "state" && STATES.indexOf(value) >= 0) next.state = value;
+      else if (key === "queue" || key === "tag") next[key] = value;
+    });
+    return next;
+  }
+
+  function writeHash() {
+    var parts = [];
+    ["state", "queue", "tag", "job"].forEach(function (key) {
+      if (view[key]) parts.push(key + "=" + encodeURIComponent(view[key]));
+    });
+    history.replaceState(null, "", parts.length ? "#" + parts.join("&") : location.pathname);
   }
 
   // ------------------------------------------------------------ rendering
@@ -95,24 +146,156 @@
     $("stat-oldest").textContent = stats.oldest_pending_age === null ? "-" : seconds(stats.oldest_pending_age);
   }
 
+  // 1, 2, 5, 10, 20, 50 ...: the smallest at least `value`, for the chart's top line.
+  function niceCeiling(value) {
+    var step = 1;
+    while (true) {
+      for (var i = 0; i < 3; i++) {
+        var nice = [1, 2, 5][i] * step;
+        if (nice >= value) return nice;
+      }
+      step *= 10;
+    }
+  }
+
+  function renderChart(buckets) {
+    var W = 720, H = 190, left = 36, right = 8, top = 10, bottom = 24;
+    var plotW = W - left - right, plotH = H - top - bottom;
+    var most = buckets.reduce(function (m, b) { return Math.max(m, b.runs); }, 0);
+    var ceiling = niceCeiling(Math.max(most, 1));
+    var slot = plotW / buckets.length, bar = Math.max(1, slot - 2);
+    var chart = svg("svg", {viewBox: "0 0 " + W + " " + H, role: "img", "class": "chart-svg"});
+    chart.appendChild(svg("title", {}, "runs and failures per minute over the last hour"));
+    [0, 0.5, 1].forEach(function (fraction) {
+      var y = top + plotH * (1 - fraction);
+      chart.appendChild(svg("line", {x1: left, x2: W - right, y1: y, y2: y, "class": "grid"}));
+      if (fraction === 0 || ceiling * fraction === Math.round(ceiling * fraction)) {
+        chart.appendChild(svg("text", {x: left - 6, y: y + 4, "class": "axis", "text-anchor": "end"}, ceiling * fraction));
+      }
+    });
+    buckets.forEach(function (b, i) {
+      var x = left + i * slot + (slot - bar) / 2;
+      var group = svg("g", {"class": "bucket"});
+      group.appendChild(svg("title", {}, hhmm(b.minute) + ": " + b.runs + (b.runs === 1 ? " run" : " runs") +
+                                         ", " + b.failures + " failed"));
+      var ok = b.runs - b.failures;
+      var okH = plotH * ok / ceiling, failH = plotH * b.failures / ceiling;
+      // A hit area the whole height, so that every minute has a tooltip, even an empty one.
+      group.appendChild(svg("rect", {x: left + i * slot, y: top, width: slot, height: plotH, "class": "hit"}));
+      if (b.failures) group.appendChild(svg("rect", {x: x, y: top + plotH - failH, width: bar, height: failH,
+                                                     "class": "failures"}));
+      if (ok) group.appendChild(svg("rect", {x: x, y: top + plotH - failH - okH, width: bar, height: okH,
+                                             "class": "runs"}));
+      chart.appendChild(group);
+      if (i % 10 === 0 || i === buckets.length - 1) {
+        chart.appendChild(svg("text", {x: left + (i + 0.5) * slot, y: H - 6, "class": "axis", "text-anchor": "middle"},
+                              i === buckets.length - 1 ? "now" : hhmm(b.minute)));
+      }
+    });
+    if (!most) {
+      chart.appendChild(svg("text", {x: left + plotW / 2, y: top + plotH / 2, "class": "axis quiet",
+                                     "text-anchor": "middle"}, "no runs in the last hour"));
+    }
+    $("chart").replaceChildren(chart);
+  }
+
+  function renderQueues(queues) {
+    var select = $("filter-queue");
+    var names = queues.map(function (q) { return q.name; });
+    if (view.queue && names.indexOf(view.queue) < 0) names.push(view.queue);  // a filter from the address
+    if (JSON.stringify(names) !== queueOptions) {  // redrawn only when they change: an open list would close
+      queueOptions = JSON.stringify(names);
+      var options = [el("option", "all queues")];
+      options[0].value = "";
+      names.forEach(function (name) {
+        var option = el("option", name);
+        option.value = name;
+        options.push(option);
+      });
+      select.replaceChildren.apply(select, options);
+    }
+    select.value = view.queue;
+    fill($("queues"), queues.map(function (q) {
+      var name = td(null, "id");
+      var link = el("button", q.name, "link");
+      link.title = "show the jobs of queue " + q.name;
+      link.addEventListener("click", function () { setView({queue: q.name}); });
+      name.appendChild(link);
+      var state = td(null);
+      state.appendChild(el("span", q.paused ? "paused" : "active", "pill " + (q.paused ? "paused" : "active")));
+      var tr = row([name, state, td(q.concurrency ? q.concurrency : "-", "num")].concat(STATES.map(function (s) {
+        return td(q.jobs[s], "num" + (q.jobs[s] ? " " + s : " muted"));
+      })));
+      if (q.name === view.queue) tr.className = "selected";
+      return tr;
+    }), "queues-empty");
+  }
+
   function jobIdCell(job) {
     var cell = td(null, "id");
     var link = el("button", job.id, "link");
     link.title = job.id;
-    link.addEventListener("click", function () { select(job.id); });
+    link.addEventListener("click", function () { setView({job: job.id}); });
     cell.appendChild(link);
     return cell;
   }
 
-  function renderJobs(list) {
+  function tagList(tags) {
+    var span = el("span", null, "tags");
+    tags.forEach(function (tag) {
+      var button = el("button", tag, "tag");
+      button.title = "show the jobs tagged " + tag;
+      button.addEventListener("click", function () { setView({tag: tag}); });
+      span.appendChild(button);
+    });
+    return span;
+  }
+
+  // The job's Cancel or Retry button (none in read-only mode, or when neither applies).
+  function actionButton(job) {
+    if (readOnly) return null;
+    if (CANCELLABLE.indexOf(job.state) >= 0) {
+      var asked = job.state === "processing" && cancelling[job.id];
+      var cancel = el("button", asked ? "Cancelling" : "Cancel", "action cancel");
+      cancel.disabled = Boolean(asked);
+      cancel.title = job.state === "processing" ? "kill its running command; it ends cancelled"
+                                                 : "it ends cancelled and never runs";
+      cancel.addEventListener("click", function () { act("cancel", job, cancel); });
+      return cancel;
+    }
+    if (RETRYABLE.indexOf(job.state) >= 0) {
+      var retry = el("button", "Retry", "action retry");
+      retry.title = "back to pending, attempts reset";
+      retry.addEventListener("click", function () { act("retry", job, retry); });
+      return retry;
+    }
+    return null;
+  }
+
+  function actionCell(job) {
+    var cell = td(null, "action");
+    var button = actionButton(job);
+    if (button) cell.appendChild(button);
+    return cell;
+  }
+
+  // While the pointer is over the list, a timed refresh does not redraw it: rows that move under
+  // the pointer would turn a click on one job's button into a click on another's. What the user
+  // just did (`now`) is drawn at once.
+  function renderJobs(list, now) {
+    if (!now && $("jobs").matches(":hover")) { held = list; return; }
+    held = null;
     fill($("jobs"), list.map(function (job) {
       var state = td(null);
       state.appendChild(badge(job.state));
+      var tags = td(null, "tags-cell");
+      tags.appendChild(tagList(job.tags));
       var command = td(job.command, "command");
       command.title = job.command;
-      var tr = row([jobIdCell(job), state, td(job.attempts + "/" + (job.max_retries + 1), "num"),
-                    td(job.priority, "num"), td(ago(job.updated_at), "muted"), command]);
-      if (job.id === selected) tr.className = "selected";
+      var tr = row([jobIdCell(job), state, td(job.queue, "queue"), tags,
+                    td(job.attempts + "/" + (job.max_retries + 1), "num"), td(ago(job.updated_at), "muted"),
+                    command, actionCell(job)]);
+      if (job.id === view.job) tr.className = "selected";
       return tr;
     }), "jobs-empty");
   }
@@ -127,16 +310,47 @@
   function renderDlq(dead) {
     $("dlq-count").textContent = dead.length;
     fill($("dlq"), dead.map(function (job) {
-      var action = td(null, "action");
-      if (!readOnly) {
-        var button = el("button", "Retry", "retry");
-        button.addEventListener("click", function () { retry(job.id, button); });
-        action.appendChild(button);
-      }
       var error = td(job.last_error || "-", "error");
       error.title = job.command;
-      return row([jobIdCell(job), error, td(ago(job.updated_at), "muted"), action]);
+      return row([jobIdCell(job), error, td(ago(job.updated_at), "muted"), actionCell(job)]);
     }), "dlq-empty");
+  }
+
+  function renderFilters() {
+    document.querySelectorAll("#filters button").forEach(function (b) {
+      b.classList.toggle("active", b.getAttribute("data-filter") === view.state);
+    });
+    if (document.activeElement !== $("filter-tag")) $("filter-tag").value = view.tag;
+    $("filter-queue").value = view.queue;
+    $("filter-clear").hidden = !(view.state || view.queue || view.tag);
+  }
+
+  function renderRun(run) {
+    var section = el("section", null, "run");
+    var head = el("div", null, "run-head");
+    head.appendChild(el("span", "run " + run.run, "run-no"));
+    head.appendChild(el("span", "attempt " + run.attempt, "muted"));
+    var outcome = run.error || (run.finished_at ? "ok" : "running");
+    head.appendChild(el("span", outcome, "outcome " + (run.error ? "bad" : run.finished_at ? "good" : "live")));
+    section.appendChild(head);
+    var facts = el("dl", null, "run-facts");
+    [["started", when(run.started_at)], ["finished", run.finished_at ? when(run.finished_at) : "-"],
+     ["duration", seconds(run.duration)], ["exit code", run.exit_code === null ? "-" : run.exit_code],
+     ["worker", run.worker || "-"]].forEach(function (pair) {
+      facts.appendChild(el("dt", pair[0]));
+      facts.appendChild(el("dd", pair[1]));
+    });
+    section.appendChild(facts);
+    var printed = false;
+    ["stdout", "stderr"].forEach(function (name) {
+      if (!run[name]) return;
+      printed = true;
+      section.appendChild(el("h3", name + " (tail)"));
+      section.appendChild(el("pre", run[name], name));
+    });
+    if (!printed) section.appendChild(el("p", run.finished_at ? "no output kept" : "output comes when it ends",
+                                          "muted no-output"));
+    return section;
   }
 
   function renderDetail(job) {
@@ -146,114 +360,130 @@
     $("detail-id").textContent = job.id;
     var actions = $("detail-actions");
     actions.replaceChildren();
-    if (job.state === "dead" && !readOnly) {
-      var button = el("button", "Retry", "retry");
-      button.addEventListener("click", function () { retry(job.id, button); });
-      actions.appendChild(button);
-    }
-    var fields = [["command", job.command], ["state", job.state],
+    var button = actionButton(job);
+    if (button) actions.appendChild(button);
+    var env = job.env ? Object.keys(job.env).sort().map(function (k) { return k + "=" + job.env[k]; }).join(" ") : null;
+    var fields = [["command", job.command], ["state", job.state], ["queue", job.queue],
+                  ["tags", job.tags.length ? job.tags : null],
                   ["attempts", job.attempts + " of " + (job.max_retries + 1)], ["priority", job.priority],
-                  ["run at", job.run_at], ["next run", job.next_run_at],
-                  ["timeout", job.timeout === null ? null : job.timeout + " s"], ["cwd", job.cwd],
-                  ["env", job.env ? Object.keys(job.env).map(function (k) { return k + "=" + job.env[k]; }).join(" ") : null],
-                  ["created", job.created_at], ["updated", job.updated_at],
+                  ["run at", when(job.run_at)], ["next run", job.next_run_at ? when(job.next_run_at) : null],
+                  ["timeout", job.timeout === null ? "none" : job.timeout + " s"], ["cwd", job.cwd], ["env", env],
+                  ["created", when(job.created_at)], ["updated", when(job.updated_at)],
+                  ["started", job.started_at ? when(job.started_at) : null],
+                  ["finished", job.finished_at ? when(job.finished_at) : null], ["worker", job.worker],
                   ["exit code", job.exit_code], ["last error", job.last_error]];
     var dl = $("detail-fields");
     dl.replaceChildren();
     fields.forEach(function (pair) {
       if (pair[1] === null || pair[1] === undefined) return;
       dl.appendChild(el("dt", pair[0]));
-      var dd = el("dd", null, pair[0] === "command" ? "mono" : "");
-      if (pair[0] === "state") dd.appendChild(badge(pair[1])); else dd.textContent = String(pair[1]);
+      var dd = el("dd", null, pair[0] === "command" || pair[0] === "env" || pair[0] === "cwd" ? "mono" : "");
+      if (pair[0] === "state") dd.appendChild(badge(pair[1]));
+      else if (pair[0] === "tags") dd.appendChild(tagList(pair[1]));
+      else dd.textContent = String(pair[1]);
       dl.appendChild(dd);
     });
-    var runs = job.runs.slice().reverse();
-    $("detail-runs").replaceChildren.apply($("detail-runs"), runs.map(function (run) {
-      var exit = td(run.exit_code === null ? "-" : run.exit_code, "num");
-      if (run.exit_code !== null && run.exit_code !== 0) exit.className += " bad";
-      var started = td(run.started_at ? new Date(run.started_at).toLocaleTimeString() : "-", "muted");
-      started.title = (run.started_at || "") + (run.worker ? " on " + run.worker : "");
-      return row([td(run.run, "num"), td(run.attempt, "num"), started, td(seconds(run.duration), "num"), exit,
-                  td(run.error || (run.finished_at ? "ok" : "running"), run.error ? "error" : "muted")]);
-    }));
-    var output = $("detail-output");
-    output.replaceChildren();
-    runs.forEach(function (run) {
-      ["stdout", "stderr"].forEach(function (name) {
-        if (!run[name]) return;
-        output.appendChild(el("h3", "run " + run.run + " " + name + " (tail)"));
-        output.appendChild(el("pre", run[name], name));
-      });
-    });
+    var runs = job.runs.slice().reverse();  // the latest first
+    $("detail-runs-count").textContent = runs.length ? "(" + runs.length + ")" : "";
+    $("detail-runs").replaceChildren.apply($("detail-runs"), runs.map(renderRun));
+    $("detail-runs-empty").hidden = runs.length > 0;
   }
 
   // ------------------------------------------------------------ actions
 
-  function select(id) {
-    selected = id;
-    history.replaceState(null, "", id ? "#job=" + encodeURIComponent(id) : location.pathname);
-    refresh();
+  function setView(changes) {
+    Object.keys(changes).forEach(function (key) { view[key] = changes[key]; });
+    writeHash();
+    renderFilters();
+    refresh(true);
   }
 
-  function retry(id, button) {
+  function act(action, job, button) {
+    if (action === "cancel" && job.state === "processing" &&
+        !window.confirm("Cancel job " + job.id + "? Its running command is killed.")) return;
     button.disabled = true;
-    api(jobPath(id, "retry"), {method: "POST",
-        headers: {"Accept": "application/json", "X-Queuectl-Token": token}})
-      .then(function () { showProblem(null); }, function (err) { showProblem("retry " + id + ": " + err.message); })
-      .then(refresh);
+    api(jobPath(job.id, action), {method: "POST", headers: {"Accept": "application/json", "X-Queuectl-Token": token}})
+      .then(function (after) {
+        if (action === "cancel" && after.state === "processing") cancelling[job.id] = true;
+        showProblem(null);
+      }, function (err) { showProblem(action + " " + job.id + ": " + err.message); })
+      .then(function () { refresh(true); });
   }
 
-  function showProblem(text) {
+  // One line at the top: what went wrong last. `kind` (connection, filter) lets the refresh that
+  // finds it mended take it away; an action's error stays until the next action.
+  function showProblem(text, kind) {
     $("problem").hidden = !text;
     $("problem").textContent = text || "";
+    $("problem").dataset.kind = kind || "";
   }
 
-  function refresh() {
+  function mended(kind) {
+    if ($("problem").dataset.kind === kind) showProblem(null);
+  }
+
+  function jobsQuery() {
+    var query = "/api/jobs?newest=1&limit=100";
+    ["state", "queue", "tag"].forEach(function (key) {
+      if (view[key]) query += "&" + key + "=" + encodeURIComponent(view[key]);
+    });
+    return query;
+  }
+
+  // `byUser`: after a click, not a timed refresh (see renderJobs).
+  function refresh(byUser) {
     clearTimeout(timer);
-    var jobsPath = "/api/jobs?newest=1&limit=100" + (filter ? "&state=" + encodeURIComponent(filter) : "");
-    var detail = selected ? api(jobPath(selected)).catch(function () { return null; })
-                          : Promise.resolve(null);
-    Promise.all([api("/api/status"), api("/api/stats"), api(jobsPath), api("/api/jobs?state=dead&limit=100"),
-                 api("/api/workers"), detail])
+    var detail = view.job ? api(jobPath(view.job)).catch(function () { return null; }) : Promise.resolve(null);
+    // A filter the server refuses (a queue name from a mangled address) empties the list, and says why.
+    var filtered = api(jobsQuery()).then(function (list) {
+      mended("filter");
+      return list;
+    }, function (err) {
+      if (err.status !== 400) throw err;
+      showProblem("filter: " + err.message, "filter");
+      return [];
+    });
+    Promise.all([api("/api/status"), api("/api/stats"), filtered, api("/api/jobs?state=dead&limit=100"),
+                 api("/api/workers"), api("/api/queues"), api("/api/chart"), detail])
       .then(function (r) {
         renderCounts(r[0]);
         renderStats(r[1]);
-        renderJobs(r[2]);
+        renderQueues(r[5]);
+        renderChart(r[6]);
+        renderJobs(r[2], byUser);
         renderDlq(r[3]);
         renderWorkers(r[4]);
-        if (selected && !r[5]) selected = null;
-        renderDetail(r[5]);
+        if (view.job && !r[7]) { view.job = null; writeHash(); }
+        var job = r[7];
+        if (job && job.state !== "processing") delete cancelling[job.id];
+        r[2].forEach(function (j) { if (j.state !== "processing") delete cancelling[j.id]; });
+        renderDetail(job);
         $("updated").textContent = "updated " + new Date().toLocaleTimeString();
         document.body.classList.remove("stale");
-        if ($("problem").dataset.kind === "connection") { showProblem(null); $("problem").dataset.kind = ""; }
+        mended("connection");
       }, function (err) {
         document.body.classList.add("stale");
-        showProblem("cannot reach the queue: " + err.message);
-        $("problem").dataset.kind = "connection";
+        showProblem("cannot reach the queue: " + err.message, "connection");
       })
-      .then(function () { timer = setTimeout(refresh, REFRESH_MS); });
-  }
-
-  function setFilter(state) {
-    filter = state;
-    document.querySelectorAll("#filters button").forEach(function (b) {
-      b.classList.toggle("active", b.getAttribute("data-filter") === state);
-    });
-    refresh();
+      .then(function () { timer = setTimeout(function () { refresh(false); }, REFRESH_MS); });
   }
 
   document.addEventListener("DOMContentLoaded", function () {
     $("mode").hidden = !readOnly;
     document.querySelectorAll("#filters button").forEach(function (b) {
-      b.addEventListener("click", function () { setFilter(b.getAttribute("data-filter")); });
+      b.addEventListener("click", function () { setView({state: b.getAttribute("data-filter")}); });
     });
     document.querySelectorAll("#counts button.card").forEach(function (b) {
-      b.addEventListener("click", function () { setFilter(b.getAttribute("data-state")); });
+      b.addEventListener("click", function () { setView({state: b.getAttribute("data-state")}); });
     });
-    $("detail-close").addEventListener("click", function () { renderDetail(null); select(null); });
-    if (location.hash.indexOf("#job=") === 0) {
-      try { selected = decodeURIComponent(location.hash.slice(5)); } catch (e) { selected = null; }  // a mangled link
-    }
+    $("filter-queue").addEventListener("change", function () { setView({queue: $("filter-queue").value}); });
+    $("filter-tag").addEventListener("change", function () { setView({tag: $("filter-tag").value.trim()}); });
+    $("filter-clear").addEventListener("click", function () { setView({state: "", queue: "", tag: ""}); });
+    $("jobs").addEventListener("mouseleave", function () { if (held) renderJobs(held, true); });
+    $("detail-close").addEventListener("click", function () { renderDetail(null); setView({job: null}); });
+    window.addEventListener("hashchange", function () { view = readHash(); renderFilters(); refresh(); });
+    view = readHash();
+    renderFilters();
     refresh();
   });
 })();
