@@ -34,7 +34,7 @@ COMMAND_GROUPS = (
     ("watch and inspect", ("status", "list", "show", "logs", "wait", "stats", "dashboard")),
     ("control", ("cancel", "retry", "edit", "queue")),
     ("dead letter queue and clean-up", ("dlq", "delete", "purge")),
-    ("settings and upkeep", ("config", "init", "check", "backup")),
+    ("settings and upkeep", ("config", "init", "check", "backup", "completion")),
 )
 
 # Commands with actions (`queuectl dlq retry`): the group's summary and example.
@@ -907,6 +907,34 @@ def cmd_backup(args):
     with open_store(args) as store:
         store.backup(args.file)
     out("backed up to %s" % args.file)
+    return EXIT_OK
+
+
+def completion_arguments(p):
+    p.add_argument("shell", nargs="?", choices=("bash", "zsh"),
+                   help='the shell; in its rc file: eval "$(queuectl completion bash)"')
+    # What the script runs to offer job ids: the newest of these states (comma-separated; all when empty).
+    p.add_argument("--ids", nargs="?", const="", metavar="STATES", help=argparse.SUPPRESS)
+
+
+@command("completion", "print a bash or zsh completion script, built from this parser",
+         "queuectl completion bash\nqueuectl completion zsh", completion_arguments)
+def cmd_completion(args):
+    from qctl import completion
+    if args.ids is not None:
+        states = [jobs.check_state(state) for state in args.ids.split(",") if state] or [None]
+        if not os.path.exists(os.path.join(args.home, qhome.DB_NAME)):
+            return EXIT_OK  # a Tab press, maybe after a mistyped --home, creates no home
+        with open_store(args) as store:
+            for state in states:
+                out_lines(row["id"] for row in store.list_jobs(state=state, limit=completion.IDS_LIMIT,
+                                                               newest_first=True))
+        return EXIT_OK
+    if args.shell is None:
+        args.parser.error("give the shell: bash or zsh")
+    # The script runs this very queuectl for job ids, however the user's own `queuectl` is spelt.
+    invocation = [sys.executable or "python3", os.path.abspath(__file__)]
+    sys.stdout.write(completion.script(args.shell, command_parsers(build_parser()), invocation))
     return EXIT_OK
 
 
