@@ -18,6 +18,7 @@ from tests.base import POSIX, ROOT
 
 README = os.path.join(ROOT, "README.md")
 PROMPT = "$ python queuectl.py "
+FIRST_SCREEN_LINES = 45
 LINE_DEADLINE_S = 60  # a README line that hangs fails the run with a traceback instead of hanging it
 
 # README lines that cannot run in a test, and why. Keep it short: fix a line rather than skip it.
@@ -97,6 +98,12 @@ class ReadmeTest(unittest.TestCase):
             for signum, handler in handlers.items():  # a worker's line installs its own
                 signal.signal(signum, handler)
         return code, out.getvalue(), err.getvalue()
+
+    def test_the_first_screen_answers_what_newcomers_ask(self):
+        first = "\n".join(self.text.splitlines()[:FIRST_SCREEN_LINES])
+        for answer in ("Nothing to install", "~/.queuectl", "--detach", "wait", "--drain", "max_retries 2",
+                       "Celery", "RQ", "Sidekiq", "pueue", "task-spooler"):
+            self.assertIn(answer, first)
 
 
 if __name__ == "__main__":
