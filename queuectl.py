@@ -117,6 +117,7 @@ def unrecognized(top):
         if own:
             hint = option_hint(parser, own, words=parser.words)
             parser.error("unrecognized arguments: %s%s" % (" ".join(own), "; " + hint if hint else ""))
+    top.error("unrecognized arguments: %s" % " ".join(top.extras))  # never run a command with words left over
 
 
 def option_hint(parser, extras, *, words=None, only_elsewhere=False):
