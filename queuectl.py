@@ -34,7 +34,7 @@ COMMAND_GROUPS = (
     ("watch and inspect", ("status", "list", "show", "logs", "wait", "stats", "dashboard")),
     ("control", ("cancel", "retry", "edit", "queue")),
     ("dead letter queue and clean-up", ("dlq", "delete", "purge")),
-    ("settings and upkeep", ("config", "init", "check", "backup")),
+    ("settings and upkeep", ("config", "init", "check", "backup", "completion")),
 )
 
 # Commands with actions (`queuectl dlq retry`): the group's summary and example.
@@ -85,11 +85,96 @@ def error_line(message):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse's parser, but its error line escapes control characters: "unrecognized
-    arguments: ..." quotes argv as given, and a script may pass anything there."""
+    """argparse's parser, but its error line escapes control characters ("unrecognized
+    arguments: ..." quotes argv as given, and a script may pass anything there), and says
+    where an option it does not take belongs (see `option_hint`)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        # Kept for the hints: argparse hands each subcommand's parser only the words after its
+        # name, and each parser's extras end with those of the subcommand it ran.
+        self.words = list(sys.argv[1:] if args is None else args)
+        parsed, extras = super().parse_known_args(args, namespace)
+        self.extras = list(extras)
+        return parsed, extras
 
     def error(self, message):
+        if message.startswith("argument ACTION:"):
+            # `queuectl worker --count 1`: argparse took the option's value for the missing action.
+            message = option_hint(self, getattr(self, "words", ()), only_elsewhere=True) or message
         super().error(display.printable(" ".join(message.splitlines())))
+
+
+# Options other job queues take for a task's name and arguments: queuectl runs shell commands instead.
+TASK_OPTIONS = ("--type", "--task", "--payload", "--args", "--kwargs", "--data")
+
+
+def unrecognized(top):
+    """The usage error for words no parser took, from the parser they were given to (so its
+    usage line is the one shown: `queuectl enqueue --type x` gets enqueue's), with a hint."""
+    ran = [p for _, p in command_parsers(top) if hasattr(p, "extras")]  # queuectl, a group, its action
+    for parser, child in zip(ran, ran[1:] + [None]):
+        own = parser.extras[:len(parser.extras) - len(child.extras)] if child else parser.extras
+        if own:
+            hint = option_hint(parser, own, words=parser.words)
+            parser.error("unrecognized arguments: %s%s" % (" ".join(own), "; " + hint if hint else ""))
+    top.error("unrecognized arguments: %s" % " ".join(top.extras))  # never run a command with words left over
+
+
+def option_hint(parser, extras, *, words=None, only_elsewhere=False):
+    """Where the first option in `extras` that `parser` (queuectl's or a command's) did not take
+    belongs, in one clause ("--count belongs to 'worker start' (queuectl worker start --count 1)"),
+    or None. `words` are those `parser` was given, to rebuild a group command's line with its action."""
+    import difflib
+    import shlex
+    here = tuple(parser.prog.split()[1:])
+    words = list(extras if words is None else words)
+    tree = dict(command_parsers(build_parser()))
+    offered = {path: options_of(p) for path, p in tree.items()}
+    for word in extras:
+        if not word.startswith("--") or word == "--":
+            continue
+        option = word.split("=", 1)[0]
+        if here == ("enqueue",) and option in TASK_OPTIONS:
+            return ("queuectl runs shell commands, not named tasks: give the command itself "
+                    "(queuectl enqueue 'python send.py --to ann') or --command CMD")
+        owners = [path for path in tree  # the actions of this group (or of this action's group) taking it
+                  if here and len(path) == 2 and path[0] == here[0] and path != here and option in offered[path]]
+        if owners and len(here) == 1:  # a group: its line again, with the action in its place
+            actions = {path[1] for path in tree if len(path) == 2 and path[0] == here[0]}
+            fixed = "queuectl " + shlex.join(list(owners[0]) + [w for w in words if w not in actions])
+            return "%s belongs to %s (%s)" % (option, quoted_names(owners), fixed)
+        if owners:
+            return "%s belongs to %s" % (option, quoted_names(owners))
+        if only_elsewhere:
+            continue
+        if here and option in offered[()]:
+            return "%s goes before the command (queuectl %s ... %s)" % (option, option, " ".join(here))
+        close = difflib.get_close_matches(option, sorted(offered[here]), n=1, cutoff=0.75)
+        if close:
+            return "did you mean %s?" % close[0]
+        if here == ("enqueue",):
+            return "a program's own options go after --: queuectl enqueue [OPTIONS] -- PROGRAM ARG..."
+    return None
+
+
+def quoted_names(paths):
+    names = ["'%s'" % " ".join(path) for path in paths]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def command_parsers(parser, path=()):
+    """(command path, parser) for queuectl itself (path ()) and every command and action under it."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from command_parsers(sub, path + (name,))
+
+
+def options_of(parser):
+    """The option strings a parser takes and shows in its help."""
+    return {option for action in parser._actions if action.help is not argparse.SUPPRESS
+            for option in action.option_strings}
 
 
 def worker_log_handler(stream):
@@ -826,6 +911,34 @@ def cmd_backup(args):
     return EXIT_OK
 
 
+def completion_arguments(p):
+    p.add_argument("shell", nargs="?", choices=("bash", "zsh"),
+                   help='the shell; in its rc file: eval "$(queuectl completion bash)"')
+    # What the script runs to offer job ids: the newest of these states (comma-separated; all when empty).
+    p.add_argument("--ids", nargs="?", const="", metavar="STATES", help=argparse.SUPPRESS)
+
+
+@command("completion", "print a bash or zsh completion script, built from this parser",
+         "queuectl completion bash\nqueuectl completion zsh", completion_arguments)
+def cmd_completion(args):
+    from qctl import completion
+    if args.ids is not None:
+        states = [jobs.check_state(state) for state in args.ids.split(",") if state] or [None]
+        if not os.path.exists(os.path.join(args.home, qhome.DB_NAME)):
+            return EXIT_OK  # a Tab press, maybe after a mistyped --home, creates no home
+        with open_store(args) as store:
+            for state in states:
+                out_lines(row["id"] for row in store.list_jobs(state=state, limit=completion.IDS_LIMIT,
+                                                               newest_first=True))
+        return EXIT_OK
+    if args.shell is None:
+        args.parser.error("give the shell: bash or zsh")
+    # The script runs this very queuectl for job ids, however the user's own `queuectl` is spelt.
+    invocation = [sys.executable or "python3", os.path.abspath(__file__)]
+    sys.stdout.write(completion.script(args.shell, command_parsers(build_parser()), invocation))
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- the parser
 
 def add_command(subparsers, name, func, summary, example, **kwargs):
@@ -903,7 +1016,9 @@ def main(argv=None):
                 pass
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extras = parser.parse_known_args(argv)
+        if extras:
+            unrecognized(parser)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:

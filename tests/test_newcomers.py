@@ -1,5 +1,5 @@
-"""What users of other queue tools try first: init, backup, check, the Python API, and a
-dlq retry that really resets the job."""
+"""What users of other queue tools try first: init, backup, check, the Python API, a dlq
+retry that really resets the job, and usage errors that say where an option belongs."""
 
 import json
 import os
@@ -133,6 +133,66 @@ class PythonApiTest(HomeTestCase):
             q.enqueue("")
         with self.assertRaises(InvalidState):
             q.cancel(ok)
+
+
+class UsageHintTest(HomeTestCase):
+    """An option in the wrong place gets the usage line of the command it was given to, and
+    one error line that says where it belongs; exit 2, nothing changed."""
+
+    def usage_error(self, *argv):
+        result = self.cli(*argv)
+        self.assertEqual(result.code, 2, result)
+        lines = result.stderr.splitlines()
+        self.assertTrue(lines[0].startswith("usage: queuectl"), result)
+        errors = [line for line in lines if ": error: " in line]
+        self.assertEqual(errors, lines[-1:], "one error line, after the usage line")
+        self.assertEqual(result.stdout, "")
+        return lines[0], errors[0]
+
+    def test_a_task_queue_habit_gets_enqueues_own_usage_and_a_hint(self):
+        usage, error = self.usage_error("enqueue", "--type", "print_message", "--payload", "{}")
+        self.assertTrue(usage.startswith("usage: queuectl enqueue "), usage)
+        self.assertTrue(error.startswith("queuectl enqueue: error: unrecognized arguments: --type "), error)
+        self.assertIn("queuectl runs shell commands", error)
+        self.assertIn("--command CMD", error)
+        self.assertEqual(self.store().counts()[jobs.PENDING], 0)
+
+    def test_an_option_given_to_a_group_names_the_action_it_belongs_to(self):
+        cases = (
+            (("worker", "--count", "1"), "queuectl worker: error: --count belongs to 'worker start' "
+                                         "(queuectl worker start --count 1)"),
+            (("dlq", "--all"), "--all belongs to 'dlq retry' (queuectl dlq retry --all)"),
+            (("queue", "--concurrency", "2"), "--concurrency belongs to 'queue set'"),
+            (("config", "--json"), "--json belongs to 'config get' or 'config list'"),
+            (("worker", "stop", "--count", "2"), "queuectl worker stop: error: unrecognized arguments: --count 2; "
+                                                 "--count belongs to 'worker start'"),
+        )
+        for argv, expected in cases:
+            with self.subTest(argv=argv):
+                usage, error = self.usage_error(*argv)
+                self.assertTrue(usage.startswith("usage: queuectl " + " ".join(a for a in argv[:2] if a[0] != "-")))
+                self.assertIn(expected, error)
+
+    def test_other_misplaced_or_mistyped_options(self):
+        cases = (
+            (("list", "--home", self.tmp), "--home goes before the command"),
+            (("worker", "--burst", "start"), "queuectl worker: error: unrecognized arguments: --burst; --burst "
+                                             "belongs to 'worker start' (queuectl worker start --burst)"),
+            (("enqueue", "--priorty", "3", "--command", "true"), "did you mean --priority?"),
+            (("enqueue", "python", "train.py", "--epochs", "3"), "a program's own options go after --"),
+            (("--bogus", "status"), "queuectl: error: unrecognized arguments: --bogus"),
+        )
+        for argv, expected in cases:
+            with self.subTest(argv=argv):
+                self.assertIn(expected, self.usage_error(*argv)[1])
+        self.assertEqual(self.store().counts()[jobs.PENDING], 0)
+
+    def test_the_hint_reaches_a_real_command_line(self):
+        result = self.run_cli("dlq", "--all")
+        self.assertEqual(result.code, 2, result)
+        self.assertEqual(result.stderr.splitlines()[-1],
+                         "queuectl dlq: error: unrecognized arguments: --all; --all belongs to 'dlq retry' "
+                         "(queuectl dlq retry --all)")
 
 
 if __name__ == "__main__":
