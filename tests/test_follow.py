@@ -6,10 +6,11 @@ processes and a real `queuectl logs --follow` subprocess."""
 
 import random
 import threading
+import time
 import unittest
 
 from qctl.runner import Kept, RedactedTail, Tail, output_progress, run_command
-from tests.base import HomeTestCase, wait_until  # noqa: F401  (the subprocess tests below)
+from tests.base import HomeTestCase, add_job, retry_in, wait_until
 
 
 class TailProgressTest(unittest.TestCase):
@@ -85,6 +86,58 @@ class TailProgressTest(unittest.TestCase):
         runner.join(10)
         self.assertEqual(result[0].stdout.total, 4)
         self.assertEqual((result[0].stderr, result[0].stderr.total), (b"two\n", 4))
+
+
+def progress(out=b"", err=b"", out_total=None, err_total=None):
+    """One job's streams as `runner.output_progress` gives them (the totals default to the tails)."""
+    return ((len(out) if out_total is None else out_total, out), (len(err) if err_total is None else err_total, err))
+
+
+class LiveOutputStoreTest(HomeTestCase):
+    def setUp(self):
+        super().setUp()
+        self.s = self.store()
+        add_job(self.s, "j")
+        self.job = self.s.claim("w1", 30.0, now=1.0)
+
+    def live(self):
+        return self.s.live_output("j")[1]
+
+    def test_a_running_job_s_output_is_replaced_in_place(self):
+        self.assertEqual(self.s.running_run(self.job["seq"], "w1"), 1)
+        self.assertIsNone(self.s.running_run(self.job["seq"], "w2"))
+        self.assertEqual(self.s.publish_output("w1", [(self.job["seq"], 1, progress(b"a\n"))], now=2.0), 1)
+        self.assertEqual(self.s.publish_output("w1", [(self.job["seq"], 1, progress(b"b\n", b"e", 900))], now=2.5), 1)
+        live = self.live()
+        self.assertEqual((live["run"], live["started_at"]), (1, 1.0))
+        self.assertEqual((live["stdout"], live["stdout_total"], live["stderr"], live["stderr_total"]),
+                         (b"b\n", 900, b"e", 1))
+
+    def test_only_the_claim_s_worker_and_run_may_publish(self):
+        self.assertEqual(self.s.publish_output("w2", [(self.job["seq"], 1, progress(b"x"))], now=2.0), 0)
+        self.assertEqual(self.s.publish_output("w1", [(self.job["seq"], 2, progress(b"x"))], now=2.0), 0)
+        self.assertIsNone(self.live())
+
+    def test_the_row_goes_once_the_run_has_ended_and_the_kept_tail_knows_its_total(self):
+        self.s.publish_output("w1", [(self.job["seq"], 1, progress(b"a\n"))], now=2.0)
+        self.s.complete(self.job, "w1", 3.0, stdout=Kept(b"tail\n", 5000))
+        self.assertIsNotNone(self.live())  # until a worker's next tick ...
+        self.assertEqual(self.s.publish_output("w2", [], now=3.5), 0)  # ... any worker's
+        self.assertIsNone(self.live())
+        self.assertEqual(self.s.kept_output(self.job, 1), ((b"tail\n", 5000), (None, None)))
+        self.assertEqual(self.s.kept_output(self.job, 2), ((None, None), (None, None)))
+
+    def test_a_lost_worker_s_rows_go_with_its_run(self):
+        self.s.publish_output("w1", [(self.job["seq"], 1, progress(b"a\n"))], now=2.0)
+        self.s.fail(self.job, "w1", 3.0, error="worker lost", settings=retry_in(60))  # as recover records it
+        self.s.publish_output("w2", [], now=3.5)
+        self.assertIsNone(self.live())
+
+    def test_nothing_to_write_writes_nothing(self):
+        before = self.s._read("PRAGMA data_version")[0][0]
+        with self.store() as other:
+            other.publish_output("w1", [], now=2.0)
+        self.assertEqual(self.s._read("PRAGMA data_version")[0][0], before)
 
 
 if __name__ == "__main__":
