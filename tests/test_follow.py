@@ -464,6 +464,9 @@ class FollowProcessTest(HomeTestCase):
         files = sum(os.path.getsize(self.db_path + suffix) for suffix in ("", "-wal") if
                     os.path.exists(self.db_path + suffix))
         self.assertLess(files, 10 * 1000 * 1000, "queue.db and its WAL")
+        sys.stderr.write("[follower %.1f MB, worker %.1f MB peak; live row at most %d KB; %d KB shown] "
+                         % (usage.ru_maxrss / 1024, worker_peak / 1024 / 1024, biggest[0] // 1024,
+                            len(out) // 1024))
 
 
 def peak_rss(pid):
