@@ -526,12 +526,59 @@ def cmd_show(args):
 
 def logs_arguments(p):
     id_argument(p)
-    p.add_argument("--run", type=int, metavar="N", help="run number, as 'show' lists them")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--run", type=int, metavar="N", help="run number, as 'show' lists them")
+    which.add_argument("-f", "--follow", action="store_true",
+                       help="print the output as it comes (within a second), through retries, until the job "
+                            "is finished; exit 0 if it completed, 1 if dead or cancelled. Ctrl-C stops "
+                            "following, not the job")
 
 
-@command("logs", "print the output of a job's latest run (or the N-th)", "queuectl logs job1 --run 2",
-         logs_arguments)
+class FollowSink:
+    """Where `logs --follow` writes: the job's stdout and stderr as the command printed them, raw,
+    to ours (like `logs`, the user's own output is not escaped), and our own lines, escaped, each
+    at the start of a line (of stdout, or of stderr for a note about stderr)."""
+
+    def __init__(self, stdout, stderr):
+        self.streams = [self._binary(stdout), self._binary(stderr)]
+        self.at_line_start = [True, True]
+
+    @staticmethod
+    def _binary(stream):
+        binary = getattr(stream, "buffer", None)
+        if binary is not None:
+            stream.flush()  # what was written as text goes first
+            return binary
+        import codecs  # a text-only stream (tests' StringIO): decode, a character split across writes too
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+        class Text:
+            def write(self, data):
+                stream.write(decoder.decode(data))
+
+            def flush(self):
+                stream.flush()
+        return Text()
+
+    def output(self, i, data):
+        self.streams[i].write(data)
+        self.at_line_start[i] = data.endswith(b"\n")
+
+    def line(self, text, i=0):
+        """One line of ours (display made it safe: `out` would escape it again otherwise)."""
+        self.output(i, (("" if self.at_line_start[i] else "\n") + display.printable(text) + "\n").encode(
+            "utf-8", "backslashreplace"))
+
+    def flush(self):
+        for stream in self.streams:
+            stream.flush()
+
+
+@command("logs", "print the output of a job's latest run (or the N-th), or follow it as it runs",
+         "queuectl logs job1 --run 2\nqueuectl logs job1 --follow", logs_arguments)
 def cmd_logs(args):
+    if args.follow:
+        return follow_logs(args)
     with open_store(args) as store:
         row = store.get(args.id)
         runs = store.job_runs(row)
@@ -556,6 +603,19 @@ def cmd_logs(args):
             text = data.decode("utf-8", "replace")
             sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return EXIT_OK
+
+
+def follow_logs(args):
+    from qctl import follow
+    sink = FollowSink(sys.stdout, sys.stderr)
+    try:
+        with open_store(args) as store:
+            state = follow.follow(store, args.id, sink)
+    except KeyboardInterrupt:  # stop following; the job goes on, untouched
+        sink.line("queuectl: stopped following job %s (the job is not affected)" % args.id, 1)
+        sink.flush()
+        return 130
+    return follow.exit_code(state)
 
 
 def wait_arguments(p):

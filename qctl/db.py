@@ -18,10 +18,12 @@ The store's verbs, which a second backend would implement one for one:
   claim, finish_and_claim                  the next due job -> processing (with the last one's outcome)
   record, complete, fail, release          a claimed job's outcome, fenced by its claim
   note_process                             more on how to find a claimed job's command (for recover)
+  running_run, publish_output              what running commands have printed so far (for logs --follow)
   heartbeat, deregister, live_workers      worker registration and liveness
   recover                                  jobs of lost workers back to the queue
   poll_for_work, housekeep                 an idle worker's wake-up check; WAL upkeep
   counts, list_jobs, get, job_runs, run_output, run_totals, runs_since, oldest_due_pending   queries
+  live_output, kept_output                 a job with its running output; a run's tails with their totals
   wait_finished, wait_workers_gone         block until jobs finish / workers exit (polling)
   cancel, cancel_requests, retry, edit, delete, purge, prune   user actions (prune: retention)
   queues, set_queue                        named queues: paused, concurrency
@@ -150,7 +152,26 @@ SCHEMA_V4 = (
     "CREATE INDEX job_tags_job ON job_tags (job_seq)",
 )
 
-MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4)  # MIGRATIONS[n] takes user_version n to n + 1
+# Following a running job's output (`logs --follow`). live_output: what each running command has
+# printed so far, as its worker's housekeeping publishes it (one row per running job, replaced in
+# place, removed once the run has ended). runs.*_total: how many bytes a recorded run printed in
+# all, of which its stdout/stderr are the kept tail (NULL: not known, as for a lost run).
+SCHEMA_V5 = (
+    """CREATE TABLE live_output (
+        job_seq      INTEGER PRIMARY KEY,
+        run          INTEGER NOT NULL,
+        started_at   REAL,               -- the claim's: a run number given back by a hard stop is used again
+        stdout       BLOB,               -- the last output-limit bytes printed so far (masked)
+        stderr       BLOB,
+        stdout_total INTEGER NOT NULL,   -- bytes printed so far
+        stderr_total INTEGER NOT NULL,
+        updated_at   REAL NOT NULL
+    )""",
+    "ALTER TABLE runs ADD COLUMN stdout_total INTEGER",
+    "ALTER TABLE runs ADD COLUMN stderr_total INTEGER",
+)
+
+MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5)  # MIGRATIONS[n] takes user_version n to n + 1
 OUR_TABLES = {"jobs", "runs", "config", "workers"}
 V1_JOB_COLUMNS = {"seq", "runs", "next_run_at", "lease_until", "last_error"}  # telling enough to be ours
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -163,6 +184,10 @@ JOB_COLUMNS = ("seq, id, command, state, attempts, runs AS run, max_retries, pri
                "(SELECT group_concat(tag, char(31)) FROM job_tags WHERE job_seq = jobs.seq) AS tags")
 _JOB_KEYS = tuple(column.split()[-1] for column in JOB_COLUMNS.replace("tag, char", "tag,char").split(", "))
 CLAIM_COLUMNS = "seq, id, command, attempts, runs AS run, max_retries, timeout, cwd, env, queue"
+_LIVE_KEYS = ("run", "started_at", "stdout", "stderr", "stdout_total", "stderr_total")
+# A live_output row whose run has ended: its job is no longer processing that claim.
+_LIVE_ENDED = ("NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.seq = live_output.job_seq AND jobs.state = 'processing' "
+               "AND jobs.runs = live_output.run AND jobs.started_at IS live_output.started_at)")
 TAG_SEPARATOR = "\x1f"  # tags have no control characters
 
 class Recorded(NamedTuple):
@@ -245,6 +270,7 @@ class Store:
         self._restart_backoff_s = 0.0
         self._durable, self._autocheckpoint = durable, autocheckpoint
         self._stuck = False        # a write failed for want of space: open afresh before the next
+        self._live_seen = None     # live_output: ((data_version, total_changes), job id, answer) last time
         self._connect()
         try:
             st = os.stat(path)
@@ -662,11 +688,14 @@ class Store:
 
     @staticmethod
     def _insert_run(con, job_seq, run, exit_code, error, now, stdout, stderr):
-        # The run's start and worker are still on the job row: copy them across.
+        # The run's start and worker are still on the job row: copy them across. The runner's tails
+        # (runner.Kept) know how long their stream was: kept beside them, for `logs --follow`.
         con.execute(
             "INSERT OR REPLACE INTO runs (job_seq, run, attempt, worker, started_at, finished_at, exit_code, "
-            "error, stdout, stderr) SELECT seq, ?, attempts, worker, started_at, ?, ?, ?, ?, ? FROM jobs WHERE seq = ?",
-            (run, now, exit_code, error, stdout or None, stderr or None, job_seq))
+            "error, stdout, stderr, stdout_total, stderr_total) "
+            "SELECT seq, ?, attempts, worker, started_at, ?, ?, ?, ?, ?, ?, ? FROM jobs WHERE seq = ?",
+            (run, now, exit_code, error, stdout or None, stderr or None, getattr(stdout, "total", None),
+             getattr(stderr, "total", None), job_seq))
 
     def heartbeat(self, worker, lease_s, *, pid, host, threads, started_at, host_key=None, now=None):
         """Renew this worker's row and the leases of every job it is running.
@@ -694,6 +723,34 @@ class Store:
             return con.execute(
                 "UPDATE jobs SET run_process = ? WHERE seq = ? AND state = ? AND worker = ? AND runs = ?",
                 (process, job["seq"], PROCESSING, worker, job["run"])).rowcount == 1
+
+    def running_run(self, job_seq, worker):
+        """The run number of job `job_seq` if `worker` is processing it, else None."""
+        rows = self._read("SELECT runs FROM jobs WHERE seq = ? AND state = ? AND worker = ?",
+                          (job_seq, PROCESSING, worker))
+        return rows[0][0] if rows else None
+
+    def publish_output(self, worker, outputs, *, now):
+        """Replace the live output of `worker`'s running jobs (for `logs --follow`), and remove that
+        of every run that has ended (recorded, given back by a hard stop, or lost with its worker).
+
+        `outputs`: (job seq, run, ((stdout total, stdout tail), (stderr total, stderr tail))) each,
+        as runner.output_progress gives them. Each row is fenced by its claim: a run recorded (or
+        recovered) meanwhile gets none. One transaction, and none at all when there is nothing to
+        write or remove. Returns how many rows were written.
+        """
+        if not outputs and not self._read("SELECT 1 FROM live_output WHERE " + _LIVE_ENDED + " LIMIT 1"):
+            return 0
+        with self._write() as con:
+            written = 0
+            for seq, run, ((out_total, out_tail), (err_total, err_tail)) in outputs:
+                written += con.execute(
+                    "INSERT OR REPLACE INTO live_output (job_seq, run, started_at, stdout, stderr, stdout_total, "
+                    "stderr_total, updated_at) SELECT seq, runs, started_at, ?, ?, ?, ?, ? FROM jobs "
+                    "WHERE seq = ? AND state = ? AND worker = ? AND runs = ?",
+                    (out_tail, err_tail, out_total, err_total, now, seq, PROCESSING, worker, run)).rowcount
+            con.execute("DELETE FROM live_output WHERE " + _LIVE_ENDED)
+        return written
 
     def deregister(self, worker):
         with self._write() as con:
@@ -877,6 +934,36 @@ class Store:
         """(stdout, stderr) kept of run number `run` of `job`: (None, None) if it printed nothing."""
         rows = self._read("SELECT stdout, stderr FROM runs WHERE job_seq = ? AND run = ?", (job["seq"], run))
         return tuple(rows[0]) if rows else (None, None)
+
+    def live_output(self, job_id):
+        """(job, live) in one read: the job (as `get` gives it) and what its running command has
+        printed so far, as its worker last published it: {"run", "started_at", "stdout", "stderr",
+        "stdout_total", "stderr_total"}, or None. A live row belongs to the job's current run only
+        if its run and started_at are the job's. Cheap when nothing changed since the last call
+        (PRAGMA data_version for other connections' commits, total_changes for this one's): the
+        same answer comes back without a query."""
+        version = (self._read("PRAGMA data_version")[0][0], self.con.total_changes)
+        if self._live_seen is not None and self._live_seen[:2] == (version, job_id):
+            return self._live_seen[2]
+        rows = self._read("SELECT j.*, l.run, l.started_at, l.stdout, l.stderr, l.stdout_total, l.stderr_total "
+                          "FROM (SELECT " + JOB_COLUMNS + " FROM jobs WHERE id = ?) AS j "
+                          "LEFT JOIN live_output AS l ON l.job_seq = j.seq", (job_id,))
+        if not rows:
+            raise JobNotFound(job_id)
+        row, n = rows[0], len(_JOB_KEYS)
+        live = None if row[n] is None else dict(zip(_LIVE_KEYS, row[n:]))
+        answer = (_job_dict(row[:n]), live)
+        self._live_seen = (version, job_id, answer)
+        return answer
+
+    def kept_output(self, job, run):
+        """((stdout, total), (stderr, total)) of run number `run` of `job`: each stream's kept tail
+        and how many bytes it printed in all (None when not known); (None, None) each if the run
+        has no row (it printed nothing, or has not ended)."""
+        rows = self._read("SELECT stdout, stdout_total, stderr, stderr_total FROM runs WHERE job_seq = ? AND run = ?",
+                          (job["seq"], run))
+        out, out_total, err, err_total = rows[0] if rows else (None,) * 4
+        return (out, out_total), (err, err_total)
 
     def run_totals(self):
         """Every finished run of the stored jobs, per outcome: {"completed": RunTotals, "failed": RunTotals}.

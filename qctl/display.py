@@ -14,6 +14,7 @@ import os
 import re
 import time
 
+from .jobs import DEAD, FAILED
 from .times import format_seconds
 
 ELLIPSIS = "\u2026"
@@ -288,3 +289,39 @@ def size_text(n):
         if n < 1024 or unit == "GiB":
             return ("%d %s" if unit == "bytes" else "%.1f %s") % (n, unit)
         n /= 1024.0
+
+
+# ---------------------------------------------------------------- logs --follow
+
+def follow_started(job_id, run):
+    return printable("== job %s, run %d ==" % (job_id, run))
+
+
+def follow_ended(job_id, run, row, job, now):
+    """How run `run` ended (`row`, from Store.job_runs); for the job's latest run (`job` given),
+    also what comes next: a retry, or the end of the job."""
+    if row is None or (row["error"] is None and row["finished_at"] is None):
+        outcome = "ended"
+    else:
+        outcome = row["error"] or "completed"
+    if job is not None and job["state"] == FAILED:
+        outcome += " (retry in %ss)" % format_seconds(max(0.0, round(job["next_run_at"] - now, 1)))
+    elif job is not None and job["state"] == DEAD:
+        outcome += " (dead)"
+    return printable("== job %s, run %d: %s ==" % (job_id, run, outcome))
+
+
+def follow_waiting(job_id, state):
+    return printable("== job %s is %s: waiting for its first run ==" % (job_id, state))
+
+
+def follow_never_ran(job_id, state):
+    return printable("== job %s is %s: it never ran ==" % (job_id, state))
+
+
+def follow_given_back(job_id, run):
+    return printable("== job %s, run %d: stopped by its worker (a hard stop); it will run again ==" % (job_id, run))
+
+
+def not_kept(n):
+    return Escaped("[... %s not kept ...]" % plural(n, "byte"))

@@ -39,20 +39,60 @@ DETACHED_PROCESS = 0x00000008
 CREATE_NO_WINDOW = 0x08000000
 
 
+class Kept(bytes):
+    """The tail kept of one output stream, which knows how long the whole stream was: `total`
+    bytes (after masking), of which these are the last. The store keeps `total` beside the tail,
+    so `logs --follow` can tell what it has not shown yet, and how much was not kept."""
+
+    def __new__(cls, data, total):
+        kept = super().__new__(cls, data)
+        kept.total = total
+        return kept
+
+
 class Tail:
-    """The last `limit` bytes written to it, in bounded memory."""
+    """The last `limit` bytes written to it, in bounded memory.
+
+    The thread reading the pipe adds; another may look at the same time (`progress`): a lock
+    keeps `total` and the bytes in step, held only to copy at most 2 * limit + READ_CHUNK bytes.
+    """
 
     def __init__(self, limit):
         self.limit = limit
         self.buf = bytearray()
+        self.received = 0  # bytes read from the pipe (a cheap way to see that something came)
+        self.total = 0     # bytes of the stream as kept (after masking), dropped ones included
+        self._lock = threading.Lock()
 
     def add(self, data):
+        with self._lock:
+            self.received += len(data)
+            self._take(data)
+
+    def _take(self, data):
+        self.total += len(data)
         self.buf += data
         if len(self.buf) > 2 * self.limit + READ_CHUNK:
             del self.buf[:-self.limit or len(self.buf)]
 
-    def value(self):
+    def _settle(self, final):
+        """Decide what can be decided of what was added (nothing to do here; see RedactedTail)."""
+
+    def _last(self):
         return bytes(self.buf[-self.limit:]) if self.limit else b""
+
+    def value(self):
+        """The tail, once the stream has ended: a `Kept`."""
+        with self._lock:
+            self._settle(final=True)
+            return Kept(self._last(), self.total)
+
+    def progress(self):
+        """(total, tail) while the stream still runs: `total` bytes so far, of which `tail` holds
+        the last `limit`. Later calls (and `value`) only ever add to that stream."""
+        with self._lock:
+            self._settle(final=False)
+            return self.total, self._last()
 
 
 class RedactedTail(Tail):
@@ -69,6 +109,7 @@ class RedactedTail(Tail):
     """
 
     MASK = b"***"
+    SETTLE_SCAN_MAX = 1024  # `progress` looks for a secret's start in at most this many held bytes
 
     def __init__(self, limit, secrets):
         super().__init__(limit)
@@ -76,21 +117,43 @@ class RedactedTail(Tail):
         # Longest first: a match is the longest secret that starts where it does.
         self.pattern = re.compile(b"|".join(re.escape(s) for s in longest_first))
         self.hold = len(longest_first[0]) - 1
+        self.by_first = {}   # first byte -> the secrets starting with it (see _safe_cut)
+        for secret in longest_first:
+            self.by_first.setdefault(secret[0], []).append(secret)
         self.pending = b""   # not decided yet
         self.context = b""   # the `hold` bytes before `pending`, already decided
         self.masked = False  # whether what was decided ends with a mask
 
     def add(self, data):
-        self._decide(self.context + self.pending + data, final=False)
+        with self._lock:
+            self.received += len(data)
+            data = self.context + self.pending + data
+            self._decide(data, len(data) - self.hold)  # a match from there on may be incomplete
 
-    def value(self):
+    def _settle(self, final):
         if self.pending:
-            self._decide(self.context + self.pending, final=True)
-        return super().value()
+            data = self.context + self.pending
+            self._decide(data, len(data) if final else self._safe_cut(data))
 
-    def _decide(self, data, final):
+    def _safe_cut(self, data):
+        """Where undecided bytes must start: from the first place where what has arrived could still
+        grow into a secret (a proper prefix of one; a place inside `context`, the last mask, holds
+        all of `pending`). A command that prints a line and waits is then shown that line at once,
+        where `add` alone would hold its last len(longest secret) - 1 bytes until more comes. Every
+        match starting before that place is final: the bytes after it cannot start the same secret,
+        or a longer one. Past SETTLE_SCAN_MAX held bytes (a very long secret) it is where `add` put it."""
+        base, lo = len(self.context), max(0, len(data) - self.hold)
+        if len(data) - lo > self.SETTLE_SCAN_MAX:
+            return len(data) - self.hold
+        for at in range(lo, len(data)):
+            rest = data[at:]
+            if any(len(s) > len(rest) and s.startswith(rest) for s in self.by_first.get(data[at], ())):
+                return max(at, base)
+        return len(data)
+
+    def _decide(self, data, cut):
+        """Keep data[len(context):cut] masked; what is after `cut` waits (see the class docstring)."""
         base = len(self.context)  # data[:base] was decided before
-        cut = len(data) if final else len(data) - self.hold  # a match from here on may be incomplete
         kept, done, masked = [], base, self.masked
         for start, end in self._covered(data):
             if end <= base:
@@ -107,7 +170,7 @@ class RedactedTail(Tail):
             kept.append(data[done:cut])
             done, masked = cut, False
         self.pending, self.context, self.masked = data[done:], data[max(0, done - self.hold):done], masked
-        super().add(b"".join(kept))
+        self._take(b"".join(kept))
 
     def _covered(self, data):
         """(start, end) of each stretch of `data` that secrets cover, in order; overlapping and
@@ -190,6 +253,20 @@ def kill_lost(identity):
     return proctree.kill_lost(identity.get("pid"), identity.get("start"), identity["tag"])
 
 
+def output_progress(proc, since=(0, 0)):
+    """What a command started by `run_command` has printed so far, for another thread than the one
+    running it: (received, ((total, tail) of stdout, (total, tail) of stderr)), where `received`
+    counts the bytes read from each pipe and each (total, tail) is as `Tail.progress` gives it.
+    None when nothing was read since `received` was `since`: then nothing is copied."""
+    tails = getattr(proc, "output", None)
+    if tails is None:
+        return None
+    received = tuple(tail.received for tail in tails)
+    if received == tuple(since):
+        return None
+    return received, tuple(tail.progress() for tail in tails)
+
+
 def kill_tree(proc, *, grace_s=KILL_GRACE_S):
     """TERM the command and all it started, then KILL what is left after `grace_s`.
 
@@ -236,7 +313,9 @@ def run_command(command, *, cwd=None, env=None, timeout=None, output_limit=65536
     """Run `command` through the platform shell; return a Result.
 
     Output beyond `output_limit` bytes per stream is dropped from the front, and
-    every `env` value (see `secrets_of`) is replaced by *** in it.
+    every `env` value (see `secrets_of`) is replaced by *** in it. The Result's
+    stdout and stderr are `Kept` tails (they know how long the stream was); while
+    the command runs, `output_progress(proc)` tells another thread how far it is.
     `on_start(proc)` is called once the process exists (the worker keeps it to
     kill on a hard stop); the timeout runs from before it is called.
     On Linux, what the command leaves running when it ends is killed (see the
@@ -261,6 +340,7 @@ def run_command(command, *, cwd=None, env=None, timeout=None, output_limit=65536
         out, err = RedactedTail(output_limit, secrets), RedactedTail(output_limit, secrets)
     else:
         out, err = Tail(output_limit), Tail(output_limit)
+    proc.output = (out, err)  # for `output_progress`, from another thread while this one reads the pipes
     try:
         if on_start is not None:
             on_start(proc)

@@ -24,7 +24,7 @@ from . import home as qhome
 from .db import PRUNE_BATCH, Store
 from .errors import DatabaseDamaged, QueueError
 from .jobs import CANCEL, CANCELLED, COMPLETE, COMPLETED, DEAD, FAIL, FAILED, RELEASE, UNFINISHED_STATES, Outcome
-from .runner import adopt_orphans, kill_lost, kill_tree, run_command, run_identity
+from .runner import adopt_orphans, kill_lost, kill_tree, output_progress, run_command, run_identity
 from .times import format_seconds
 
 log = logging.getLogger("qctl.worker")
@@ -82,6 +82,7 @@ class Worker:
         self._last_error, self._last_error_at = None, 0.0  # see _log_error
         self.failure = None                  # why the worker gave up (run() then returns 1)
         self._pruned = 0                     # jobs the last retention batch removed
+        self._published = {}                 # job seq -> (Popen, run, bytes read) as _publish_output last wrote it
 
     # ------------------------------------------------------------ control
 
@@ -413,8 +414,10 @@ class Worker:
                 self._guarded("recovering lost workers' jobs", self._recover)
             self._guarded("noting running commands", self._note_runs)
             self._guarded("cancelling jobs", self._cancel_requested)
+            self._guarded("publishing running jobs' output", self._publish_output)
             if time.monotonic() - last_prune >= PRUNE_EVERY_S and self._guarded("pruning old jobs", self._prune):
                 last_prune = time.monotonic() if self._pruned < PRUNE_BATCH else 0.0  # more to do: soon
+        self._guarded("removing our ended runs' output", self._publish_output)  # every run has been recorded
 
     def _guarded(self, doing, step):
         """Run one housekeeping step; log what it raised (see _log_error). Returns whether it ran."""
@@ -438,6 +441,39 @@ class Worker:
         for _, proc in procs:
             threading.Thread(target=kill_tree, args=(proc,), kwargs={"grace_s": HARD_STOP_GRACE_S},
                              daemon=True).start()
+
+    def _publish_output(self):
+        """What each running command has printed since the last tick (its totals and kept tails) into
+        the store, for `logs --follow`; the rows of runs that ended go. One transaction a tick
+        however many jobs run, none when nothing new came.
+
+        From here, never from a job's thread: that thread reads the command's pipes, and a stalled
+        database must not stop it (the command would block on a full pipe, and its timeout run on).
+        Here a stall only delays what followers see. A run's number is asked of the store the first
+        time it has printed something, and kept only if its command was running before and after
+        that read: then the answer is that command's run, not the next one of the same job.
+        """
+        with self._procs_lock:
+            running = dict(self._procs)
+        known = {seq: entry for seq, entry in self._published.items() if running.get(seq) is entry[0]}
+        outputs = []
+        for seq, proc in running.items():
+            _, run, since = known.get(seq, (proc, None, (0, 0)))
+            progress = output_progress(proc, since)
+            if progress is None:
+                continue
+            if run is None:
+                run = self._house_store.running_run(seq, self.id)
+                with self._procs_lock:
+                    if self._procs.get(seq) is not proc:
+                        run = None
+                if run is None:
+                    continue
+            received, streams = progress
+            outputs.append((seq, run, streams))
+            known[seq] = (proc, run, received)
+        self._house_store.publish_output(self.id, outputs, now=time.time())
+        self._published = known
 
     def _prune(self):
         """Retention: a batch of old finished jobs (see `Store.prune`)."""

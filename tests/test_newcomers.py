@@ -9,7 +9,7 @@ import time
 import unittest
 
 from qctl import Queue, jobs
-from qctl.db import Store
+from qctl.db import SCHEMA_VERSION, Store
 from qctl.errors import InvalidJob, InvalidState
 from qctl.worker import Worker
 from tests.base import HomeTestCase, add_job
@@ -66,7 +66,7 @@ class CheckTest(HomeTestCase):
         result = self.ok("check")
         self.assertIn("healthy", result.stdout)
         facts = json.loads(self.ok("check", "--json").stdout)
-        self.assertEqual((facts["healthy"], facts["problems"], facts["schema_version"]), (True, [], 4))
+        self.assertEqual((facts["healthy"], facts["problems"], facts["schema_version"]), (True, [], SCHEMA_VERSION))
 
     def test_a_job_stuck_under_a_gone_worker_is_one_problem_line(self):
         store = self.store()
