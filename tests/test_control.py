@@ -11,6 +11,7 @@ from qctl import config as qconfig
 from qctl import jobs
 from qctl.errors import InvalidJob, InvalidState, JobNotFound
 from tests.base import SETTINGS, HomeTestCase, add_job, new_job, run_next, wait_until
+from tests.test_tree import alive, read
 
 T = 1800000000.0
 POSIX = os.name == "posix"
@@ -217,12 +218,12 @@ class CancelWorkerTest(ControlCase):
         self.ok("enqueue", "--id", "long", "--command", "sh -c 'echo $$ > %s; exec sleep 30' & wait" % pidfile)
         self.ok("enqueue", "--id", "next", "--command", "true", "--priority", "-1")
         self.spawn_worker("--count", "1")
-        pid = int(wait_until(lambda: _read(pidfile), message="the job to start"))
+        pid = int(wait_until(lambda: read(pidfile), message="the job to start"))
         started = time.monotonic()
         result = self.run_cli("cancel", "long")  # a separate process with only the home
         self.assertIn("job long cancelled", result.stdout, result)
         self.assertLess(time.monotonic() - started, 2 + 1.0, "the cancel took longer than its 2 s (+ start-up)")
-        wait_until(lambda: not os.path.exists("/proc/%d" % pid) or _zombie(pid), message="the tree to be gone")
+        wait_until(lambda: not alive(pid), message="the tree to be gone")
         self.assertEqual(self.state("long"), jobs.CANCELLED)
         self.assertEqual([r["error"] for r in self.s.job_runs(self.s.get("long"))], ["cancelled"])
         wait_until(lambda: self.state("next") == jobs.COMPLETED, message="the worker to go on")
@@ -239,7 +240,7 @@ class QueueWorkerTest(ControlCase):
         for _ in range(2):
             self.spawn_worker("--count", "2", "--burst")
         wait_until(lambda: self.s.counts()[jobs.COMPLETED] == 8, message="every job to complete")
-        events = [line.split() for line in _read(log).splitlines()]
+        events = [line.split() for line in read(log).splitlines()]
         running = peak = 0
         for kind, _ in sorted(events, key=lambda e: float(e[1])):
             running += 1 if kind == "start" else -1
@@ -256,23 +257,6 @@ class QueueWorkerTest(ControlCase):
         self.assertEqual(result.code, 0, result)
         self.assertEqual(self.state("flaky"), jobs.COMPLETED, "--drain waited out the retry's delay")
         self.assertEqual(self.state("other"), jobs.PENDING, "a job of another queue was served")
-
-
-def _read(path):
-    """The text of `path`, stripped ("" if it does not exist yet)."""
-    try:
-        with open(path) as fh:
-            return fh.read().strip()
-    except FileNotFoundError:
-        return ""
-
-
-def _zombie(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 if __name__ == "__main__":
