@@ -273,7 +273,10 @@ class Store:
         self._live_seen = None     # live_output: ((data_version, total_changes), job id, answer) last time
         self._connect()
         try:
-            st = os.stat(path)
+            try:
+                st = os.stat(path)
+            except OSError:  # it was there a moment ago, when SQLite opened it
+                raise StoreError("the database %s was deleted or replaced while it was being opened" % path) from None
             self._identity = (st.st_dev, st.st_ino)
             self._migrate()
         except sqlite3.Error as exc:

@@ -485,7 +485,10 @@ class DatabaseUnderAWorkerTest(HomeTestCase):
         proc.log.seek(0)
         text = proc.log.read()
         self.assertEqual(proc.returncode, 1, text)
-        self.assertEqual(text.count("deleted or replaced"), 1, text)
+        self.assertIn("deleted or replaced", text)
+        self.assertNotIn("internal error", text)
+        # One line, or one from each part of the worker that opened the file just as it went.
+        self.assertLessEqual(text.count("deleted or replaced"), 1 + 2, text)
 
     def test_a_deleted_database_is_not_made_again_behind_the_home(self):
         # sqlite3.connect would make an empty one with the umask's mode (0644 under 022), where
