@@ -722,7 +722,7 @@ def cmd_cancel(args):
                 out("no jobs to cancel")
             return EXIT_OK
         # A running job ends with its worker's kill (within a couple of seconds): say how it ended.
-        counts, _ = store.wait_finished(asked, timeout=CANCEL_WAIT_S)
+        store.wait_finished(asked, timeout=CANCEL_WAIT_S)
         for job_id in asked:
             state = store.get(job_id)["state"]
             out("job %s %s" % (job_id, {jobs.CANCELLED: "cancelled: its processes were killed",

@@ -462,12 +462,13 @@ class Store:
             size = os.path.getsize(self.path + "-wal")
         except OSError:
             return
-        if self._wal_over(size, self._wal_limit()):
+        if self._wal_over(size):
             _UPKEEP.set()
 
-    @staticmethod
-    def _wal_over(size, limit):
-        return size > WAL_SMALL_BYTES and size > limit
+    def _wal_over(self, size):
+        """Whether a WAL of `size` bytes is past its bound. The free space is asked for only past
+        WAL_SMALL_BYTES: this runs after every commit."""
+        return size > WAL_SMALL_BYTES and size > self._wal_limit()
 
     def _wal_limit(self):
         """WAL_RESTART_BYTES, or a quarter of the free disk space if that is less: the checkpoint
@@ -509,12 +510,11 @@ class Store:
         version = self._read("PRAGMA data_version")[0][0]
         if version != self._house_version:
             self._house_version, self._quiet_since = version, time.monotonic()
-        limit = self._wal_limit()
         if size > 0 and time.monotonic() - self._quiet_since >= WAL_IDLE_S:
             mode = "TRUNCATE"
-        elif self._wal_over(size, limit) and time.monotonic() >= self._restart_after:
+        elif self._wal_over(size) and time.monotonic() >= self._restart_after:
             # Below its usual bound (a nearly full disk) the file itself must shrink, not just start over.
-            mode = "RESTART" if limit >= WAL_RESTART_BYTES else "TRUNCATE"
+            mode = "RESTART" if self._wal_limit() >= WAL_RESTART_BYTES else "TRUNCATE"
         else:
             return
         with _WRITE_LOCK:  # our own threads queue here rather than in SQLite's busy handler
@@ -597,8 +597,7 @@ class Store:
         select_params = (now,) + tuple(queues or ())
         params = (worker, now + lease_s, now, now, process)
         if HAS_RETURNING:
-            row = con.execute(_CLAIM_SQL + "(" + select + ") RETURNING " + CLAIM_COLUMNS,
-                              params + select_params).fetchone()
+            row = con.execute(_claim_returning(len(queues) if queues else 0), params + select_params).fetchone()
         else:
             # SQLite < 3.35 has no RETURNING. Still atomic: we hold the write lock.
             found = con.execute(select, select_params).fetchone()
@@ -1232,6 +1231,14 @@ def _claim_select(served):
     """The claim's row lookup for a worker serving `served` named queues (0: every queue). Built
     once per shape: sqlite3 finds its cached statement by the text."""
     return _CLAIM_SELECT % ("AND queue IN (%s) " % _placeholders(served) if served else "")
+
+
+@functools.lru_cache(maxsize=None)
+def _claim_returning(served):
+    """The whole claim, one statement (SQLite 3.35+), for `_claim_select(served)`'s row."""
+    return _CLAIM_SQL + "(" + _claim_select(served) + ") RETURNING " + CLAIM_COLUMNS
+
+
 _CLAIM_SQL = ("UPDATE jobs SET state = 'processing', attempts = attempts + 1, runs = runs + 1, worker = ?, "
               "lease_until = ?, started_at = ?, finished_at = NULL, updated_at = ?, run_process = ? WHERE seq = ")
 _CLAIM_KEYS = tuple(column.split()[-1] for column in CLAIM_COLUMNS.split(", "))

@@ -93,7 +93,7 @@ class CrashTest(ReliabilityCase):
         self.ok("config", "set", "backoff-max", "0.1")
         self.ok("config", "set", "max-retries", "20")
         marks = os.path.join(self.tmp, "starts")
-        self.enqueue_file([{"id": "c%d" % i, "command": "echo c%d >> %s; sleep 0.1" % (i, marks)}
+        self.enqueue_file([{"id": "c%d" % i, "command": "echo c%d >> %s; sleep 0.05" % (i, marks)}
                            for i in range(total)])
         workers = [self.spawn_worker("--count", 4) for _ in range(2)]
         rng = random.Random(4)
@@ -103,7 +103,7 @@ class CrashTest(ReliabilityCase):
             counts = self.counts()
             if counts[jobs.COMPLETED] + counts[jobs.DEAD] == total:
                 break
-            time.sleep(rng.uniform(0.5, 1.0))  # the storm's rhythm, not a wait for a condition
+            time.sleep(rng.uniform(0.3, 0.6))  # the storm's rhythm, not a wait for a condition
             victim = workers.pop(rng.randrange(len(workers)))
             os.killpg(victim.pid, signal.SIGKILL)
             victim.wait()  # reaped: a zombie would still look alive to dead-pid detection

@@ -97,7 +97,7 @@ def _joins_constant_clauses(node, function):
 SQL_CALLS = ("execute", "executemany", "executescript", "_read", "_forget")
 # Functions of db.py that return SQL text (or (text, params)) built only from constants and
 # placeholders: a call to one is as constant as a literal.
-SQL_BUILDERS = ("_placeholders", "_filters", "_claim_select")
+SQL_BUILDERS = ("_placeholders", "_filters", "_claim_select", "_claim_returning")
 
 
 def sql_built_from_values(source):
