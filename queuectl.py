@@ -19,7 +19,7 @@ from qctl import display
 from qctl import home as qhome
 from qctl import jobs
 from qctl import shapes
-from qctl.errors import DuplicateJob, InvalidJob, QueueError
+from qctl.errors import BadDependency, DuplicateJob, InvalidJob, QueueError
 from qctl.times import parse_duration
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
@@ -32,7 +32,7 @@ DASHBOARD_HOST, DASHBOARD_PORT = "127.0.0.1", 8765  # the dashboard module's def
 COMMAND_GROUPS = (
     ("enqueue and run", ("enqueue", "worker")),
     ("watch and inspect", ("status", "list", "show", "logs", "wait", "stats", "dashboard")),
-    ("control", ("cancel", "retry", "edit", "queue")),
+    ("control", ("cancel", "retry", "edit", "queue", "schedule")),
     ("dead letter queue and clean-up", ("dlq", "delete", "purge")),
     ("settings and upkeep", ("config", "init", "check", "backup", "completion")),
 )
@@ -42,6 +42,8 @@ ACTION_GROUPS = {
     "worker": ("start, stop or list worker processes", "queuectl worker start --count 4\nqueuectl worker stop --wait"),
     "dlq": ("the dead letter queue: jobs that ran out of retries", "queuectl dlq list\nqueuectl dlq retry job1"),
     "config": ("get, set or list settings", "queuectl config set max-retries 5"),
+    "schedule": ("recurring jobs: add, list or remove a schedule",
+                 "queuectl schedule add cleanup --every 1h 'rm -rf /tmp/cache'\nqueuectl schedule list"),
     "queue": ("list named queues; pause, resume or limit one",
               "queuectl queue list\nqueuectl queue pause nightly\nqueuectl queue set gpu --concurrency 1"),
 }
@@ -78,10 +80,10 @@ def print_json(value):
     sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
-def error_line(message):
+def error_line(message, kind="error"):
     # splitlines, not split("\n"): a \r in a path the user typed must not break the one line either.
     text = " ".join(str(message).splitlines())
-    sys.stderr.write("queuectl: error: %s\n" % display.printable(text))
+    sys.stderr.write("queuectl: %s: %s\n" % (kind, display.printable(text)))
 
 
 class Parser(argparse.ArgumentParser):
@@ -89,7 +91,19 @@ class Parser(argparse.ArgumentParser):
     arguments: ..." quotes argv as given, and a script may pass anything there), and says
     where an option it does not take belongs (see `option_hint`)."""
 
+    def __init__(self, *args, intermixed=False, **kwargs):
+        # intermixed: positionals may come on both sides of options (`schedule add NAME --every 1h CMD`),
+        # which plain argparse refuses once it has matched the first.
+        super().__init__(*args, **kwargs)
+        self.intermixed = intermixed
+
     def parse_known_args(self, args=None, namespace=None):
+        if self.intermixed:
+            self.intermixed = False  # parse_known_intermixed_args calls back here, twice
+            try:
+                return self.parse_known_intermixed_args(args, namespace)
+            finally:
+                self.intermixed = True
         # Kept for the hints: argparse hands each subcommand's parser only the words after its
         # name, and each parser's extras end with those of the subcommand it ran.
         self.words = list(sys.argv[1:] if args is None else args)
@@ -269,14 +283,24 @@ def job_option_arguments(p):
     p.add_argument("--queue", metavar="Q", help="the named queue (default: default)")
     p.add_argument("--tag", action="append", metavar="T", help="a tag (repeatable)")
     p.add_argument("--env", action="append", metavar="KEY=VALUE", help="add to the environment (repeatable)")
+    p.add_argument("--after", action="append", metavar="ID",
+                   help="run only once job ID has completed (repeatable)")
+    p.add_argument("--after-policy", choices=jobs.AFTER_POLICIES,
+                   help="completed (default: a dependency that dies or is cancelled kills this job too) or "
+                        "finished (run once they have ended, however)")
+    p.add_argument("--unique-key", metavar="K",
+                   help="store nothing while an unfinished job holds this key (prints that job's id)")
 
 
 def job_options(args):
     """The job fields given as options, as raw job fields (the names the JSON uses)."""
-    raw = {name: getattr(args, name) for name in ("max_retries", "priority", "run_at", "delay", "timeout", "queue")
+    raw = {name: getattr(args, name) for name in ("max_retries", "priority", "run_at", "delay", "timeout", "queue",
+                                                  "after_policy", "unique_key")
            if getattr(args, name) is not None}
     if args.tag:
         raw["tags"] = args.tag
+    if args.after:
+        raw["after"] = args.after
     if args.env:
         raw["env"] = dict(parse_env_pair(pair) for pair in args.env)
     return raw
@@ -298,6 +322,7 @@ def enqueue_arguments(p):
          "queuectl enqueue --queue gpu --tag nightly -- python train.py --epochs 3\n"
          "queuectl enqueue '{\"id\": \"job1\", \"command\": \"echo hello\"}'\n"
          "queuectl enqueue --command 'sleep 2' --max-retries 5 --delay 30s\n"
+         "queuectl enqueue --id report --after build --unique-key nightly-report 'make report'\n"
          "queuectl enqueue --file jobs.jsonl", enqueue_arguments, allow_abbrev=False)
 def cmd_enqueue(args):
     import shlex
@@ -325,21 +350,27 @@ def cmd_enqueue(args):
             new, numbers = read_job_lines(args.file, now=now, cwd=cwd, default_max_retries=default_retries)
             try:
                 ids = store.enqueue(new, now)
-            except DuplicateJob as exc:
+            except (DuplicateJob, BadDependency) as exc:
                 raise QueueError("line %d: %s (nothing was enqueued)" % (numbers[exc.index], exc)) from None
+            for index in ids.conflicts:
+                error_line("line %d: job %s holds unique key %r already: nothing stored for it"
+                           % (numbers[index], ids[index], new[index]["unique_key"]), "note")
             if args.json:
-                print_json({"count": len(ids), "ids": ids})
+                print_json({"count": len(ids) - len(ids.conflicts), "ids": ids})
             else:
-                out("enqueued %s" % display.plural(len(ids), "job"))
+                out("enqueued %s" % display.plural(len(ids) - len(ids.conflicts), "job"))
             return EXIT_OK
         if json_text is not None:
             new = jobs.parse_job_json(json_text, now=now, cwd=cwd, default_max_retries=default_retries)
         else:
             raw["command"] = args.command if command is None else command
             new = jobs.validate_job(raw, now=now, cwd=cwd, default_max_retries=default_retries)
-        job_id = store.enqueue([new], now)[0]
+        stored = store.enqueue([new], now)
+        job_id = stored[0]
+        if stored.conflicts:
+            error_line("job %s holds unique key %r already: nothing was stored" % (job_id, new["unique_key"]), "note")
         if args.json:
-            print_json(shapes.job(store.get(job_id)))
+            print_json(dict(shapes.job(store.get(job_id)), conflict=bool(stored.conflicts)))
         else:
             out(job_id)
     return EXIT_OK
@@ -813,6 +844,88 @@ def set_queue(args, said, **change):
     with open_store(args) as store:
         store.set_queue(args.name, **change)
     out(said % args.name)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- schedules
+
+def schedule_name_arg(value):
+    try:
+        return jobs.check_queue(value)
+    except InvalidJob as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("queue must be", "must be"))
+
+
+def schedule_add_arguments(p):
+    p.add_argument("name", type=schedule_name_arg, metavar="NAME", help="1-64 of A-Z a-z 0-9 _ . -")
+    p.add_argument("job", nargs="*", metavar="JOB",
+                   help="the job as a JSON object, or a plain shell command; after --, a program and its arguments")
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--every", metavar="DURATION", help="fire this often (90, 90s, 5m, 2h, 1d); first in one interval")
+    when.add_argument("--cron", metavar='"M H DOM MON DOW"', help="fire at these local times (standard five fields)")
+    p.add_argument("--overlap", action="store_true",
+                   help="fire even while the schedule's last job is unfinished (default: skip that fire)")
+    job_option_arguments(p)
+    p.add_argument("--cwd", metavar="DIR", help="run in this directory (default: the current one)")
+
+
+@command("schedule add", "enqueue a job at fixed times: every DURATION, or by a cron spec",
+         "queuectl schedule add cleanup --every 1h 'find /tmp/app -mtime +1 -delete'\n"
+         "queuectl schedule add report --cron '30 6 * * 1-5' --queue reports -- make report",
+         schedule_add_arguments, allow_abbrev=False, intermixed=True)
+def cmd_schedule_add(args):
+    import json
+    import shlex
+    from qctl import cron
+    from qctl.times import iso
+    name = args.name
+    spec = cron.every_spec(args.every) if args.every is not None else cron.cron_spec(args.cron)
+    if len(args.job) == 1 and args.job[0].lstrip().startswith("{"):
+        raw = jobs.load_job_json(args.job[0])
+        given = job_options(args)
+        if given or args.command:
+            args.parser.error("--%s goes with a command; put it inside the JSON instead"
+                              % (sorted(given) or ["command"])[0].replace("_", "-"))
+    else:
+        words = [args.command] if args.command is not None else []
+        words += args.job
+        if len(words) != 1 and not (args.job and args.command is None):
+            args.parser.error("give exactly one of a JOB (JSON or a command) or --command")
+        raw = dict(job_options(args), command=words[0] if len(words) == 1 else shlex.join(words))
+    if args.cwd is not None:
+        raw["cwd"] = args.cwd
+    for field in ("id", "run_at"):
+        if raw.get(field) is not None:
+            raise InvalidJob("a schedule's job has no %s: each fire makes a new job, at its own time" % field)
+    now = time.time()
+    with open_store(args) as store:
+        job = jobs.validate_job(raw, now=now, default_max_retries=store.config()["max-retries"])
+        raw["cwd"] = job["cwd"]  # where it was added: a worker runs it there, wherever the worker runs
+        store.add_schedule(name, spec, json.dumps(raw, sort_keys=True), overlap=args.overlap, now=now)
+        row = next(r for r in store.schedules() if r["name"] == name)
+    out("schedule %s added: %s, next run %s" % (name, cron.describe(spec), iso(row["next_at"])))
+    return EXIT_OK
+
+
+@command("schedule list", "list schedules: spec, next run, last job", "queuectl schedule list --json", add_json)
+def cmd_schedule_list(args):
+    with open_store(args) as store:
+        rows = store.schedules()
+    if args.json:
+        print_json([shapes.schedule(row) for row in rows])
+    elif rows:
+        out_lines(display.schedule_lines(rows, time.time()))
+    else:
+        out("no schedules")
+    return EXIT_OK
+
+
+@command("schedule remove", "remove a schedule (the jobs it enqueued stay)", "queuectl schedule remove cleanup",
+         lambda p: p.add_argument("name", metavar="NAME"))
+def cmd_schedule_remove(args):
+    with open_store(args) as store:
+        store.remove_schedule(args.name)
+    out("schedule %s removed" % args.name)
     return EXIT_OK
 
 

@@ -59,6 +59,16 @@ def _number_setting(default, low, high, meaning):
     return Setting(default, parse, valid, meaning)
 
 
+def _command_setting(meaning):
+    def parse(key, value):
+        text = str(value).strip()
+        if "\x00" in text or len(text.encode("utf-8", "surrogatepass")) > 4096:
+            raise ConfigError("%s must be %s" % (key, valid))
+        return text
+    valid = "a shell command of at most 4096 bytes, or '' for none"
+    return Setting("", parse, valid, meaning)
+
+
 # Defaults live here and nowhere else.
 SETTINGS = {
     "max-retries": _int_setting(3, 0, MAX_RETRIES_LIMIT, "retries after the first run, for jobs enqueued later"),
@@ -73,6 +83,7 @@ SETTINGS = {
     "retain-completed": _seconds_setting(7 * 86400.0, 0, SECONDS_LIMIT,
                                          "workers remove completed and cancelled jobs this old (0 = keep)"),
     "retain-dead": _seconds_setting(0.0, 0, SECONDS_LIMIT, "workers remove dead jobs this old (0 = keep)"),
+    "on-finish": _command_setting("a shell command run after every finished run (see README: hooks)"),
 }
 
 

@@ -29,6 +29,8 @@ The store's verbs, which a second backend would implement one for one:
   queues, set_queue                        named queues: paused, concurrency
   check, backup                            health, and a consistent copy while workers run
   config, set_config                       settings
+  add_schedule, schedules, remove_schedule recurring jobs;
+  next_schedule_at, fire_schedules           ... and their firing (a worker's)
 """
 
 import functools
@@ -42,11 +44,13 @@ from contextlib import contextmanager
 from typing import NamedTuple, Optional
 
 from . import config as qconfig
+from . import cron as qcron
 from . import home as qhome
-from .errors import DatabaseDamaged, DuplicateJob, InvalidJob, InvalidState, JobNotFound, StoreError
-from .jobs import (COMPLETE, COMPLETED, FAIL, FAILED, FINISHED_STATES, PENDING, PROCESSING, RELEASE, STATES,
+from .errors import (BadDependency, DatabaseDamaged, DuplicateJob, InvalidJob, InvalidState, JobNotFound,
+                     ScheduleNotFound, StoreError)
+from .jobs import (COMPLETE, COMPLETED, DEAD, FAIL, FAILED, FINISHED_STATES, PENDING, PROCESSING, RELEASE, STATES,
                    UNFINISHED_STATES, DEFAULT_LIST_LIMIT, DEFAULT_QUEUE, CANCEL, CANCELLED, CANCELLED_ERROR,
-                   EDITABLE_STATES, Outcome, after_failure, as_input, validate_job)
+                   EDITABLE_STATES, Outcome, after_failure, as_input, check_batch_after, validate_job)
 
 BUSY_TIMEOUT_S = 30.0
 WAL_RETRY_S = 0.005
@@ -171,18 +175,64 @@ SCHEMA_V5 = (
     "ALTER TABLE runs ADD COLUMN stderr_total INTEGER",
 )
 
-MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5)  # MIGRATIONS[n] takes user_version n to n + 1
+# Workflow: dependencies, unique keys, schedules.
+# jobs.waiting: how many of its dependencies have not ended as its after_policy needs. Finishing
+# a job updates its dependents' counts in the same transaction, and the claim's index leaves out
+# every waiting job: 10,000 of them cost a claim nothing. jobs.after: the ids it was given
+# (TAG_SEPARATOR between them), as shown; job_deps holds the same edges by seq, for the counting.
+# jobs_unique: the atom of unique keys: two unfinished jobs can never hold the same one.
+SCHEMA_V6 = (
+    "ALTER TABLE jobs ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE jobs ADD COLUMN after TEXT",
+    "ALTER TABLE jobs ADD COLUMN after_policy TEXT",
+    "ALTER TABLE jobs ADD COLUMN unique_key TEXT",
+    "DROP INDEX jobs_ready",
+    """CREATE INDEX jobs_ready ON jobs (priority DESC, next_run_at, seq, queue)
+        WHERE state IN ('pending', 'failed') AND waiting = 0""",
+    """CREATE UNIQUE INDEX jobs_unique ON jobs (unique_key)
+        WHERE unique_key IS NOT NULL AND state IN ('pending', 'processing', 'failed')""",
+    "CREATE TABLE job_deps (dep_seq INTEGER NOT NULL, job_seq INTEGER NOT NULL, PRIMARY KEY (dep_seq, job_seq)) "
+    "WITHOUT ROWID",
+    "CREATE INDEX job_deps_job ON job_deps (job_seq)",
+    """CREATE TABLE schedules (
+        name         TEXT PRIMARY KEY,
+        spec         TEXT NOT NULL,       -- 'every 90s' or 'cron M H DOM MON DOW', as qctl.cron parses it
+        job          TEXT NOT NULL,       -- the job to enqueue, as JSON input (validated when added)
+        overlap      INTEGER NOT NULL DEFAULT 0,
+        next_at      REAL NOT NULL,       -- when it fires next
+        last_job     TEXT,                -- the id of the job it enqueued last
+        last_fired_at REAL,
+        created_at   REAL NOT NULL
+    ) WITHOUT ROWID""",
+)
+
+MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6)  # MIGRATIONS[n]: version n -> n + 1
 OUR_TABLES = {"jobs", "runs", "config", "workers"}
 V1_JOB_COLUMNS = {"seq", "runs", "next_run_at", "lease_until", "last_error"}  # telling enough to be ours
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# Whether dependency `dep` of the job `jobs` holds it back: it has not completed, and has not ended
+# otherwise either where the job's after_policy is `finished`.
+_UNSATISFIED = ("dep.state <> 'completed' AND NOT (jobs.after_policy = 'finished' "
+                "AND dep.state IN ('dead', 'cancelled'))")
+# How many of its dependencies hold the job `jobs` back.
+_WAITING = ("(SELECT count(*) FROM job_deps AS d JOIN jobs AS dep ON dep.seq = d.dep_seq "
+            "WHERE d.job_seq = jobs.seq AND " + _UNSATISFIED + ")")
 
 # `runs`, the column, counts the job's runs over its whole life; rows call it `run`: the number
 # of its latest run (the `runs` table holds the runs themselves).
 JOB_COLUMNS = ("seq, id, command, state, attempts, runs AS run, max_retries, priority, run_at, next_run_at, "
                "timeout, cwd, env, created_at, updated_at, started_at, finished_at, worker, "
                "lease_until, exit_code, last_error, queue, cancel_requested, "
-               "(SELECT group_concat(tag, char(31)) FROM job_tags WHERE job_seq = jobs.seq) AS tags")
-_JOB_KEYS = tuple(column.split()[-1] for column in JOB_COLUMNS.replace("tag, char", "tag,char").split(", "))
+               "(SELECT group_concat(tag, char(31)) FROM job_tags WHERE job_seq = jobs.seq) AS tags, "
+               "after, after_policy, unique_key, waiting, "
+               "CASE WHEN waiting > 0 THEN (SELECT group_concat(dep.id, char(31)) FROM job_deps AS d "
+               "JOIN jobs AS dep ON dep.seq = d.dep_seq WHERE d.job_seq = jobs.seq AND " + _UNSATISFIED + ") "
+               "END AS waiting_for")
+_JOB_KEYS = ("seq", "id", "command", "state", "attempts", "run", "max_retries", "priority", "run_at", "next_run_at",
+             "timeout", "cwd", "env", "created_at", "updated_at", "started_at", "finished_at", "worker",
+             "lease_until", "exit_code", "last_error", "queue", "cancel_requested", "tags",
+             "after", "after_policy", "unique_key", "waiting", "waiting_for")
 CLAIM_COLUMNS = "seq, id, command, attempts, runs AS run, max_retries, timeout, cwd, env, queue"
 _LIVE_KEYS = ("run", "started_at", "stdout", "stderr", "stdout_total", "stderr_total")
 # A live_output row whose run has ended: its job is no longer processing that claim.
@@ -190,10 +240,24 @@ _LIVE_ENDED = ("NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.seq = live_output.job_
                "AND jobs.runs = live_output.run AND jobs.started_at IS live_output.started_at)")
 TAG_SEPARATOR = "\x1f"  # tags have no control characters
 
+class Enqueued(list):
+    """What `Store.enqueue` returns: the jobs' ids in order. `conflicts`: the positions of jobs not
+    stored because an unfinished job held their unique key; their place holds that job's id."""
+    conflicts = ()
+
+
 class Recorded(NamedTuple):
     """A recorded outcome: the job's new state, and when it may run again (a retry)."""
     state: str
     next_run_at: Optional[float]
+
+
+class Fired(NamedTuple):
+    """What `fire_schedules` did for one due schedule: the job it enqueued, or why none."""
+    name: str
+    due_at: float
+    job_id: Optional[str]
+    skipped: Optional[str]
 
 
 class RunTotals(NamedTuple):
@@ -453,7 +517,7 @@ class Store:
         # The claim's index covers this query, where the planner's own choice (the state
         # index) also reads every waiting row (12 ms against 5.6 ms with 100,000 future jobs).
         return self._read("SELECT min(next_run_at) FROM jobs INDEXED BY jobs_ready "
-                          "WHERE state IN ('pending', 'failed')")[0][0]
+                          "WHERE state IN ('pending', 'failed') AND waiting = 0")[0][0]
 
     def _check_wal(self):
         """After a commit: a WAL past its bound wakes the housekeeping (see `await_upkeep`) at once.
@@ -533,28 +597,107 @@ class Store:
     def enqueue(self, new_jobs, now):
         """Store validated jobs (from `jobs.validate_job`) as `pending`, all or none.
 
-        Returns their ids in order. A duplicate id (stored or within the batch)
-        raises DuplicateJob, naming the first job that repeats one, and stores nothing.
+        Returns their ids in order, as an `Enqueued` list. A duplicate id (stored or within
+        the batch) raises DuplicateJob, naming the first job that repeats one, and stores
+        nothing; so does a dependency (`after`) on an unknown job, or a cycle among the
+        batch's jobs (BadDependency). A job whose unique key an unfinished job holds is not
+        stored: its place holds that job's id, and `conflicts` its position.
         """
-        rows = []
-        for job in new_jobs:
-            job_id = job["id"] or os.urandom(8).hex()
-            rows.append((job_id, job["command"], PENDING, job["max_retries"], job["priority"],
-                         job["run_at"], job["run_at"], job["timeout"], job["cwd"], job["env"], now, now,
-                         job.get("queue") or DEFAULT_QUEUE))
-        tags = [(tag, row[0]) for job, row in zip(new_jobs, rows) for tag in job.get("tags") or ()]
         try:
             with self._write() as con:
-                con.executemany(
-                    "INSERT INTO jobs (id, command, state, max_retries, priority, run_at, next_run_at, "
-                    "timeout, cwd, env, created_at, updated_at, queue) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows)
-                con.executemany("INSERT INTO job_tags (tag, job_seq) SELECT ?, seq FROM jobs WHERE id = ?", tags)
+                return self._insert(con, new_jobs, now)
         except sqlite3.IntegrityError:
-            ids = [row[0] for row in rows]
+            ids = [job["id"] for job in new_jobs]
             index = self._first_duplicate(ids)
             raise DuplicateJob(ids[index], index) from None
-        return [row[0] for row in rows]
+
+    def _insert(self, con, new_jobs, now):
+        """`enqueue`'s work, inside the caller's transaction (a schedule's fire is another)."""
+        ids = [job["id"] or os.urandom(8).hex() for job in new_jobs]
+        check_batch_after(new_jobs, ids, lambda job_id: self._seq_of(con, job_id) is not None)
+        rows = [(job_id, job["command"], PENDING, job["max_retries"], job["priority"], job["run_at"], job["run_at"],
+                 job["timeout"], job["cwd"], job["env"], now, now, job.get("queue") or DEFAULT_QUEUE,
+                 TAG_SEPARATOR.join(job.get("after") or ()) or None,
+                 job.get("after_policy") if job.get("after") else None, job.get("unique_key"))
+                for job, job_id in zip(new_jobs, ids)]
+        stored = Enqueued(ids)
+        if not any(job.get("unique_key") for job in new_jobs):
+            con.executemany(_INSERT_JOB, rows)  # the common case: one statement for the whole batch
+        else:
+            stored.conflicts = []
+            for index, row in enumerate(rows):
+                try:
+                    con.execute(_INSERT_JOB, row)
+                except sqlite3.IntegrityError as exc:
+                    if "unique_key" not in str(exc):
+                        raise
+                    stored[index] = self._key_holder(con, row[-1])
+                    stored.conflicts.append(index)
+        kept = [index for index in range(len(rows)) if index not in stored.conflicts]
+        con.executemany("INSERT INTO job_tags (tag, job_seq) SELECT ?, seq FROM jobs WHERE id = ?",
+                        [(tag, ids[i]) for i in kept for tag in new_jobs[i].get("tags") or ()])
+        waiting = [i for i in kept if new_jobs[i].get("after")]
+        if waiting:
+            # A dependency that gave way to another job's unique key is that job now.
+            given = {ids[i]: stored[i] for i in stored.conflicts}
+            con.executemany("INSERT OR IGNORE INTO job_deps (dep_seq, job_seq) SELECT dep.seq, job.seq "
+                            "FROM jobs AS dep, jobs AS job WHERE dep.id = ? AND job.id = ?",
+                            [(given.get(dep, dep), ids[i]) for i in waiting for dep in new_jobs[i]["after"]])
+            seqs = [self._seq_of(con, ids[i]) for i in waiting]
+            self._count_waiting(con, seqs)
+            # Dependencies that ended dead or cancelled already: as if they had ended just now.
+            self._settle(con, [seq for (seq,) in con.execute(
+                "SELECT DISTINCT d.dep_seq FROM job_deps AS d JOIN jobs AS dep ON dep.seq = d.dep_seq "
+                "WHERE d.job_seq IN (%s) AND dep.state IN ('dead', 'cancelled')" % _placeholders(len(seqs)), seqs)],
+                now, dependents=set(seqs))
+        return stored
+
+    @staticmethod
+    def _seq_of(con, job_id):
+        row = con.execute("SELECT seq FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else row[0]
+
+    @staticmethod
+    def _key_holder(con, key):
+        """The id of the unfinished job that holds unique key `key`."""
+        return con.execute("SELECT id FROM jobs INDEXED BY jobs_unique WHERE unique_key = ? "
+                           "AND state IN ('pending', 'processing', 'failed')", (key,)).fetchone()[0]
+
+    @staticmethod
+    def _count_waiting(con, seqs):
+        """Count again how many dependencies hold each job of `seqs` back."""
+        for chunk in _chunks(seqs):
+            con.execute("UPDATE jobs SET waiting = " + _WAITING + " WHERE seq IN (%s)" % _placeholders(len(chunk)),
+                        chunk)
+
+    def _settle(self, con, seqs, now, *, dependents=None):
+        """Jobs `seqs` changed state (finished, or retried): bring the jobs that wait for them up to
+        date, in the caller's transaction. A dependent whose after_policy is `completed` and
+        whose dependency ended dead or cancelled becomes dead itself ("dependency ID dead"), and
+        so on down the chain; every other one has its waiting count taken again. Only jobs not
+        yet run to the end (pending, failed) are touched: one that died stays dead. `dependents`:
+        look only at these of the first jobs' dependents (a new job's dependencies).
+
+        On the job path (every finished job) this is one probe of job_deps' key."""
+        while seqs:
+            rows = []
+            for chunk in _chunks(seqs):
+                rows += con.execute(
+                    "SELECT d.job_seq, dep.id, dep.state, job.after_policy FROM job_deps AS d "
+                    "JOIN jobs AS dep ON dep.seq = d.dep_seq JOIN jobs AS job ON job.seq = d.job_seq "
+                    "WHERE d.dep_seq IN (%s) AND job.state IN ('pending', 'failed')" % _placeholders(len(chunk)),
+                    chunk).fetchall()
+            if dependents is not None:
+                rows, dependents = [row for row in rows if row[0] in dependents], None
+            doomed = {}
+            for job_seq, dep_id, dep_state, policy in rows:
+                if dep_state in (DEAD, CANCELLED) and policy != "finished":
+                    doomed.setdefault(job_seq, "dependency %s %s" % (dep_id, dep_state))
+            con.executemany("UPDATE jobs SET state = ?, last_error = ?, finished_at = ?, updated_at = ?, "
+                            "next_run_at = ?, waiting = 0 WHERE seq = ?",
+                            [(DEAD, error, now, now, now, seq) for seq, error in doomed.items()])
+            self._count_waiting(con, sorted({row[0] for row in rows} - set(doomed)))
+            seqs = sorted(doomed)
 
     def _first_duplicate(self, ids):
         """The position of the first id that is stored already or repeats an earlier one."""
@@ -645,6 +788,7 @@ class Store:
             return None
         self._insert_run(con, job["seq"], job["run"], outcome.exit_code, CANCELLED_ERROR, now,
                          outcome.stdout, outcome.stderr)
+        self._settle(con, [job["seq"]], now)
         return Recorded(CANCELLED, None)
 
     def release(self, job, worker, now):
@@ -672,6 +816,7 @@ class Store:
             return None
         if outcome.stdout or outcome.stderr:
             self._insert_run(con, job["seq"], job["run"], 0, None, now, outcome.stdout, outcome.stderr)
+        self._settle(con, [job["seq"]], now)
         return Recorded(COMPLETED, None)
 
     def _fail(self, con, outcome, settings):
@@ -686,6 +831,8 @@ class Store:
             return None
         self._insert_run(con, job["seq"], job["run"], outcome.exit_code, outcome.error, now,
                          outcome.stdout, outcome.stderr)
+        if state == DEAD:
+            self._settle(con, [job["seq"]], now)
         return Recorded(state, next_run_at)
 
     @staticmethod
@@ -995,7 +1142,7 @@ class Store:
 
     def oldest_due_pending(self, now):
         """When the longest-waiting runnable pending job became runnable, or None."""
-        return self._read("SELECT min(next_run_at) FROM jobs WHERE state = ? AND next_run_at <= ?",
+        return self._read("SELECT min(next_run_at) FROM jobs WHERE state = ? AND waiting = 0 AND next_run_at <= ?",
                           (PENDING, now))[0][0]
 
     # ------------------------------------------------------------ user actions
@@ -1017,6 +1164,7 @@ class Store:
                 "UPDATE jobs SET state = ?, last_error = ?, next_run_at = ?, finished_at = ?, updated_at = ? "
                 "WHERE seq = ? AND state IN (?, ?)",
                 [(CANCELLED, CANCELLED_ERROR, now, now, now, seq, PENDING, FAILED) for seq in waiting])
+            self._settle(con, waiting, now)
             con.executemany("UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE seq = ? AND state = ?",
                             [(now, seq, PROCESSING) for seq in running])
         names = {seq: job_id for seq, job_id, _ in rows}
@@ -1040,11 +1188,25 @@ class Store:
                 "INSERT OR IGNORE INTO runs (job_seq, run, attempt, worker, started_at, finished_at, exit_code, error) "
                 "SELECT seq, runs, attempts, worker, started_at, finished_at, exit_code, last_error FROM jobs "
                 "WHERE seq = ? AND runs > 0", [(seq,) for seq, _, _ in rows])
-            con.executemany(
-                "UPDATE jobs SET state = ?, attempts = 0, next_run_at = ?, updated_at = ?, exit_code = NULL, "
-                "last_error = NULL, worker = NULL, started_at = NULL, finished_at = NULL, cancel_requested = 0 "
-                "WHERE seq = ?", [(PENDING, now, now, seq) for seq, _, _ in rows])
+            for seq, job_id, _ in rows:
+                try:
+                    con.execute(
+                        "UPDATE jobs SET state = ?, attempts = 0, next_run_at = ?, updated_at = ?, exit_code = NULL, "
+                        "last_error = NULL, worker = NULL, started_at = NULL, finished_at = NULL, "
+                        "cancel_requested = 0 WHERE seq = ?", (PENDING, now, now, seq))
+                except sqlite3.IntegrityError:
+                    raise self._key_taken(con, job_id) from None
+            seqs = [seq for seq, _, _ in rows]
+            # It waits again for its own dependencies; those waiting for it wait again for it.
+            self._count_waiting(con, seqs)
+            self._settle(con, seqs, now)
         return [job_id for _, job_id, _ in rows]
+
+    def _key_taken(self, con, job_id):
+        """The error for job `job_id` becoming unfinished while another unfinished job holds its unique key."""
+        key = con.execute("SELECT unique_key FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+        return InvalidState("job %r cannot be unfinished again: job %r holds its unique key %r"
+                            % (job_id, self._key_holder(con, key), key))
 
     def _pick(self, con, ids, allowed, doing, *, state, queue, tag):
         """(seq, id, state) of the jobs an action takes: each of `ids`, which must exist and be in
@@ -1084,13 +1246,39 @@ class Store:
             moved = "run_at" in changes or "delay" in changes
             run_at = new["run_at"] if moved else row["run_at"]
             next_run_at = new["run_at"] if moved else row["next_run_at"]
-            con.execute(
-                "UPDATE jobs SET command = ?, max_retries = ?, priority = ?, run_at = ?, next_run_at = ?, "
-                "timeout = ?, cwd = ?, env = ?, queue = ?, updated_at = ? WHERE seq = ? AND state IN (?, ?)",
-                (new["command"], new["max_retries"], new["priority"], run_at, next_run_at, new["timeout"],
-                 new["cwd"], new["env"], new["queue"], now, row["seq"]) + EDITABLE_STATES)
+            try:
+                con.execute(
+                    "UPDATE jobs SET command = ?, max_retries = ?, priority = ?, run_at = ?, next_run_at = ?, "
+                    "timeout = ?, cwd = ?, env = ?, queue = ?, after = ?, after_policy = ?, unique_key = ?, "
+                    "updated_at = ? WHERE seq = ? AND state IN (?, ?)",
+                    (new["command"], new["max_retries"], new["priority"], run_at, next_run_at, new["timeout"],
+                     new["cwd"], new["env"], new["queue"], TAG_SEPARATOR.join(new["after"]) or None,
+                     new["after_policy"] if new["after"] else None, new["unique_key"], now, row["seq"])
+                    + EDITABLE_STATES)
+            except sqlite3.IntegrityError:
+                raise InvalidState("unique key %r is held by job %r already"
+                                   % (new["unique_key"], self._key_holder(con, new["unique_key"]))) from None
             con.execute("DELETE FROM job_tags WHERE job_seq = ?", (row["seq"],))
             con.executemany("INSERT INTO job_tags (tag, job_seq) VALUES (?, ?)", [(t, row["seq"]) for t in new["tags"]])
+            if new["after"] != row["after"] or new["after_policy"] != row["after_policy"]:
+                self._wait_for(con, row, new["after"], now)
+
+    def _wait_for(self, con, row, after, now):
+        """Job `row` (pending or failed) waits for the jobs `after` (ids) from now on."""
+        deps = []
+        for dep in after:
+            seq = self._seq_of(con, dep)
+            if seq is None:
+                raise BadDependency("job %r waits for %r, which is not a known job" % (row["id"], dep))
+            # A cycle: the new dependency waits, through its own, for this job.
+            if con.execute("WITH RECURSIVE up(seq) AS (SELECT ? UNION SELECT d.dep_seq FROM job_deps AS d "
+                           "JOIN up ON d.job_seq = up.seq) SELECT 1 FROM up WHERE seq = ?", (seq, row["seq"])).fetchone():
+                raise BadDependency("jobs would wait for each other in a cycle: %r waits for %r" % (dep, row["id"]))
+            deps.append(seq)
+        con.execute("DELETE FROM job_deps WHERE job_seq = ?", (row["seq"],))
+        con.executemany("INSERT INTO job_deps (dep_seq, job_seq) VALUES (?, ?)", [(dep, row["seq"]) for dep in deps])
+        self._count_waiting(con, [row["seq"]])
+        self._settle(con, deps, now, dependents={row["seq"]})
 
     def delete(self, job_id):
         """Remove a job that is not processing, with its runs."""
@@ -1100,6 +1288,12 @@ class Store:
                 raise JobNotFound(job_id)
             if row[1] == PROCESSING:
                 raise InvalidState("job %r is processing: cancel it (or wait for it to finish) first" % (job_id,))
+            waiting = [dep for (dep,) in con.execute(
+                "SELECT job.id FROM job_deps AS d JOIN jobs AS job ON job.seq = d.job_seq "
+                "WHERE d.dep_seq = ? AND job.state IN ('pending', 'failed') ORDER BY job.seq LIMIT 3", (row[0],))]
+            if waiting:
+                raise InvalidState("jobs wait for %r (%s): cancel it instead, or delete them first"
+                                   % (job_id, ", ".join(repr(dep) for dep in waiting)))
             _forget("seq = ?", (row[0],), con=con)
 
     def purge(self, state, *, older_than_s=0.0, now):
@@ -1196,6 +1390,67 @@ class Store:
             if concurrency is not None:
                 con.execute("UPDATE queues SET concurrency = ? WHERE name = ?", (concurrency, name))
 
+    # ------------------------------------------------------------ schedules
+
+    def add_schedule(self, name, spec, job, *, overlap=False, now):
+        """A new schedule `name`: enqueue `job` (the job's input as JSON text, checked already)
+        at each time `spec` gives (see qctl.cron), the first after `now`."""
+        with self._write() as con:
+            try:
+                con.execute("INSERT INTO schedules (name, spec, job, overlap, next_at, created_at) "
+                            "VALUES (?, ?, ?, ?, ?, ?)", (name, spec, job, int(overlap), qcron.next_due(spec, now=now), now))
+            except sqlite3.IntegrityError:
+                raise InvalidJob("a schedule named %r exists already: remove it first" % (name,)) from None
+
+    def schedules(self):
+        """Every schedule, by name: name, spec, job (JSON text), overlap, next_at, last_job,
+        last_fired_at, last_state (of its last job: None if none, or it is gone)."""
+        keys = ("name", "spec", "job", "overlap", "next_at", "last_job", "last_fired_at", "last_state")
+        return [dict(zip(keys, row)) for row in self._read(
+            "SELECT s.name, s.spec, s.job, s.overlap, s.next_at, s.last_job, s.last_fired_at, j.state "
+            "FROM schedules AS s LEFT JOIN jobs AS j ON j.id = s.last_job ORDER BY s.name")]
+
+    def remove_schedule(self, name):
+        """Remove schedule `name` (the jobs it enqueued stay)."""
+        with self._write() as con:
+            if con.execute("DELETE FROM schedules WHERE name = ?", (name,)).rowcount != 1:
+                raise ScheduleNotFound(name)
+
+    def next_schedule_at(self):
+        """When the next schedule is due, or None when there is none."""
+        return self._read("SELECT min(next_at) FROM schedules")[0][0]
+
+    def fire_schedules(self, settings, *, now=None):
+        """Enqueue a job for every schedule that is due, and move each to its next time, in one
+        transaction: however many workers call this at once, each due time fires once. A
+        schedule whose last job is unfinished is skipped this time (unless it allows overlap);
+        however many times were missed (no worker ran), one job is enqueued. `now` defaults
+        to when the write lock was granted. Returns a Fired per due schedule."""
+        import json
+        fired = []
+        with self._write() as con:
+            now = time.time() if now is None else now
+            due = con.execute("SELECT name, spec, job, overlap, next_at, last_job FROM schedules "
+                              "WHERE next_at <= ? ORDER BY next_at, name", (now,)).fetchall()
+            for name, spec, job_text, overlap, due_at, last_job in due:
+                job_id = error = None
+                if not overlap and last_job and con.execute(
+                        "SELECT 1 FROM jobs WHERE id = ? AND state IN (?, ?, ?)", (last_job,) + UNFINISHED_STATES
+                        ).fetchone():
+                    error = "its last job %s is not finished" % last_job
+                else:
+                    try:
+                        raw = dict(json.loads(job_text), id="%s-%s" % (name, os.urandom(4).hex()))
+                        job_id = self._insert(con, [validate_job(
+                            raw, now=now, default_max_retries=settings["max-retries"])], now)[0]
+                    except InvalidJob as exc:  # a dependency that is gone since: this fire only fails
+                        error = str(exc)
+                con.execute("UPDATE schedules SET next_at = ?, last_job = coalesce(?, last_job), "
+                            "last_fired_at = CASE WHEN ? IS NULL THEN last_fired_at ELSE ? END WHERE name = ?",
+                            (qcron.next_due(spec, now=now, due=due_at), job_id, job_id, now, name))
+                fired.append(Fired(name, due_at, job_id, error))
+        return fired
+
     # ------------------------------------------------------------ config
 
     def config(self):
@@ -1221,7 +1476,8 @@ _SILENT_SUCCESS = "NOT EXISTS (SELECT 1 FROM runs WHERE runs.job_seq = jobs.seq 
 _BLOCKED_QUEUES = ("SELECT name FROM queues WHERE paused OR (concurrency > 0 AND concurrency <= "
                    "(SELECT count(*) FROM jobs AS running WHERE running.queue = queues.name "
                    "AND running.state = 'processing'))")
-_CLAIM_SELECT = ("SELECT seq FROM jobs INDEXED BY jobs_ready WHERE state IN ('pending', 'failed') AND next_run_at <= ? "
+_CLAIM_SELECT = ("SELECT seq FROM jobs INDEXED BY jobs_ready WHERE state IN ('pending', 'failed') AND waiting = 0 "
+                 "AND next_run_at <= ? "
                  "AND queue NOT IN (" + _BLOCKED_QUEUES + ") %s"
                  "ORDER BY priority DESC, next_run_at, seq LIMIT 1")
 
@@ -1242,6 +1498,17 @@ def _claim_returning(served):
 _CLAIM_SQL = ("UPDATE jobs SET state = 'processing', attempts = attempts + 1, runs = runs + 1, worker = ?, "
               "lease_until = ?, started_at = ?, finished_at = NULL, updated_at = ?, run_process = ? WHERE seq = ")
 _CLAIM_KEYS = tuple(column.split()[-1] for column in CLAIM_COLUMNS.split(", "))
+
+
+_INSERT_JOB = ("INSERT INTO jobs (id, command, state, max_retries, priority, run_at, next_run_at, timeout, cwd, env, "
+               "created_at, updated_at, queue, after, after_policy, unique_key) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+CHUNK = 500  # values bound to one IN (...): old SQLite allows 999 variables a statement
+
+
+def _chunks(values):
+    values = list(values)
+    return [values[i:i + CHUNK] for i in range(0, len(values), CHUNK)]
 
 
 def _filters(*, states=None, queue=None, tag=None):
@@ -1272,12 +1539,21 @@ def _placeholders(n):
 def _forget(where, params, *, con):
     """Delete the jobs matching `where` (constant text and placeholders) with their runs and tags;
     returns how many jobs."""
-    for table in ("runs", "job_tags"):
+    # A job that still waits for one of them waits for it no more (delete refuses a job that is waited for).
+    waiting = [seq for (seq,) in con.execute(
+        "SELECT DISTINCT d.job_seq FROM job_deps AS d JOIN jobs AS job ON job.seq = d.job_seq "
+        "WHERE d.dep_seq IN (SELECT seq FROM jobs WHERE %s) AND job.waiting > 0" % where, params)]
+    for table in ("runs", "job_tags", "job_deps"):
         con.execute("DELETE FROM %s WHERE job_seq IN (SELECT seq FROM jobs WHERE %s)" % (table, where), params)
-    return con.execute("DELETE FROM jobs WHERE " + where, params).rowcount
+    con.execute("DELETE FROM job_deps WHERE dep_seq IN (SELECT seq FROM jobs WHERE %s)" % where, params)
+    removed = con.execute("DELETE FROM jobs WHERE " + where, params).rowcount
+    Store._count_waiting(con, waiting)
+    return removed
 
 
 def _job_dict(row):
     job = dict(zip(_JOB_KEYS, row))
     job["tags"] = sorted(job["tags"].split(TAG_SEPARATOR)) if job["tags"] else []
+    for key in ("after", "waiting_for"):
+        job[key] = job[key].split(TAG_SEPARATOR) if job[key] else []
     return job

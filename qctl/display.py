@@ -217,7 +217,10 @@ def show_lines(row, shown, now, colour):
               ("timeout", shown["timeout"] and format_seconds(shown["timeout"]) + "s"),
               ("cwd", shown["cwd"]), ("env", shown["env"] and " ".join("%s=***" % k for k in shown["env"])),
               ("created_at", shown["created_at"]), ("updated_at", shown["updated_at"]),
-              ("exit_code", shown["exit_code"]), ("last_error", shown["last_error"])]
+              ("exit_code", shown["exit_code"]), ("last_error", shown["last_error"]),
+              ("after", "%s (%s)" % (", ".join(shown["after"]), shown["after_policy"]) if shown["after"] else None),
+              ("waiting_for", ", ".join(shown["waiting_for"]) or None),
+              ("unique_key", shown["unique_key"])]
     lines = [Escaped("%-12s %s" % (name, printable(value))) for name, value in fields if value is not None]
     runs = shown["runs"]
     if runs:
@@ -273,6 +276,16 @@ def queue_lines(queues, colour):
                  [[q["name"], "yes" if q["paused"] else "no", q["concurrency"] or "-",
                    "  ".join("%s %d" % (paint_state(s, colour), n) for s, n in q["jobs"].items() if n) or "-"]
                   for q in queues], flex=(3, 0), right=(2,))
+
+
+def schedule_lines(rows, now):
+    """`schedule list`: one line a schedule. `rows`: the store's, with the job's input."""
+    import json
+    from .cron import describe
+    return table(["NAME", "SPEC", "NEXT RUN", "LAST JOB", "COMMAND"],
+                 [[r["name"], describe(r["spec"]), ago(r["next_at"], now),
+                   "%s (%s)" % (r["last_job"], r["last_state"] or "gone") if r["last_job"] else "-",
+                   one_line(json.loads(r["job"])["command"])] for r in rows], flex=(4, 0))
 
 
 def job_summary(job):

@@ -18,12 +18,26 @@ class JobNotFound(QueueError):
         self.job_id = job_id
 
 
+class ScheduleNotFound(QueueError):
+    def __init__(self, name):
+        super().__init__("no schedule named %r" % (name,))
+
+
 class DuplicateJob(QueueError):
     """`index`: the position of the offending job in the batch given to `Store.enqueue`."""
 
     def __init__(self, job_id, index=0):
         super().__init__("a job with id %r already exists" % (job_id,))
         self.job_id = job_id
+        self.index = index
+
+
+class BadDependency(InvalidJob):
+    """A job's `after` names an unknown job, or jobs of one batch wait for each other; `index`: the
+    position of the offending job in the batch given to `Store.enqueue`."""
+
+    def __init__(self, message, index=0):
+        super().__init__(message)
         self.index = index
 
 

@@ -13,7 +13,7 @@ import re
 from typing import NamedTuple, Optional
 
 from .config import MAX_RETRIES_LIMIT
-from .errors import InvalidJob, describe
+from .errors import BadDependency, InvalidJob, describe
 from .times import parse_duration, parse_timestamp
 
 # The states, exactly as stored.
@@ -41,7 +41,10 @@ ENV_MAX_KEYS = 1000
 PRIORITY_LIMIT = 1000000000
 DEFAULT_LIST_LIMIT = 100  # list, and the dashboard's /api/jobs, without a limit
 
-JOB_FIELDS = ("id", "command", "max_retries", "priority", "run_at", "delay", "timeout", "cwd", "env", "queue", "tags")
+JOB_FIELDS = ("id", "command", "max_retries", "priority", "run_at", "delay", "timeout", "cwd", "env", "queue", "tags",
+              "after", "after_policy", "unique_key")
+AFTER_POLICIES = ("completed", "finished")  # after_policy: what its dependencies must end as
+AFTER_LIMIT = 100   # dependencies of one job
 DEFAULT_QUEUE = "default"
 TAGS_LIMIT = 16
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # a queue's name
@@ -101,6 +104,11 @@ def check_state(value, valid=STATES):
 
 def parse_job_json(text, *, now, cwd=None, default_max_retries):
     """Validate one job given as JSON text (at most JOB_JSON_MAX_BYTES as UTF-8); see `validate_job`."""
+    return validate_job(load_job_json(text), now=now, cwd=cwd, default_max_retries=default_max_retries)
+
+
+def load_job_json(text):
+    """One job's JSON text (at most JOB_JSON_MAX_BYTES as UTF-8) as the value it holds, not yet validated."""
     import json
     # Every character is at least one byte and at most four: encode only when it could matter.
     if len(text) * 4 > JOB_JSON_MAX_BYTES:
@@ -113,7 +121,7 @@ def parse_job_json(text, *, now, cwd=None, default_max_retries):
         raise InvalidJob("job is not valid JSON: %s" % (exc,)) from None
     except RecursionError:
         raise InvalidJob("job is not valid JSON: nested too deeply") from None
-    return validate_job(raw, now=now, cwd=cwd, default_max_retries=default_max_retries)
+    return raw
 
 
 _JOB_TOO_LONG = "a job must be at most 1 MiB of JSON (%d bytes as UTF-8)" % JOB_JSON_MAX_BYTES
@@ -165,7 +173,8 @@ def validate_job(raw, *, now, cwd=None, default_max_retries):
     """A checked, complete job dict from user input, ready for `Store.enqueue`.
 
     Returns keys: id (None = generate), command, max_retries, priority, run_at,
-    timeout, cwd, env (a JSON string or None).
+    timeout, cwd, env (a JSON string or None), queue, tags, after (ids, maybe
+    empty), after_policy, unique_key (or None).
     """
     if not isinstance(raw, dict):
         raise InvalidJob("a job must be a JSON object, not %s" % describe(raw))
@@ -224,9 +233,70 @@ def validate_job(raw, *, now, cwd=None, default_max_retries):
     queue = raw.get("queue")
     queue = DEFAULT_QUEUE if queue is None else check_queue(queue)
     tags = check_tags(raw.get("tags") or [])
+    after = check_after(raw.get("after") or [], job_id)
+    after_policy = raw.get("after_policy")
+    after_policy = AFTER_POLICIES[0] if after_policy is None else check_after_policy(after_policy)
+    unique_key = raw.get("unique_key")
+    if unique_key is not None:
+        unique_key = _check_name(unique_key, "unique_key")
 
     return {"id": job_id, "command": command, "max_retries": max_retries, "priority": priority,
-            "run_at": run_at, "timeout": timeout, "cwd": job_cwd, "env": env, "queue": queue, "tags": tags}
+            "run_at": run_at, "timeout": timeout, "cwd": job_cwd, "env": env, "queue": queue, "tags": tags,
+            "after": after, "after_policy": after_policy, "unique_key": unique_key}
+
+
+def check_after(after, job_id=None):
+    """The ids a job waits for: up to AFTER_LIMIT distinct job ids, in the order given, not its own."""
+    if not isinstance(after, list):
+        raise InvalidJob("after must be an array of job ids, not %s" % describe(after))
+    if len(after) > AFTER_LIMIT:
+        raise InvalidJob("a job waits for at most %d jobs, not %d" % (AFTER_LIMIT, len(after)))
+    after = [_check_name(dep, "an id in after") for dep in after]
+    if job_id is not None and job_id in after:
+        raise InvalidJob("job %r cannot wait for itself" % (job_id,))
+    return list(dict.fromkeys(after))
+
+
+def check_batch_after(new_jobs, ids, is_stored):
+    """Raise BadDependency (naming the job's position) unless every id in each job's `after`
+    is a job of the batch (`ids`, in order) or a stored one (`is_stored(id)`), and no jobs of
+    the batch wait for each other in a cycle."""
+    position = {job_id: index for index, job_id in enumerate(ids)}
+    edges = {}
+    for index, job in enumerate(new_jobs):
+        for dep in job.get("after") or ():
+            if dep in position:
+                edges.setdefault(index, []).append(position[dep])
+            elif not is_stored(dep):
+                raise BadDependency("%s waits for %r, which is not a known job"
+                                    % ("job %r" % ids[index] if job.get("id") else "the job", dep), index)
+    done, path = set(), []
+    for start in sorted(edges):
+        # Depth first, without recursion: a chain may be as long as the batch.
+        stack = [(start, iter(edges.get(start, ())))]
+        on_path = {start}
+        while stack:
+            node, todo = stack[-1]
+            nxt = next(todo, None)
+            if nxt is None:
+                stack.pop()
+                on_path.discard(node)
+                done.add(node)
+            elif nxt in on_path:
+                path = [n for n, _ in stack] + [nxt]
+                cycle = path[path.index(nxt):]
+                raise BadDependency("jobs wait for each other in a cycle: %s"
+                                    % " -> ".join(repr(ids[i]) for i in cycle), min(cycle[:-1]))
+            elif nxt not in done:
+                stack.append((nxt, iter(edges.get(nxt, ()))))
+                on_path.add(nxt)
+    return edges
+
+
+def check_after_policy(policy):
+    if policy not in AFTER_POLICIES:
+        raise InvalidJob("after_policy must be %s, not %s" % (" or ".join(AFTER_POLICIES), describe(policy)))
+    return policy
 
 
 def check_queue(name):
@@ -257,7 +327,8 @@ def as_input(row, tags):
     from .times import iso
     raw = {"id": row["id"], "command": row["command"], "max_retries": row["max_retries"],
            "priority": row["priority"], "run_at": iso(row["run_at"]), "timeout": row["timeout"],
-           "cwd": row["cwd"], "queue": row["queue"], "tags": tags}
+           "cwd": row["cwd"], "queue": row["queue"], "tags": tags, "after": row["after"],
+           "after_policy": row["after_policy"], "unique_key": row["unique_key"]}
     if row["env"]:
         raw["env"] = json.loads(row["env"])
     return raw
@@ -276,15 +347,20 @@ def _base_dir(cwd):
 
 def check_id(job_id):
     """A job id: a string of 1-200 characters with no control characters."""
-    if not isinstance(job_id, str):
-        raise InvalidJob("id must be a string, not %s" % describe(job_id))
-    if not job_id:
-        raise InvalidJob("id must not be empty")
-    if len(job_id) > ID_MAX_CHARS:
-        raise InvalidJob("id must be at most %d characters (got %d)" % (ID_MAX_CHARS, len(job_id)))
-    if any(is_control(ch) for ch in job_id):
-        raise InvalidJob("id must not contain control characters: %r" % (job_id[:60],))
-    return check_unicode(job_id, "id")
+    return _check_name(job_id, "id")
+
+
+def _check_name(value, what):
+    """An id or a unique key: a string of 1-200 characters with no control characters."""
+    if not isinstance(value, str):
+        raise InvalidJob("%s must be a string, not %s" % (what, describe(value)))
+    if not value:
+        raise InvalidJob("%s must not be empty" % what)
+    if len(value) > ID_MAX_CHARS:
+        raise InvalidJob("%s must be at most %d characters (got %d)" % (what, ID_MAX_CHARS, len(value)))
+    if any(is_control(ch) for ch in value):
+        raise InvalidJob("%s must not contain control characters: %r" % (what, value[:60]))
+    return check_unicode(value, what)
 
 
 def check_unicode(text, what, *, secret=False, max_bytes=None):

@@ -309,7 +309,8 @@ def describe_exit(code):
     return "exit code %d" % code
 
 
-def run_command(command, *, cwd=None, env=None, timeout=None, output_limit=65536, on_start=None, tag=None):
+def run_command(command, *, cwd=None, env=None, timeout=None, output_limit=65536, on_start=None, tag=None,
+                stdin=None, mask_env=True):
     """Run `command` through the platform shell; return a Result.
 
     Output beyond `output_limit` bytes per stream is dropped from the front, and
@@ -320,22 +321,33 @@ def run_command(command, *, cwd=None, env=None, timeout=None, output_limit=65536
     kill on a hard stop); the timeout runs from before it is called.
     On Linux, what the command leaves running when it ends is killed (see the
     module docstring). `tag` (default: a random one) is set as TAG_VAR in the
-    command's environment.
+    command's environment. `stdin` (bytes) is what the command reads (from a
+    temporary file: a command that never reads it cannot block us); else it
+    reads nothing. `mask_env=False`: the `env` values are no secrets.
     """
     tag = tag or os.urandom(8).hex()
     full_env = dict(os.environ)
     full_env.update(env or {})
     full_env[TAG_VAR] = tag
+    source = subprocess.DEVNULL
     try:
-        proc = subprocess.Popen(command, shell=True, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
+        if stdin is not None:
+            import tempfile
+            source = tempfile.TemporaryFile()
+            source.write(stdin)
+            source.seek(0)
+        proc = subprocess.Popen(command, shell=True, cwd=cwd, env=full_env, stdin=source,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen_options())
     except OSError as exc:
         if cwd and not os.path.isdir(cwd):
             return Result(None, "cannot start: working directory %s does not exist" % cwd)
         return Result(None, "cannot start: %s" % (exc.strerror or exc))
+    finally:
+        if stdin is not None and source is not subprocess.DEVNULL:
+            source.close()  # the command has its own copy of the descriptor
     deadline = None if not timeout else time.monotonic() + timeout
     proc.tree = proctree.Tree(proc.pid, tag) if proctree.SUPPORTED else None
-    secrets = secrets_of(env)
+    secrets = secrets_of(env) if mask_env else ()
     if secrets:
         out, err = RedactedTail(output_limit, secrets), RedactedTail(output_limit, secrets)
     else:

@@ -21,7 +21,21 @@ def job(row):
         "last_error": row["last_error"], "exit_code": row["exit_code"], "cwd": row["cwd"],
         "env": mask_env(row["env"]), "worker": row["worker"], "started_at": iso(row["started_at"]),
         "finished_at": iso(row["finished_at"]), "queue": row["queue"], "tags": row["tags"],
+        "after": row["after"], "after_policy": row["after_policy"], "waiting_for": row["waiting_for"],
+        "unique_key": row["unique_key"],
     }
+
+
+def schedule(row):
+    """A schedule as `schedule list --json` prints it (the job's env values masked)."""
+    import json
+    from .cron import describe
+    job = json.loads(row["job"])
+    if job.get("env"):
+        job["env"] = {key: "***" for key in job["env"]}
+    return {"name": row["name"], "spec": describe(row["spec"]), "overlap": bool(row["overlap"]),
+            "next_run_at": iso(row["next_at"]), "last_job": row["last_job"], "last_state": row["last_state"],
+            "last_fired_at": iso(row["last_fired_at"]), "job": job}
 
 
 def run(row):

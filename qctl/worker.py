@@ -14,6 +14,7 @@ Running the command itself is the runner's business (`qctl/runner.py`).
 import json
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -21,8 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 
 from . import home as qhome
+from . import shapes
 from .db import PRUNE_BATCH, Store
-from .errors import DatabaseDamaged, QueueError
+from .errors import DatabaseDamaged, JobNotFound, QueueError
 from .jobs import CANCEL, CANCELLED, COMPLETE, COMPLETED, DEAD, FAIL, FAILED, RELEASE, UNFINISHED_STATES, Outcome
 from .runner import adopt_orphans, kill_lost, kill_tree, output_progress, run_command, run_identity
 from .times import format_seconds
@@ -37,6 +39,9 @@ ERROR_REPEAT_S = 60.0      # the same database error is logged at most this ofte
 SAFETY_WAKE_S = 5.0        # idle threads retry a claim at least this often, whatever the signals say
 CLAIM_RETRY_S = 1.0        # after a database error, a thread waits this long before claiming again
 HARD_STOP_GRACE_S = 0.2    # between TERM and KILL of a command cut short by a hard stop
+SCHEDULE_LOOK_S = 0.5      # the schedules thread looks this often for a new, sooner schedule
+HOOK_TIMEOUT_S = 30.0      # an on-finish hook running longer is killed, with its whole tree
+HOOK_BACKLOG = 1000        # finished runs waiting for their hook; past this, hooks are skipped (logged)
 
 
 class Worker:
@@ -83,6 +88,8 @@ class Worker:
         self.failure = None                  # why the worker gave up (run() then returns 1)
         self._pruned = 0                     # jobs the last retention batch removed
         self._published = {}                 # job seq -> (Popen, run, bytes read) as _publish_output last wrote it
+        self._hooks = queue.Queue(HOOK_BACKLOG)  # finished runs whose on-finish hook is still to run
+        self._hook_proc = None               # the hook command running now, for a hard stop
 
     # ------------------------------------------------------------ control
 
@@ -98,6 +105,8 @@ class Worker:
         with self._procs_lock:
             procs = list(self._procs.values())
             self._killed.update(self._procs)
+        if self._hook_proc is not None:
+            procs.append(self._hook_proc)
         for proc in procs:
             threading.Thread(target=kill_tree, args=(proc,), kwargs={"grace_s": HARD_STOP_GRACE_S},
                              daemon=True).start()
@@ -130,7 +139,10 @@ class Worker:
             log.info("worker %s started: %d thread%s, pid %d", self.id, self.threads,
                      "" if self.threads == 1 else "s", self.pid)
             threads = [threading.Thread(target=self._pulse_loop, name="qctl-pulse", daemon=True),
-                       threading.Thread(target=self._housekeeping_loop, name="qctl-housekeeping", daemon=True)]
+                       threading.Thread(target=self._housekeeping_loop, name="qctl-housekeeping", daemon=True),
+                       threading.Thread(target=self._hook_loop, name="qctl-hooks", daemon=True)]
+            if not (self.burst or self.drain):  # those exit once the queue is empty: schedules would refill it
+                threads.append(threading.Thread(target=self._schedule_loop, name="qctl-schedules", daemon=True))
             for thread in threads:
                 thread.start()
             with ThreadPoolExecutor(self.threads, thread_name_prefix="qctl-worker") as pool:
@@ -386,6 +398,95 @@ class Worker:
         elif recorded.state == DEAD:
             log.info("job %s is dead after %d attempt%s: %s", job["id"], job["attempts"],
                      "" if job["attempts"] == 1 else "s", outcome.error)
+        if recorded is not None and outcome.kind != RELEASE:
+            self._finished(job["id"], recorded.state, outcome.exit_code if outcome.kind != COMPLETE else 0,
+                           job["run"], outcome.took)
+
+    # ------------------------------------------------------------ on-finish hooks and schedules
+
+    def _finished(self, job_id, state, exit_code, run, took):
+        """A run's end is committed: its on-finish hook (config) runs on the hooks thread, never here."""
+        if not self.settings["on-finish"]:
+            return
+        try:
+            self._hooks.put_nowait((job_id, state, exit_code, run, took))
+        except queue.Full:
+            log.warning("on-finish hook skipped for job %s: %d hooks are waiting already", job_id, HOOK_BACKLOG)
+
+    def _hook_loop(self):
+        """Run the on-finish hook of each finished run, one at a time, off the job path: a slow or
+        failing hook delays only the hooks after it, and changes no job. Those still waiting when
+        the worker stops run before it exits (not after a hard stop)."""
+        store = None
+        try:
+            while not self._killing:
+                try:
+                    event = self._hooks.get(timeout=SCHEDULE_LOOK_S)
+                except queue.Empty:
+                    if self._done.is_set():
+                        return
+                    continue
+                if store is None:
+                    store = Store(self.db_path, durable=False, autocheckpoint=False)
+                self._guarded("running the on-finish hook", lambda: self._run_hook(store, *event))
+        finally:
+            if store is not None:
+                store.close()
+
+    def _run_hook(self, store, job_id, state, exit_code, run, took):
+        hook = self.settings["on-finish"]
+        if not hook:
+            return
+        try:
+            row = store.get(job_id)
+            document = shapes.job_with_runs(row, store.job_runs(row))  # env values masked, as show --json
+            run = row["run"] if run is None else run
+        except JobNotFound:  # deleted since
+            document = {"id": job_id, "state": state}
+        env = {"QUEUECTL_JOB_ID": job_id, "QUEUECTL_STATE": state,
+               "QUEUECTL_EXIT_CODE": "" if exit_code is None else str(exit_code), "QUEUECTL_RUN": "" if run is None else str(run),
+               "QUEUECTL_DURATION": "" if took is None else "%.3f" % took}
+
+        def track(proc):
+            self._hook_proc = proc
+        try:
+            result = run_command(hook, env=env, timeout=HOOK_TIMEOUT_S, output_limit=4096, on_start=track,
+                                 stdin=json.dumps(document).encode("utf-8"), mask_env=False)
+        finally:
+            self._hook_proc = None
+        if result.error is not None:
+            said = result.stderr.decode("utf-8", "replace").strip().splitlines()
+            log.warning("on-finish hook for job %s failed: %s%s", job_id, result.error,
+                        ": " + said[-1][:200] if said else "")
+
+    def _schedule_loop(self):
+        """Fire due schedules (see `Store.fire_schedules`) on time, until the worker stops."""
+        store = None
+        try:
+            store = Store(self.db_path, durable=False, autocheckpoint=False)
+            while not self._stopping.is_set():
+                due = None
+                try:
+                    due = store.next_schedule_at()
+                except Exception as exc:
+                    self._log_error("reading the schedules", exc)
+                wait = SCHEDULE_LOOK_S if due is None else min(max(0.0, due - time.time()), SCHEDULE_LOOK_S)
+                if self._stopping.wait(wait):
+                    return
+                if due is not None and time.time() >= due:
+                    self._guarded("firing schedules", lambda: self._fire(store))
+        except QueueError as exc:
+            log.error("worker %s: the schedules thread could not open the queue: %s", self.id, exc)
+        finally:
+            if store is not None:
+                store.close()
+
+    def _fire(self, store):
+        for fired in store.fire_schedules(self.settings):
+            if fired.job_id is not None:
+                log.info("schedule %s fired: job %s", fired.name, fired.job_id)
+            else:
+                log.info("schedule %s skipped a fire: %s", fired.name, fired.skipped)
 
     # ------------------------------------------------------------ housekeeping thread
 
@@ -497,6 +598,7 @@ class Worker:
         for job_id, state in self._house_store.recover(time.time(), self.settings, me=self.id,
                                                        before_retry=self._kill_lost_run):
             log.info("job %s recovered from a lost worker: now %s", job_id, state)
+            self._finished(job_id, state, None, None, None)
 
     def _note_runs(self):
         """Add its shell's pid and start time to the note of each run that has lasted a tick, so that

@@ -11,14 +11,14 @@ class ConfigTest(unittest.TestCase):
         self.assertEqual(config.defaults(), {
             "max-retries": 3, "backoff-base": 2, "backoff-max": 3600, "job-timeout": 0, "worker-count": 1,
             "lease-seconds": 30, "output-limit": 65536, "poll-interval": 0.05, "retain-completed": 7 * 86400,
-            "retain-dead": 0})
+            "retain-dead": 0, "on-finish": ""})
 
     def test_key_spellings(self):
         for name in ("max-retries", "max_retries", "MAX_RETRIES", " Max-Retries "):
             with self.subTest(name=name):
                 self.assertEqual(config.key(name), "max-retries")
         with self.assertRaisesRegex(ConfigError, r"unknown config key 'retries' \(valid keys: max-retries, "
-                                                 r"backoff-base, .*retain-dead\)"):
+                                                 r"backoff-base, .*retain-dead, on-finish\)"):
             config.key("retries")
 
     def test_valid_values(self):

@@ -46,7 +46,8 @@ class ValidateJobTest(unittest.TestCase):
     def test_minimal_job_gets_every_default(self):
         job = validate({"command": "echo hi"}, cwd="/somewhere", default_max_retries=7)
         self.assertEqual(job, {"id": None, "command": "echo hi", "max_retries": 7, "priority": 0, "run_at": NOW,
-                               "timeout": None, "cwd": "/somewhere", "env": None, "queue": "default", "tags": []})
+                               "timeout": None, "cwd": "/somewhere", "env": None, "queue": "default", "tags": [],
+                               "after": [], "after_policy": "completed", "unique_key": None})
 
     def test_every_field(self):
         job = validate({"id": "job-1", "command": "true", "max_retries": 0, "priority": -5,

@@ -14,7 +14,8 @@ class PublicShapeTest(unittest.TestCase):
                "max_retries": 3, "priority": 0, "run_at": NOW, "next_run_at": NOW, "timeout": None,
                "cwd": "/", "env": json.dumps({"K": "v"}), "created_at": NOW, "updated_at": NOW,
                "started_at": None, "finished_at": None, "worker": None, "lease_until": None,
-               "exit_code": None, "last_error": None, "queue": "default", "tags": []}
+               "exit_code": None, "last_error": None, "queue": "default", "tags": [], "after": [],
+               "after_policy": None, "waiting_for": [], "unique_key": None}
         row.update(overrides)
         return row
 
