@@ -4,8 +4,8 @@ Pure functions, no SQL. A schedule's spec is kept as text: `every SECONDS` or
 `cron M H DOM MON DOW`. Cron fields are the standard five, in local time, each a
 comma list of `*`, `N`, `A-B`, with an optional `/STEP` (`*/15`, `1-30/5`, `5/10`
 = `5-max/10`). Day of month and day of week combine as cron does: when both are
-restricted (neither starts with `*`) a day matching either fires; otherwise the
-restricted one alone decides. Day of week 0 and 7 are Sunday.
+restricted (neither starts with `*`, which as in Vixie cron makes even `*/2`
+unrestricted) a day matching either fires; otherwise both must match. Day of week 0 and 7 are Sunday.
 
 Local time follows the system zone (`TZ`). When clocks go forward, a time in the
 skipped hour fires once, at the first moment after the change; when they go

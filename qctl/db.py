@@ -1554,6 +1554,8 @@ def _forget(where, params, *, con):
 def _job_dict(row):
     job = dict(zip(_JOB_KEYS, row))
     job["tags"] = sorted(job["tags"].split(TAG_SEPARATOR)) if job["tags"] else []
-    for key in ("after", "waiting_for"):
-        job[key] = job[key].split(TAG_SEPARATOR) if job[key] else []
+    job["after"] = job["after"].split(TAG_SEPARATOR) if job["after"] else []
+    waiting = set(job["waiting_for"].split(TAG_SEPARATOR)) if job["waiting_for"] else set()
+    # In the order given (a unique key's holder, which replaced a dependency, last).
+    job["waiting_for"] = [dep for dep in job["after"] if dep in waiting] + sorted(waiting - set(job["after"]))
     return job

@@ -62,7 +62,7 @@ from typing import NamedTuple
 
 LINUX = sys.platform.startswith("linux")
 SUPPORTED = LINUX and os.path.exists("/proc/self/stat")
-TAG_VAR = "QUEUECTL_RUN"      # set in every command's environment to its run's tag
+TAG_VAR = "QUEUECTL_RUN_TAG"  # set in every command's environment to its run's tag
 LOOK_EVERY_S = 0.5            # a running command's tree is looked at at most this often
 KILL_FOR_S = 5.0              # KILL what a fresh look finds for this long at most (a process
                               # stuck in the kernel, state D, can outlast it)

@@ -157,7 +157,9 @@ class Worker:
             # Whatever ended the pool, the housekeeping threads go with it, and so does our row.
             self._done.set()
             for thread in threads:
-                thread.join()
+                while thread.is_alive():  # the hooks still waiting run now: a second Ctrl-C cuts them short
+                    thread.join(self.settings["poll-interval"])
+                    self._obey_signals()
             try:
                 self._house_store.deregister(self.id)
             except QueueError as exc:
