@@ -267,7 +267,7 @@ def config_lines(values, settings):
     """`config list`: every key with its value, default and meaning."""
     return table(["KEY", "VALUE", "DEFAULT", "MEANING"],
                  [[key, setting_text(values[key]), setting_text(s.default), s.meaning] for key, s in settings.items()],
-                 flex=(3,))
+                 flex=(3, 1))
 
 
 def queue_lines(queues, colour):

@@ -41,7 +41,7 @@ CLAIM_RETRY_S = 1.0        # after a database error, a thread waits this long be
 HARD_STOP_GRACE_S = 0.2    # between TERM and KILL of a command cut short by a hard stop
 SCHEDULE_LOOK_S = 0.5      # the schedules thread looks this often for a new, sooner schedule
 HOOK_TIMEOUT_S = 30.0      # an on-finish hook running longer is killed, with its whole tree
-HOOK_BACKLOG = 1000        # finished runs waiting for their hook; past this, hooks are skipped (logged)
+HOOK_BACKLOG = 10000       # finished runs waiting for their hook; past this, hooks are skipped (logged)
 
 
 class Worker:
