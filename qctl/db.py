@@ -358,6 +358,9 @@ class Store:
                                        timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False,
                                        uri=True)
         except sqlite3.Error as exc:
+            if not os.path.exists(self.path):  # home.ensure made it a moment ago: someone removed it since
+                raise StoreError("the database %s was deleted or replaced while it was being opened"
+                                 % self.path) from None
             raise self._note(exc) from None
         try:
             self.con.execute("PRAGMA busy_timeout = %d" % int(BUSY_TIMEOUT_S * 1000))
