@@ -495,7 +495,7 @@ class DatabaseUnderAWorkerTest(HomeTestCase):
         # env secrets would follow: only home.ensure makes the file, private.
         self.store()
         os.remove(self.db_path)
-        with self.assertRaisesRegex(StoreError, "cannot open the database"):
+        with self.assertRaisesRegex(StoreError, "the database .* was deleted or replaced"):
             Store(self.db_path)
         self.assertFalse(os.path.exists(self.db_path))
 
