@@ -1405,13 +1405,17 @@ class Store:
             except sqlite3.IntegrityError:
                 raise InvalidJob("a schedule named %r exists already: remove it first" % (name,)) from None
 
-    def schedules(self):
+    def schedules(self, *, after=None, limit=None):
         """Every schedule, by name: name, spec, job (JSON text), overlap, next_at, last_job,
-        last_fired_at, last_state (of its last job: None if none, or it is gone)."""
+        last_fired_at, last_state (of its last job: None if none, or it is gone). A page:
+        `after` (a name) starts past it, `limit` (> 0) returns at most that many."""
         keys = ("name", "spec", "job", "overlap", "next_at", "last_job", "last_fired_at", "last_state")
+        params = ([after] if after is not None else []) + ([int(limit)] if limit is not None else [])
         return [dict(zip(keys, row)) for row in self._read(
             "SELECT s.name, s.spec, s.job, s.overlap, s.next_at, s.last_job, s.last_fired_at, j.state "
-            "FROM schedules AS s LEFT JOIN jobs AS j ON j.id = s.last_job ORDER BY s.name")]
+            "FROM schedules AS s LEFT JOIN jobs AS j ON j.id = s.last_job "
+            + ("WHERE s.name > ? " if after is not None else "") + "ORDER BY s.name"
+            + (" LIMIT ?" if limit is not None else ""), tuple(params))]
 
     def remove_schedule(self, name):
         """Remove schedule `name` (the jobs it enqueued stay)."""

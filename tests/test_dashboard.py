@@ -1020,3 +1020,151 @@ class BrowserClickTest(DashboardCase):
         self.browser.wait_for(session, shown + ' === "a"', "the queue filter")
         self.assertEqual(self.browser.evaluate(session, "location.hash"), "#queue=qa")
 
+
+
+# ---------------------------------------------------------------- workflow: schedules, dependencies
+
+from tests.base import SETTINGS  # noqa: E402  (here, with the tests that use it)
+
+SECRET = "s3cret-value"
+
+
+class WorkflowApiTest(DashboardCase):
+    """GET /api/schedules and the workflow fields of a job, over real HTTP."""
+
+    def add_schedules(self):
+        """Two schedules, one with a secret in its env; `nightly` fired once (its job pending)."""
+        self.ok("schedule", "add", "nightly", "--every", "1h", "--env", "TOKEN=" + SECRET, "--queue", "etl",
+                "echo nightly")
+        self.ok("schedule", "add", "report", "--cron", "30 6 * * 1-5", "--overlap", "make report")
+        store = self.store()
+        fired = store.fire_schedules(SETTINGS, now=time.time() + 3601)
+        self.assertEqual([f.name for f in fired], ["nightly"])
+        return fired[0].job_id
+
+    def test_schedules_as_schedule_list_prints_env_masked(self):
+        code, headers, body = self.request("GET", "/api/schedules")
+        self.assertEqual((code, json.loads(body)), (200, []))
+        self.assertEqual(headers["Content-Security-Policy"], dashboard.CSP)
+        self.assertNotIn("X-Next-Cursor", headers)
+        job_id = self.add_schedules()
+        code, headers, body = self.request("GET", "/api/schedules")
+        self.assertEqual(code, 200)
+        self.assertNotIn(SECRET.encode(), body)
+        shown = json.loads(body)
+        self.assertEqual(shown, json.loads(self.ok("schedule", "list", "--json").stdout))
+        nightly, report = shown
+        self.assertEqual((nightly["name"], nightly["spec"], nightly["overlap"]), ("nightly", "every 1h", False))
+        self.assertEqual(nightly["job"]["env"], {"TOKEN": "***"})
+        self.assertEqual(nightly["job"]["command"], "echo nightly")
+        self.assertEqual((nightly["last_job"], nightly["last_state"]), (job_id, jobs.PENDING))
+        self.assertRegex(nightly["next_run_at"], r"Z$")
+        self.assertEqual((report["spec"], report["overlap"], report["last_job"]), ("cron 30 6 * * 1-5", True, None))
+        self.assertEqual(self.get_json("/api/jobs/" + job_id)["env"], {"TOKEN": "***"})  # the job it made, too
+        self.ok("delete", job_id)
+        self.assertEqual(self.get_json("/api/schedules")[0]["last_state"], None)  # gone
+
+    def test_schedules_come_a_bounded_page_at_a_time(self):
+        store = self.store()
+        names = ["s%02d" % n for n in range(5)]
+        for name in names:
+            store.add_schedule(name, "every 60", json.dumps({"command": "true", "cwd": "/"}), now=time.time())
+        seen, path = [], "/api/schedules?limit=2"
+        while path:
+            code, headers, body = self.request("GET", path)
+            self.assertEqual(code, 200, body)
+            page = json.loads(body)
+            self.assertLessEqual(len(page), 2)
+            seen += [s["name"] for s in page]
+            link = headers.get("Link")
+            if link:
+                self.assertEqual(headers["X-Next-Cursor"], page[-1]["name"])
+                path = re.match(r"<([^>]+)>; rel=\"next\"$", link).group(1)
+            else:
+                path = None
+        self.assertEqual(seen, names)
+        self.assertEqual(len(self.get_json("/api/schedules?limit=0")), 5)  # 0: a whole page
+        self.assertEqual(dashboard.MAX_PAGE_SCHEDULES, 1000)
+        for query in ("limit=x", "limit=-1", "after=%3Cb%3E", "after=a%2Fb"):
+            with self.subTest(query=query):
+                self.assertIn("error", self.get_json("/api/schedules?" + query, status=400))
+
+    def test_job_page_names_after_waiting_for_and_unique_key(self):
+        self.ok("enqueue", "--id", "a", "true")
+        self.ok("enqueue", "--id", "b", "--delay", "1h", "true")
+        self.ok("enqueue", "--id", "c", "--after", "a", "--after", "b", "--after-policy", "finished",
+                "--unique-key", "nightly-c", "true")
+        for path in ("/api/jobs/c", "/api/job?id=c"):
+            with self.subTest(path=path):
+                job = self.get_json(path)
+                self.assertEqual(job["state"], jobs.PENDING)
+                self.assertEqual((job["after"], job["after_policy"]), (["a", "b"], "finished"))
+                self.assertEqual(job["waiting_for"], ["a", "b"])
+                self.assertEqual(job["unique_key"], "nightly-c")
+        show = json.loads(self.ok("show", "c", "--json").stdout)
+        for field in ("after", "after_policy", "waiting_for", "unique_key", "state"):
+            self.assertEqual(self.get_json("/api/job?id=c")[field], show[field], field)
+        self.finish("a")
+        self.assertEqual(self.get_json("/api/job?id=c")["waiting_for"], ["b"])
+        listed = {j["id"]: j for j in self.get_json("/api/jobs")}
+        self.assertEqual((listed["c"]["state"], listed["c"]["waiting_for"]), (jobs.PENDING, ["b"]))
+        self.assertEqual(listed["a"]["waiting_for"], [])
+        self.ok("cancel", "b")  # finished counts, whatever the outcome
+        self.assertEqual(self.get_json("/api/job?id=c")["waiting_for"], [])
+        self.assertEqual(self.get_json("/api/job?id=a")["after"], [])
+
+
+@unittest.skipUnless(find_browser(), "no chromium / google-chrome on PATH")
+class WorkflowBrowserTest(DashboardCase):
+    """The schedules section, the waiting flag and the job page's dependencies, in one page load."""
+
+    def dump(self, path):
+        profile = tempfile.mkdtemp(prefix="qctl-chrome-", dir=self.tmp)
+        argv = browser_argv(profile) + ["--virtual-time-budget=5000", "--dump-dom",
+                                        "http://127.0.0.1:%d%s" % (self.server.port, path)]
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=120)
+        self.assertEqual(proc.returncode, 0)
+        self.assertIn("updated ", proc.stdout)  # the script ran and the API answered
+        return proc.stdout
+
+    def test_schedules_and_dependencies_render_as_text(self):
+        dep = "<b>dep</b>"
+        self.ok("enqueue", "--id", dep, "--delay", "1h", "true")
+        self.ok("enqueue", "--id", "later", "--after", dep, "--unique-key", "k<i>1</i>", "true")
+        self.ok("schedule", "add", "nightly", "--every", "1h", "--env", "TOKEN=" + SECRET, "--", "echo", XSS_COMMAND)
+        self.ok("schedule", "add", "idle", "--cron", "0 3 * * *", "true")
+        fired = self.store().fire_schedules(SETTINGS, now=time.time() + 3601)
+        self.assertEqual(len(fired), 1)
+        made = fired[0].job_id
+        dom = self.dump("/#job=later")
+        self.assertNotIn(SECRET, dom)
+        self.assertNotRegex(dom, r"<img[^>]*onerror|<b>dep|<i>1")
+
+        schedules = {re.search(r'<td class="name">([^<]*)</td>', r).group(1): r
+                     for r in rows(element(dom, "tbody", "schedules"))}
+        self.assertEqual(sorted(schedules), ["idle", "nightly"])
+        self.assertIn('id="schedules-count">2<', dom)
+        nightly = schedules["nightly"]
+        self.assertIn('<td class="spec">every 1h</td>', nightly)
+        # Fired as if an hour on, it is next due two hours from now, shown relative (the time in its title).
+        self.assertRegex(nightly, r'<td class="muted" title="[^"]+">in 1h</td>')
+        self.assertIn('<button class="link" title="%s">%s</button>' % (made, made), nightly)
+        self.assertIn('<span class="badge pending">pending</span>', nightly)
+        self.assertIn(">echo '&lt;img src=x onerror=alert(1)&gt;'</td>", nightly)
+        self.assertIn('<td class="last-job muted">-</td>', schedules["idle"])
+        self.assertIn('<td class="spec">cron 0 3 * * *</td>', schedules["idle"])
+
+        listed = {re.search(r'<td class="id"><button[^>]*>([^<]*)<', r).group(1): r
+                  for r in rows(element(dom, "tbody", "jobs"))}
+        self.assertIn('<span class="badge pending">pending</span><span class="flag waiting" '
+                      'title="waiting for: &lt;b&gt;dep&lt;/b&gt;">waiting</span>', listed["later"])
+        self.assertIn('<span class="badge pending">pending</span>', listed["&lt;b&gt;dep&lt;/b&gt;"])
+        self.assertNotIn("flag waiting", listed["&lt;b&gt;dep&lt;/b&gt;"])  # delayed, not waiting
+
+        fields = dict(re.findall(r"<dt>([^<]*)</dt>(<dd[^>]*>.*?</dd>)", element(dom, "dl", "detail-fields"), re.S))
+        link = '<button class="link" title="&lt;b&gt;dep&lt;/b&gt;">&lt;b&gt;dep&lt;/b&gt;</button>'
+        self.assertEqual(fields["waiting for"], '<dd class="job-links waiting-for">%s</dd>' % link)
+        self.assertRegex(fields["after"], r'^<dd class="job-links after">%s<span class="muted policy" title="[^"]+">'
+                                          r' \(completed\)</span></dd>$' % re.escape(link))
+        self.assertEqual(fields["unique key"], '<dd class="mono">k&lt;i&gt;1&lt;/i&gt;</dd>')
+        self.assertIn("flag waiting", fields["state"])

@@ -18,7 +18,8 @@ Bounds (SPEC "Bounded dashboard"): `GET /api/jobs` answers at most MAX_PAGE_JOBS
 jobs (a larger `limit`, or 0, is capped); when more match, the answer stays the
 array `list --json` prints and names the rest in its headers, `X-Next-Cursor: C`
 and `Link: </api/jobs?...&after=C>; rel="next"`: ask again with `after=C`
-(in either order, `newest=1` too). A body over MAX_BODY_BYTES gets 413 unread.
+(in either order, `newest=1` too). `GET /api/schedules` pages the same way, by name, at
+most MAX_PAGE_SCHEDULES a page. A body over MAX_BODY_BYTES gets 413 unread.
 The request line, headers and body must arrive within IDLE_TIMEOUT_S, else the
 connection is closed. Every response, http.server's own errors included, carries
 SECURITY_HEADERS (`end_headers` adds them).
@@ -58,6 +59,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 TOKEN_HEADER = "X-Queuectl-Token"
 MAX_PAGE_JOBS = 1000  # jobs in one /api/jobs answer; the rest through its next cursor
+MAX_PAGE_SCHEDULES = 1000  # schedules in one /api/schedules answer, likewise
 MAX_CURSOR = SQLITE_MAX_INT  # a cursor is a job's seq
 MAX_BODY_BYTES = 65536
 IDLE_TIMEOUT_S = 10.0  # a request must arrive whole within this (DashboardServer.idle_timeout_s)
@@ -175,7 +177,7 @@ class DashboardServer(ThreadingHTTPServer):
 
     daemon_threads = True
     idle_timeout_s = IDLE_TIMEOUT_S  # tests lower it on their server
-    request_queue_size = 64  # a page asks for six things at once; the default backlog of 5 drops some
+    request_queue_size = 64  # a page asks for nine things at once; the default backlog of 5 drops some
 
     def __init__(self, db_path, host, port, *, read_only=False):
         if ":" in host.strip("[]"):
@@ -411,6 +413,8 @@ class Handler(BaseHTTPRequestHandler):
             return lambda: self._with_store(self.server.chart)
         if rest == ["jobs"]:
             return lambda: self._list(query)
+        if rest == ["schedules"]:
+            return lambda: self._schedules(query)
         if len(rest) == 2 and rest[0] == "jobs":
             return lambda: self._with_store(lambda store: job_detail(store, rest[1]))
         if rest == ["job"]:
@@ -457,15 +461,7 @@ class Handler(BaseHTTPRequestHandler):
                 jobs.check_tags([tag])
         except InvalidJob as exc:
             raise HttpError(400, str(exc)) from None
-        limit_text = (query.get("limit") or [""])[-1]
-        try:
-            limit = int(limit_text) if limit_text else jobs.DEFAULT_LIST_LIMIT
-        except ValueError:
-            raise HttpError(400, "limit must be a whole number, not %r" % limit_text) from None
-        if limit < 0:
-            raise HttpError(400, "limit must be 0 (all) or more, not %d" % limit)
-        if limit == 0 or limit > MAX_PAGE_JOBS:  # 0 means all, but one answer holds a page at most
-            limit = MAX_PAGE_JOBS
+        limit = _page_limit(query, jobs.DEFAULT_LIST_LIMIT, MAX_PAGE_JOBS)
         newest_first = (query.get("newest") or [""])[-1] in ("1", "true")
         after_text = (query.get("after") or [""])[-1]
         try:
@@ -486,6 +482,26 @@ class Handler(BaseHTTPRequestHandler):
             params += [("limit", limit)] + ([("newest", 1)] if newest_first else []) + [("after", cursor)]
             headers = (("X-Next-Cursor", cursor), ("Link", '</api/jobs?%s>; rel="next"' % urlencode(params)))
         self._json(200, [shapes.job(r) for r in rows], headers)
+
+    def _schedules(self, query):
+        """`schedule list --json` (the jobs' env values masked), by name, a page at a time like
+        `_list`: at most MAX_PAGE_SCHEDULES, the rest past the `X-Next-Cursor` name (`after=`)."""
+        limit = _page_limit(query, MAX_PAGE_SCHEDULES, MAX_PAGE_SCHEDULES)
+        after = (query.get("after") or [None])[-1]
+        if after is not None:
+            try:
+                jobs.check_queue(after)  # a schedule's name has a queue's alphabet
+            except InvalidJob:
+                raise HttpError(400, "after must be a cursor from X-Next-Cursor, not %r" % after) from None
+        with self._store() as store:
+            rows = store.schedules(after=after, limit=limit + 1)
+        headers = ()
+        if len(rows) > limit:
+            rows = rows[:limit]
+            cursor = rows[-1]["name"]
+            headers = (("X-Next-Cursor", cursor),
+                       ("Link", '</api/schedules?%s>; rel="next"' % urlencode([("limit", limit), ("after", cursor)])))
+        self._json(200, [shapes.schedule(r) for r in rows], headers)
 
     def _metrics(self):
         with self._store() as store:
@@ -518,6 +534,19 @@ def _retry(store, job_id):
 # The POSTs: /api/jobs/ID/NAME or /api/job/NAME?id=ID. Unknown or finished (cancel) or
 # unfinished (retry) ids raise JobNotFound (404) or InvalidState (409) and change nothing.
 ACTIONS = {"cancel": _cancel, "retry": _retry}
+
+
+def _page_limit(query, default, most):
+    """The `limit=` of a query: `default` when absent; 0 (all) or above `most` gives `most`,
+    since one answer holds a page at most."""
+    limit_text = (query.get("limit") or [""])[-1]
+    try:
+        limit = int(limit_text) if limit_text else default
+    except ValueError:
+        raise HttpError(400, "limit must be a whole number, not %r" % limit_text) from None
+    if limit < 0:
+        raise HttpError(400, "limit must be 0 (all) or more, not %d" % limit)
+    return most if limit == 0 or limit > most else limit
 
 
 def query_id(query):

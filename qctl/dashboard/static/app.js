@@ -48,6 +48,38 @@
 
   function badge(state) { return el("span", state, "badge " + state); }
 
+  // A pending job that still waits for some of its dependencies: never claimed until they are done.
+  function isWaiting(job) { return job.state === "pending" && job.waiting_for && job.waiting_for.length > 0; }
+
+  // The state's badge, and for a waiting job a "waiting" flag naming what it waits for.
+  function stateBadges(job) {
+    var span = el("span", null, "state");
+    span.appendChild(badge(job.state));
+    if (isWaiting(job)) {
+      var flag = el("span", "waiting", "flag waiting");
+      flag.title = "waiting for: " + job.waiting_for.join(", ");
+      span.appendChild(flag);
+    }
+    return span;
+  }
+
+  // A button that opens job `id`'s page.
+  function jobLink(id) {
+    var link = el("button", id, "link");
+    link.title = id;
+    link.addEventListener("click", function () { setView({job: id}); });
+    return link;
+  }
+
+  // Links to the jobs `ids`, separated by commas, in `parent`.
+  function jobLinks(parent, ids) {
+    ids.forEach(function (id, i) {
+      if (i) parent.appendChild(document.createTextNode(", "));
+      parent.appendChild(jobLink(id));
+    });
+    return parent;
+  }
+
   function fill(tbody, rows, emptyId) {
     tbody.replaceChildren.apply(tbody, rows);
     $(emptyId).hidden = rows.length > 0;
@@ -90,7 +122,8 @@
     return rate === null || rate === undefined ? "-" : (rate * 100).toFixed(1) + "%";
   }
 
-  function api(path, options) {
+  // The JSON answer of `path`; with `paged`, {body, more}: `more` when the answer names a next page.
+  function api(path, options, paged) {
     return fetch(path, Object.assign({cache: "no-store", headers: {"Accept": "application/json"}}, options || {}))
       .then(function (response) {
         return response.json().catch(function () { return {}; }).then(function (body) {
@@ -99,7 +132,7 @@
             err.status = response.status;
             throw err;
           }
-          return body;
+          return paged ? {body: body, more: response.headers.has("X-Next-Cursor")} : body;
         });
       });
   }
@@ -233,10 +266,7 @@
 
   function jobIdCell(job) {
     var cell = td(null, "id");
-    var link = el("button", job.id, "link");
-    link.title = job.id;
-    link.addEventListener("click", function () { setView({job: job.id}); });
-    cell.appendChild(link);
+    cell.appendChild(jobLink(job.id));
     return cell;
   }
 
@@ -287,7 +317,7 @@
     held = null;
     fill($("jobs"), list.map(function (job) {
       var state = td(null);
-      state.appendChild(badge(job.state));
+      state.appendChild(stateBadges(job));
       var tags = td(null, "tags-cell");
       tags.appendChild(tagList(job.tags));
       var command = td(job.command, "command");
@@ -314,6 +344,41 @@
       error.title = job.command;
       return row([jobIdCell(job), error, td(ago(job.updated_at), "muted"), actionCell(job)]);
     }), "dlq-empty");
+  }
+
+  var AFTER_POLICY_TITLES = {
+    completed: "runs once all of them have completed; dead if one of them ends dead or cancelled",
+    finished: "runs once all of them have finished, whatever their outcome"
+  };
+
+  function renderSchedules(page) {
+    var schedules = page.body;
+    $("schedules-count").textContent = schedules.length + (page.more ? "+" : "");
+    $("schedules-more").hidden = !page.more;
+    fill($("schedules"), schedules.map(function (s) {
+      var spec = td(s.spec, "spec");
+      if (s.overlap) {
+        var overlap = el("span", "overlap", "flag");
+        overlap.title = "fires even while its last job is unfinished";
+        spec.appendChild(document.createTextNode(" "));
+        spec.appendChild(overlap);
+      }
+      var next = td(ago(s.next_run_at), "muted");
+      next.title = when(s.next_run_at);
+      var last = td(null, "last-job");
+      if (s.last_job) {
+        last.appendChild(jobLink(s.last_job));
+        last.appendChild(document.createTextNode(" "));
+        last.appendChild(s.last_state ? badge(s.last_state) : el("span", "gone", "muted"));
+        if (s.last_fired_at) last.title = "fired " + when(s.last_fired_at);
+      } else {
+        last.textContent = "-";
+        last.className += " muted";
+      }
+      var command = td(s.job.command, "command");
+      command.title = s.job.command;
+      return row([td(s.name, "name"), spec, next, last, command]);
+    }), "schedules-empty");
   }
 
   function renderFilters() {
@@ -363,8 +428,11 @@
     var button = actionButton(job);
     if (button) actions.appendChild(button);
     var env = job.env ? Object.keys(job.env).sort().map(function (k) { return k + "=" + job.env[k]; }).join(" ") : null;
-    var fields = [["command", job.command], ["state", job.state], ["queue", job.queue],
+    var fields = [["command", job.command], ["state", job], ["queue", job.queue],
                   ["tags", job.tags.length ? job.tags : null],
+                  ["waiting for", isWaiting(job) ? job.waiting_for : null],
+                  ["after", job.after && job.after.length ? job : null],
+                  ["unique key", job.unique_key],
                   ["attempts", job.attempts + " of " + (job.max_retries + 1)], ["priority", job.priority],
                   ["run at", when(job.run_at)], ["next run", job.next_run_at ? when(job.next_run_at) : null],
                   ["timeout", job.timeout === null ? "none" : job.timeout + " s"], ["cwd", job.cwd], ["env", env],
@@ -377,9 +445,18 @@
     fields.forEach(function (pair) {
       if (pair[1] === null || pair[1] === undefined) return;
       dl.appendChild(el("dt", pair[0]));
-      var dd = el("dd", null, pair[0] === "command" || pair[0] === "env" || pair[0] === "cwd" ? "mono" : "");
-      if (pair[0] === "state") dd.appendChild(badge(pair[1]));
+      var mono = ["command", "env", "cwd", "unique key"].indexOf(pair[0]) >= 0;
+      var dd = el("dd", null, mono ? "mono" : "");
+      if (pair[0] === "state") dd.appendChild(stateBadges(pair[1]));
       else if (pair[0] === "tags") dd.appendChild(tagList(pair[1]));
+      else if (pair[0] === "waiting for") { dd.className = "job-links waiting-for"; jobLinks(dd, pair[1]); }
+      else if (pair[0] === "after") {
+        dd.className = "job-links after";
+        jobLinks(dd, job.after);
+        var policy = el("span", " (" + job.after_policy + ")", "muted policy");
+        policy.title = AFTER_POLICY_TITLES[job.after_policy] || "";
+        dd.appendChild(policy);
+      }
       else dd.textContent = String(pair[1]);
       dl.appendChild(dd);
     });
@@ -444,7 +521,8 @@
       return [];
     });
     Promise.all([api("/api/status"), api("/api/stats"), filtered, api("/api/jobs?state=dead&limit=100"),
-                 api("/api/workers"), api("/api/queues"), api("/api/chart"), detail])
+                 api("/api/workers"), api("/api/queues"), api("/api/chart"), detail,
+                 api("/api/schedules", null, true)])
       .then(function (r) {
         renderCounts(r[0]);
         renderStats(r[1]);
@@ -453,6 +531,7 @@
         renderJobs(r[2], byUser);
         renderDlq(r[3]);
         renderWorkers(r[4]);
+        renderSchedules(r[8]);
         if (view.job && !r[7]) { view.job = null; writeHash(); }
         var job = r[7];
         if (job && job.state !== "processing") delete cancelling[job.id];
