@@ -31,7 +31,9 @@ class Queue:
 
     def enqueue(self, command, **fields):
         """Store one job running `command` (fields as in the job JSON: id, max_retries, priority,
-        run_at or delay, timeout, cwd, env, queue, tags); returns its id."""
+        run_at or delay, timeout, cwd, env, queue, tags, after, after_policy, unique_key); returns
+        its id. With a unique_key that an unfinished job holds, nothing is stored and that job's
+        id is returned."""
         now = time.time()
         with self._store() as store:
             job = jobs.validate_job(dict(fields, command=command), now=now,
