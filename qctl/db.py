@@ -34,7 +34,6 @@ The store's verbs, which a second backend would implement one for one:
 import functools
 import os
 import pathlib
-import shutil
 import sqlite3
 import threading
 import time
@@ -473,6 +472,7 @@ class Store:
     def _wal_limit(self):
         """WAL_RESTART_BYTES, or a quarter of the free disk space if that is less: the checkpoint
         that lets the WAL start over needs room to grow the database file itself."""
+        import shutil  # here: only a WAL past WAL_SMALL_BYTES asks, and every command imports this module
         try:
             return min(WAL_RESTART_BYTES, shutil.disk_usage(self.home).free / 4)
         except OSError:
