@@ -37,8 +37,8 @@ import pathlib
 import sqlite3
 import threading
 import time
+from collections import namedtuple
 from contextlib import contextmanager
-from typing import NamedTuple, Optional
 
 from . import config as qconfig
 from . import home as qhome
@@ -189,23 +189,13 @@ _LIVE_ENDED = ("NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.seq = live_output.job_
                "AND jobs.runs = live_output.run AND jobs.started_at IS live_output.started_at)")
 TAG_SEPARATOR = "\x1f"  # tags have no control characters
 
-class Recorded(NamedTuple):
-    """A recorded outcome: the job's new state, and when it may run again (a retry)."""
-    state: str
-    next_run_at: Optional[float]
-
-
-class RunTotals(NamedTuple):
-    runs: int
-    seconds: float   # time run, in all
-    retries: int     # runs with attempt > 1
-
-
-class RecentRun(NamedTuple):
-    finished_at: float
-    duration: Optional[float]
-    failed: bool
-    attempt: int
+# collections' namedtuples, not typing's (see config.Setting).
+# A recorded outcome: the job's new state, and when it may run again (a retry; or None).
+Recorded = namedtuple("Recorded", "state next_run_at")
+# runs; seconds: time run, in all; retries: runs with attempt > 1.
+RunTotals = namedtuple("RunTotals", "runs seconds retries")
+# finished_at; duration (or None); failed (bool); attempt.
+RecentRun = namedtuple("RecentRun", "finished_at duration failed attempt")
 
 
 # Set by a commit that found the WAL past its bound: the process's housekeeping runs at once.
