@@ -72,6 +72,8 @@ def main():
         before = os.path.abspath(args.before)
         commands.insert(1, ("before: python %s status" % os.path.relpath(before), [py, before, "status"],
                             None, "bare"))
+        commands.append(("before: python -S %s status" % os.path.relpath(before), [py, "-S", before, "status"],
+                         None, "bare -S"))
     with temp_home() as tmp:
         home = home_in(tmp)
         run_cli(home, "status")  # create the home and schema: not part of what is measured
