@@ -12,7 +12,7 @@ from tests.base import SCRIPT, HomeTestCase
 
 # What `status` must not import: the modules of other commands and the stdlib they need.
 NOT_FOR_STATUS = ("qctl.dashboard", "qctl.worker", "qctl.runner", "qctl.proctree", "qctl.follow", "qctl.stats",
-                  "qctl.completion", "qctl.api", "json", "shlex", "difflib", "textwrap", "logging",
+                  "qctl.completion", "qctl.api", "json", "shlex", "difflib", "textwrap", "logging", "typing",
                   "subprocess", "http.server", "concurrent.futures")
 
 # Runs queuectl.py as `python queuectl.py` does and prints the modules it imported (not those the
