@@ -10,7 +10,6 @@ its arguments beside it.
 import argparse
 import os
 import sys
-import textwrap
 import time
 
 from qctl import __version__
@@ -1128,7 +1127,40 @@ def show_actions(args):
     return EXIT_OK
 
 
-def build_parser():
+def chosen_command(argv):
+    """The command path that `argv` names, for `build_parser`: ("status",), ("worker", "start"), a
+    group alone (("worker",): a bare group, its -h, or an action it lacks), () when no command is
+    named (queuectl -h, --version, a bare queuectl), or None when unsure (an unknown command or
+    option before it): then the whole tree is built, and argparse says what is wrong as ever."""
+    words = iter(argv)
+    for word in words:
+        if word == "--home":
+            value = next(words, None)
+            if value is None or value.startswith("-"):
+                return None
+        elif word.startswith("--home=") or word == "--allow-shared-home":
+            continue
+        elif word in ("-h", "--help", "--version"):
+            return ()
+        elif word.startswith("-"):
+            return None
+        else:
+            break
+    else:
+        return ()
+    names = [name.split(" ") for name, *_ in COMMANDS]
+    if [word] in names:
+        return (word,)
+    if word not in ACTION_GROUPS:
+        return None
+    action = next(words, None)
+    return (word, action) if [word, action] in names else (word,)
+
+
+def build_parser(path=None):
+    """queuectl's parser: every command, or (`path` from `chosen_command`) only what parsing that
+    command needs: its own parser and arguments (a group's: every action), or for () the top level
+    alone, whose -h lists every command from the summaries in COMMANDS without building them."""
     parser = Parser(
         prog="queuectl", usage="queuectl [-h] [--version] [--home DIR] [--allow-shared-home] COMMAND ...",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -1147,6 +1179,8 @@ def build_parser():
     groups = {}
     for name, summary, example, arguments, handler, options in COMMANDS:
         group, _, action = name.partition(" ")
+        if path is not None and (path[:1] != (group,) or path[1:] not in ((), (action,))):
+            continue
         target = sub
         if action:
             if group not in groups:
@@ -1157,13 +1191,29 @@ def build_parser():
         p = add_command(target, action or name, handler, summary, example, **options)
         if arguments is not None:
             arguments(p)
-    parser.description = "A background job queue for shell commands.\n\n" + grouped_commands(sub)
+    if not path:  # only these can print the top level's help: a command named takes every word after it
+        parser.description = "A background job queue for shell commands.\n\n" + command_list(command_summaries())
     return parser
 
 
+def command_summaries():
+    """{command: its one-line summary} for queuectl's commands, in `queuectl -h` order, from COMMANDS
+    alone (a group's from ACTION_GROUPS)."""
+    summaries = {}
+    for name, summary, *_ in COMMANDS:
+        group, _, action = name.partition(" ")
+        summaries.setdefault(group, ACTION_GROUPS[group][0] if action else summary)
+    return summaries
+
+
 def grouped_commands(subparsers):
+    """The commands of `subparsers` under their COMMAND_GROUPS headings (see `command_list`)."""
+    return command_list({action.dest: action.help for action in subparsers._choices_actions})
+
+
+def command_list(summaries):
     """The commands under their COMMAND_GROUPS headings, each with its one-line summary."""
-    summaries = {action.dest: action.help for action in subparsers._choices_actions}
+    import textwrap  # only a help text needs it
     grouped = {name for _, names in COMMAND_GROUPS for name in names}
     groups = list(COMMAND_GROUPS) + [("other", tuple(n for n in summaries if n not in grouped))]
     width = max(len(name) for name in summaries)
@@ -1187,7 +1237,9 @@ def main(argv=None):
                 stream.reconfigure(errors="backslashreplace")
             except (ValueError, OSError):
                 pass
-    parser = build_parser()
+    # Only the named command's parser is built: building all of them cost every command ~4 ms of
+    # start-up (see bench/startup.py).
+    parser = build_parser(chosen_command(sys.argv[1:] if argv is None else argv))
     try:
         args, extras = parser.parse_known_args(argv)
         if extras:

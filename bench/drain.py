@@ -31,10 +31,10 @@ def cpu_s(who):
     return usage.ru_utime + usage.ru_stime
 
 
-def bare_loop(count, threads):
-    """(seconds, CPU seconds) for `threads` threads to run `true` through the shell `count` times."""
+def bare_loop(count, threads, command="true"):
+    """(seconds, CPU seconds) for `threads` threads to run `command` through the shell `count` times."""
     def one(_):
-        subprocess.run("true", shell=True, capture_output=True)
+        subprocess.run(command, shell=True, capture_output=True)
     cpu_before = cpu_s(resource.RUSAGE_SELF) + cpu_s(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:

@@ -36,12 +36,11 @@ The store's verbs, which a second backend would implement one for one:
 import functools
 import os
 import pathlib
-import shutil
 import sqlite3
 import threading
 import time
+from collections import namedtuple
 from contextlib import contextmanager
-from typing import NamedTuple, Optional
 
 from . import config as qconfig
 from . import cron as qcron
@@ -246,31 +245,15 @@ class Enqueued(list):
     conflicts = ()
 
 
-class Recorded(NamedTuple):
-    """A recorded outcome: the job's new state, and when it may run again (a retry)."""
-    state: str
-    next_run_at: Optional[float]
-
-
-class Fired(NamedTuple):
-    """What `fire_schedules` did for one due schedule: the job it enqueued, or why none."""
-    name: str
-    due_at: float
-    job_id: Optional[str]
-    skipped: Optional[str]
-
-
-class RunTotals(NamedTuple):
-    runs: int
-    seconds: float   # time run, in all
-    retries: int     # runs with attempt > 1
-
-
-class RecentRun(NamedTuple):
-    finished_at: float
-    duration: Optional[float]
-    failed: bool
-    attempt: int
+# collections' namedtuples, not typing's (see config.Setting).
+# A recorded outcome: the job's new state, and when it may run again (a retry; or None).
+Recorded = namedtuple("Recorded", "state next_run_at")
+# What `fire_schedules` did for one due schedule: the job it enqueued, or (job_id None) why not.
+Fired = namedtuple("Fired", "name due_at job_id skipped")
+# runs; seconds: time run, in all; retries: runs with attempt > 1.
+RunTotals = namedtuple("RunTotals", "runs seconds retries")
+# finished_at; duration (or None); failed (bool); attempt.
+RecentRun = namedtuple("RecentRun", "finished_at duration failed attempt")
 
 
 # Set by a commit that found the WAL past its bound: the process's housekeeping runs at once.
@@ -540,6 +523,7 @@ class Store:
     def _wal_limit(self):
         """WAL_RESTART_BYTES, or a quarter of the free disk space if that is less: the checkpoint
         that lets the WAL start over needs room to grow the database file itself."""
+        import shutil  # here: only a WAL past WAL_SMALL_BYTES asks, and every command imports this module
         try:
             return min(WAL_RESTART_BYTES, shutil.disk_usage(self.home).free / 4)
         except OSError:

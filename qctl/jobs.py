@@ -10,7 +10,7 @@ not need it, and every command pays for start-up.
 
 import os
 import re
-from typing import NamedTuple, Optional
+from collections import namedtuple
 
 from .config import MAX_RETRIES_LIMIT
 from .errors import BadDependency, InvalidJob, describe
@@ -55,23 +55,18 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # a queue's name
 COMPLETE, FAIL, RELEASE, CANCEL = "complete", "fail", "release", "cancel"
 
 
-class Outcome(NamedTuple):
-    """What one run of a claimed job came to, for `Store.record` or `Store.finish_and_claim`.
+# collections' namedtuple, not typing's (see config.Setting).
+Outcome = namedtuple("Outcome", "kind job worker now error exit_code stdout stderr took",
+                     defaults=(None, None, b"", b"", 0.0))
+Outcome.__doc__ = """What one run of a claimed job came to, for `Store.record` or `Store.finish_and_claim`.
 
-    `kind`: COMPLETE (exit 0), FAIL (anything else: `error` says what),
-    RELEASE (a hard stop cut it short: back to pending, no attempt used) or
-    CANCEL (a user cancelled it while it ran: cancelled, the run's error
-    `cancelled`).
-    """
-    kind: str
-    job: dict
-    worker: str
-    now: float
-    error: Optional[str] = None
-    exit_code: Optional[int] = None
-    stdout: bytes = b""
-    stderr: bytes = b""
-    took: float = 0.0   # seconds the run took (for the log; the store keeps wall-clock times)
+`kind`: COMPLETE (exit 0), FAIL (anything else: `error` says what),
+RELEASE (a hard stop cut it short: back to pending, no attempt used) or
+CANCEL (a user cancelled it while it ran: cancelled, the run's error
+`cancelled`). `job` (dict), `worker` (str), `now` (float); `error` (str or
+None), `exit_code` (int or None), `stdout` and `stderr` (bytes), `took`
+(seconds the run took, for the log; the store keeps wall-clock times).
+"""
 
 
 def after_failure(attempts, max_retries, settings, now):

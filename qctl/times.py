@@ -6,7 +6,6 @@ thing whichever Python (3.8 or 3.11) enqueues it.
 
 import math
 import re
-from datetime import datetime, timedelta, timezone
 
 from .errors import InvalidJob, describe
 
@@ -15,11 +14,13 @@ SECONDS_LIMIT = 10 * 365 * 86400  # ten years: any longer duration is a typo
 EARLIEST_TS = 0.0
 LATEST_TS = 253402300799.0  # 9999-12-31T23:59:59Z
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
+# The patterns are compiled on first use (by `re`'s own cache), not on import: most commands
+# parse no time at all, and every command imports this module.
+_DURATION_RE = r"(?i)^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*$"
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 # YYYY-MM-DD, then optionally T (or a space) and hh[:mm[:ss[.fraction]]], then an optional
 # zone: Z, +hh, +hhmm or +hh:mm. Colons in the time may be left out (basic format).
-_TIMESTAMP_RE = re.compile(
+_TIMESTAMP_RE = (
     r"^\s*(\d{4})-(\d{2})-(\d{2})"
     r"(?:[Tt ](\d{2})(?::?(\d{2})(?::?(\d{2})(?:[.,](\d+))?)?)?)?"
     r"\s*([Zz]|[+-]\d{2}(?::?\d{2})?)?\s*$")
@@ -37,7 +38,7 @@ def parse_duration(value, what, *, allow_zero=True):
         except OverflowError:  # an int too large for a float (JSON allows any number of digits)
             seconds = math.inf
     elif isinstance(value, str):
-        m = _DURATION_RE.match(value)
+        m = re.match(_DURATION_RE, value)
         if not m:
             raise InvalidJob("%s must be a number of seconds or a duration like 30s, 5m, 2h, 1d, not %r"
                              % (what, value))
@@ -59,9 +60,10 @@ def parse_timestamp(value, what="run_at"):
     refuses `Z`, `+0200`, `+02` and fractions that are not 3 or 6 digits, and
     a job must mean the same thing whichever Python enqueues it.
     """
+    from datetime import datetime, timedelta, timezone  # here: only a timestamp given needs it
     if not isinstance(value, str):
         raise InvalidJob("%s must be an ISO 8601 timestamp string, not %s" % (what, describe(value)))
-    m = _TIMESTAMP_RE.match(value)
+    m = re.match(_TIMESTAMP_RE, value)
     try:
         if not m:
             raise ValueError
@@ -89,6 +91,7 @@ def iso(seconds):
     """ISO 8601 UTC text with milliseconds and a `Z`, or None."""
     if seconds is None:
         return None
+    from datetime import datetime, timezone  # here: most commands print no timestamp
     stamp = datetime.fromtimestamp(seconds, timezone.utc)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (stamp.microsecond // 1000)
 
