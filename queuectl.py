@@ -355,7 +355,8 @@ def cmd_enqueue(args):
                 error_line("line %d: job %s holds unique key %r already: nothing stored for it"
                            % (numbers[index], ids[index], new[index]["unique_key"]), "note")
             if args.json:
-                print_json({"count": len(ids) - len(ids.conflicts), "ids": ids})
+                print_json({"count": len(ids) - len(ids.conflicts), "ids": ids,
+                            "conflicts": [numbers[index] for index in ids.conflicts]})
             else:
                 out("enqueued %s" % display.plural(len(ids) - len(ids.conflicts), "job"))
             return EXIT_OK

@@ -8,8 +8,10 @@ restricted (neither starts with `*`, which as in Vixie cron makes even `*/2`
 unrestricted) a day matching either fires; otherwise both must match. Day of week 0 and 7 are Sunday.
 
 Local time follows the system zone (`TZ`). When clocks go forward, a time in the
-skipped hour fires once, at the first moment after the change; when they go
-back, the repeated hour fires once, not twice.
+skipped hour fires once, moved on by the change (02:30 fires at 03:30, and a
+quarter-hourly spec's skipped times come to one fire at 03:00); when they go
+back, the repeated hour fires once, not twice (every-N-minutes specs skip its
+second pass: cron's fixed-time rule, applied to all).
 """
 
 import datetime

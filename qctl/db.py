@@ -201,6 +201,7 @@ SCHEMA_V6 = (
         next_at      REAL NOT NULL,       -- when it fires next
         last_job     TEXT,                -- the id of the job it enqueued last
         last_fired_at REAL,
+        last_error   TEXT,                -- why its last fire could not make a job, or NULL
         created_at   REAL NOT NULL
     ) WITHOUT ROWID""",
 )
@@ -248,8 +249,9 @@ class Enqueued(list):
 # collections' namedtuples, not typing's (see config.Setting).
 # A recorded outcome: the job's new state, and when it may run again (a retry; or None).
 Recorded = namedtuple("Recorded", "state next_run_at")
-# What `fire_schedules` did for one due schedule: the job it enqueued, or (job_id None) why not.
-Fired = namedtuple("Fired", "name due_at job_id skipped")
+# What `fire_schedules` did for one due schedule: the job it enqueued, or (job_id None) why not, and
+# whether that is a failure (its job is invalid now) rather than a skip (overlap, a unique key held).
+Fired = namedtuple("Fired", "name due_at job_id skipped failed")
 # runs; seconds: time run, in all; retries: runs with attempt > 1.
 RunTotals = namedtuple("RunTotals", "runs seconds retries")
 # finished_at; duration (or None); failed (bool); attempt.
@@ -341,9 +343,9 @@ class Store:
                                        timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False,
                                        uri=True)
         except sqlite3.Error as exc:
-            if not os.path.exists(self.path):  # home.ensure made it a moment ago: someone removed it since
-                raise StoreError("the database %s was deleted or replaced while it was being opened"
-                                 % self.path) from None
+            if not os.path.exists(self.path):  # home.ensure makes it: someone removed it since, or it never was
+                raise StoreError("the database %s does not exist: it was deleted or replaced (or never made: "
+                                 "'queuectl init' makes it)" % self.path) from None
             raise self._note(exc) from None
         try:
             self.con.execute("PRAGMA busy_timeout = %d" % int(BUSY_TIMEOUT_S * 1000))
@@ -590,17 +592,16 @@ class Store:
         batch's jobs (BadDependency). A job whose unique key an unfinished job holds is not
         stored: its place holds that job's id, and `conflicts` its position.
         """
+        ids = [job["id"] or os.urandom(8).hex() for job in new_jobs]
         try:
             with self._write() as con:
-                return self._insert(con, new_jobs, now)
+                return self._insert(con, new_jobs, ids, now)
         except sqlite3.IntegrityError:
-            ids = [job["id"] for job in new_jobs]
             index = self._first_duplicate(ids)
             raise DuplicateJob(ids[index], index) from None
 
-    def _insert(self, con, new_jobs, now):
+    def _insert(self, con, new_jobs, ids, now):
         """`enqueue`'s work, inside the caller's transaction (a schedule's fire is another)."""
-        ids = [job["id"] or os.urandom(8).hex() for job in new_jobs]
         check_batch_after(new_jobs, ids, lambda job_id: self._seq_of(con, job_id) is not None)
         rows = [(job_id, job["command"], PENDING, job["max_retries"], job["priority"], job["run_at"], job["run_at"],
                  job["timeout"], job["cwd"], job["env"], now, now, job.get("queue") or DEFAULT_QUEUE,
@@ -633,11 +634,18 @@ class Store:
             seqs = [self._seq_of(con, ids[i]) for i in waiting]
             self._count_waiting(con, seqs)
             # Dependencies that ended dead or cancelled already: as if they had ended just now.
-            self._settle(con, [seq for (seq,) in con.execute(
-                "SELECT DISTINCT d.dep_seq FROM job_deps AS d JOIN jobs AS dep ON dep.seq = d.dep_seq "
-                "WHERE d.job_seq IN (%s) AND dep.state IN ('dead', 'cancelled')" % _placeholders(len(seqs)), seqs)],
-                now, dependents=set(seqs))
+            self._settle(con, self._ended_badly(con, seqs), now, dependents=set(seqs))
         return stored
+
+    @staticmethod
+    def _ended_badly(con, seqs):
+        """The dependencies of jobs `seqs` that are dead or cancelled (seqs)."""
+        found = set()
+        for chunk in _chunks(seqs):
+            found.update(seq for (seq,) in con.execute(
+                "SELECT d.dep_seq FROM job_deps AS d JOIN jobs AS dep ON dep.seq = d.dep_seq "
+                "WHERE d.job_seq IN (%s) AND dep.state IN ('dead', 'cancelled')" % _placeholders(len(chunk)), chunk))
+        return sorted(found)
 
     @staticmethod
     def _seq_of(con, job_id):
@@ -670,8 +678,10 @@ class Store:
             rows = []
             for chunk in _chunks(seqs):
                 rows += con.execute(
+                    # CROSS JOIN keeps job_deps the outer loop: given a few hundred seqs, the planner
+                    # would otherwise walk every pending job (by the state index) once per chunk.
                     "SELECT d.job_seq, dep.id, dep.state, job.after_policy FROM job_deps AS d "
-                    "JOIN jobs AS dep ON dep.seq = d.dep_seq JOIN jobs AS job ON job.seq = d.job_seq "
+                    "CROSS JOIN jobs AS dep ON dep.seq = d.dep_seq CROSS JOIN jobs AS job ON job.seq = d.job_seq "
                     "WHERE d.dep_seq IN (%s) AND job.state IN ('pending', 'failed')" % _placeholders(len(chunk)),
                     chunk).fetchall()
             if dependents is not None:
@@ -1186,8 +1196,22 @@ class Store:
             seqs = [seq for seq, _, _ in rows]
             # It waits again for its own dependencies; those waiting for it wait again for it.
             self._count_waiting(con, seqs)
+            self._refuse_doomed(con, seqs)
             self._settle(con, seqs, now)
         return [job_id for _, job_id, _ in rows]
+
+    def _refuse_doomed(self, con, seqs):
+        """Raise InvalidState if a job of `seqs` (just retried) would wait for a dependency that is dead
+        or cancelled, and that its after_policy needs completed: it would wait forever."""
+        for chunk in _chunks(seqs):
+            row = con.execute(
+                "SELECT job.id, dep.id, dep.state FROM job_deps AS d CROSS JOIN jobs AS job ON job.seq = d.job_seq "
+                "CROSS JOIN jobs AS dep ON dep.seq = d.dep_seq WHERE d.job_seq IN (%s) "
+                "AND dep.state IN ('dead', 'cancelled') AND job.after_policy = 'completed' LIMIT 1"
+                % _placeholders(len(chunk)), chunk).fetchone()
+            if row is not None:
+                raise InvalidState("job %r waits for job %r, which is %s: retry %r too (it would wait forever)"
+                                   % (row[0], row[1], row[2], row[1]))
 
     def _key_taken(self, con, job_id):
         """The error for job `job_id` becoming unfinished while another unfinished job holds its unique key."""
@@ -1247,8 +1271,12 @@ class Store:
                                    % (new["unique_key"], self._key_holder(con, new["unique_key"]))) from None
             con.execute("DELETE FROM job_tags WHERE job_seq = ?", (row["seq"],))
             con.executemany("INSERT INTO job_tags (tag, job_seq) VALUES (?, ?)", [(t, row["seq"]) for t in new["tags"]])
-            if new["after"] != row["after"] or new["after_policy"] != row["after_policy"]:
+            if "after" in changes:
                 self._wait_for(con, row, new["after"], now)
+            elif new["after_policy"] != row["after_policy"] and row["after"]:
+                # The same dependencies (edges kept: one may have given way to a unique key's holder).
+                self._count_waiting(con, [row["seq"]])
+                self._settle(con, self._ended_badly(con, [row["seq"]]), now, dependents={row["seq"]})
 
     def _wait_for(self, con, row, after, now):
         """Job `row` (pending or failed) waits for the jobs `after` (ids) from now on."""
@@ -1382,7 +1410,11 @@ class Store:
     def add_schedule(self, name, spec, job, *, overlap=False, now):
         """A new schedule `name`: enqueue `job` (the job's input as JSON text, checked already)
         at each time `spec` gives (see qctl.cron), the first after `now`."""
+        import json
         with self._write() as con:
+            for dep in json.loads(job).get("after") or ():
+                if self._seq_of(con, dep) is None:
+                    raise BadDependency("the schedule's job waits for %r, which is not a known job" % (dep,))
             try:
                 con.execute("INSERT INTO schedules (name, spec, job, overlap, next_at, created_at) "
                             "VALUES (?, ?, ?, ?, ?, ?)", (name, spec, job, int(overlap), qcron.next_due(spec, now=now), now))
@@ -1391,12 +1423,13 @@ class Store:
 
     def schedules(self, *, after=None, limit=None):
         """Every schedule, by name: name, spec, job (JSON text), overlap, next_at, last_job,
-        last_fired_at, last_state (of its last job: None if none, or it is gone). A page:
+        last_fired_at, last_error (why its last fire failed), last_state (of its last job: None if
+        none, or it is gone). A page:
         `after` (a name) starts past it, `limit` (> 0) returns at most that many."""
-        keys = ("name", "spec", "job", "overlap", "next_at", "last_job", "last_fired_at", "last_state")
+        keys = ("name", "spec", "job", "overlap", "next_at", "last_job", "last_fired_at", "last_error", "last_state")
         params = ([after] if after is not None else []) + ([int(limit)] if limit is not None else [])
         return [dict(zip(keys, row)) for row in self._read(
-            "SELECT s.name, s.spec, s.job, s.overlap, s.next_at, s.last_job, s.last_fired_at, j.state "
+            "SELECT s.name, s.spec, s.job, s.overlap, s.next_at, s.last_job, s.last_fired_at, s.last_error, j.state "
             "FROM schedules AS s LEFT JOIN jobs AS j ON j.id = s.last_job "
             + ("WHERE s.name > ? " if after is not None else "") + "ORDER BY s.name"
             + (" LIMIT ?" if limit is not None else ""), tuple(params))]
@@ -1425,21 +1458,26 @@ class Store:
                               "WHERE next_at <= ? ORDER BY next_at, name", (now,)).fetchall()
             for name, spec, job_text, overlap, due_at, last_job in due:
                 job_id = error = None
+                failed = False  # a fire that could not make its job (not one skipped on purpose)
                 if not overlap and last_job and con.execute(
                         "SELECT 1 FROM jobs WHERE id = ? AND state IN (?, ?, ?)", (last_job,) + UNFINISHED_STATES
                         ).fetchone():
                     error = "its last job %s is not finished" % last_job
                 else:
                     try:
-                        raw = dict(json.loads(job_text), id="%s-%s" % (name, os.urandom(4).hex()))
-                        job_id = self._insert(con, [validate_job(
-                            raw, now=now, default_max_retries=settings["max-retries"])], now)[0]
+                        job = validate_job(json.loads(job_text), now=now, default_max_retries=settings["max-retries"])
+                        stored = self._insert(con, [job], ["%s-%s" % (name, os.urandom(4).hex())], now)
+                        if stored.conflicts:
+                            error = "job %s holds its unique key %r" % (stored[0], job["unique_key"])
+                        else:
+                            job_id = stored[0]
                     except InvalidJob as exc:  # a dependency that is gone since: this fire only fails
-                        error = str(exc)
+                        error, failed = str(exc), True
                 con.execute("UPDATE schedules SET next_at = ?, last_job = coalesce(?, last_job), "
-                            "last_fired_at = CASE WHEN ? IS NULL THEN last_fired_at ELSE ? END WHERE name = ?",
-                            (qcron.next_due(spec, now=now, due=due_at), job_id, job_id, now, name))
-                fired.append(Fired(name, due_at, job_id, error))
+                            "last_fired_at = CASE WHEN ? IS NULL THEN last_fired_at ELSE ? END, last_error = ? "
+                            "WHERE name = ?", (qcron.next_due(spec, now=now, due=due_at), job_id, job_id, now,
+                                               error if failed else None, name))
+                fired.append(Fired(name, due_at, job_id, error, failed))
         return fired
 
     # ------------------------------------------------------------ config

@@ -284,6 +284,7 @@ def schedule_lines(rows, now):
     from .cron import describe
     return table(["NAME", "SPEC", "NEXT RUN", "LAST JOB", "COMMAND"],
                  [[r["name"], describe(r["spec"]), ago(r["next_at"], now),
+                   "failed: %s" % r["last_error"] if r["last_error"] else
                    "%s (%s)" % (r["last_job"], r["last_state"] or "gone") if r["last_job"] else "-",
                    one_line(json.loads(r["job"])["command"])] for r in rows], flex=(4, 0))
 

@@ -35,7 +35,7 @@ def schedule(row):
         job["env"] = {key: "***" for key in job["env"]}
     return {"name": row["name"], "spec": describe(row["spec"]), "overlap": bool(row["overlap"]),
             "next_run_at": iso(row["next_at"]), "last_job": row["last_job"], "last_state": row["last_state"],
-            "last_fired_at": iso(row["last_fired_at"]), "job": job}
+            "last_fired_at": iso(row["last_fired_at"]), "last_error": row["last_error"], "job": job}
 
 
 def run(row):

@@ -42,6 +42,7 @@ HARD_STOP_GRACE_S = 0.2    # between TERM and KILL of a command cut short by a h
 SCHEDULE_LOOK_S = 0.5      # the schedules thread looks this often for a new, sooner schedule
 HOOK_TIMEOUT_S = 30.0      # an on-finish hook running longer is killed, with its whole tree
 HOOK_BACKLOG = 10000       # finished runs waiting for their hook; past this, hooks are skipped (logged)
+HOOK_STOP_S = 30.0         # a stopping worker runs the hooks still waiting for at most this long
 
 
 class Worker:
@@ -90,6 +91,7 @@ class Worker:
         self._published = {}                 # job seq -> (Popen, run, bytes read) as _publish_output last wrote it
         self._hooks = queue.Queue(HOOK_BACKLOG)  # finished runs whose on-finish hook is still to run
         self._hook_proc = None               # the hook command running now, for a hard stop
+        self._hooks_cut = False              # stopping, and out of time for the hooks still waiting
 
     # ------------------------------------------------------------ control
 
@@ -154,12 +156,12 @@ class Worker:
             for future in futures:
                 future.result()  # _thread_main catches everything; this only surfaces a bug
         finally:
-            # Whatever ended the pool, the housekeeping threads go with it, and so does our row.
+            # Whatever ended the pool, the housekeeping threads go with it, and so does our row;
+            # the hooks still waiting run first, while we still heartbeat (we are still running).
+            self._finish_hooks()
             self._done.set()
             for thread in threads:
-                while thread.is_alive():  # the hooks still waiting run now: a second Ctrl-C cuts them short
-                    thread.join(self.settings["poll-interval"])
-                    self._obey_signals()
+                thread.join()
             try:
                 self._house_store.deregister(self.id)
             except QueueError as exc:
@@ -418,22 +420,42 @@ class Worker:
     def _hook_loop(self):
         """Run the on-finish hook of each finished run, one at a time, off the job path: a slow or
         failing hook delays only the hooks after it, and changes no job. Those still waiting when
-        the worker stops run before it exits (not after a hard stop)."""
+        the worker stops run before it exits, for up to HOOK_STOP_S (see `_finish_hooks`)."""
         store = None
         try:
-            while not self._killing:
+            while not (self._killing or self._hooks_cut):
                 try:
                     event = self._hooks.get(timeout=SCHEDULE_LOOK_S)
                 except queue.Empty:
                     if self._done.is_set():
                         return
                     continue
-                if store is None:
-                    store = Store(self.db_path, durable=False, autocheckpoint=False)
-                self._guarded("running the on-finish hook", lambda: self._run_hook(store, *event))
+                try:
+                    if store is None:
+                        store = Store(self.db_path, durable=False, autocheckpoint=False)
+                    self._guarded("running the on-finish hook", lambda: self._run_hook(store, *event))
+                except QueueError as exc:
+                    self._log_error("opening the queue for a hook", exc)
+                finally:
+                    self._hooks.task_done()
         finally:
             if store is not None:
                 store.close()
+
+    def _finish_hooks(self):
+        """A stopping worker: let the hooks still waiting run, for up to HOOK_STOP_S in all (a second
+        Ctrl-C ends the wait), then kill the one running and skip the rest, saying how many."""
+        deadline = time.monotonic() + HOOK_STOP_S
+        while self._hooks.unfinished_tasks and not self._killing and time.monotonic() < deadline:
+            time.sleep(min(self.settings["poll-interval"], SCHEDULE_LOOK_S))
+            self._obey_signals()
+        if self._hooks.unfinished_tasks:
+            self._hooks_cut = True
+            proc = self._hook_proc
+            if proc is not None:
+                kill_tree(proc, grace_s=HARD_STOP_GRACE_S)
+            log.warning("worker %s: %d on-finish hook%s not run: the worker stopped", self.id,
+                        self._hooks.unfinished_tasks, "" if self._hooks.unfinished_tasks == 1 else "s")
 
     def _run_hook(self, store, job_id, state, exit_code, run, took):
         hook = self.settings["on-finish"]
@@ -475,8 +497,9 @@ class Worker:
                 wait = SCHEDULE_LOOK_S if due is None else min(max(0.0, due - time.time()), SCHEDULE_LOOK_S)
                 if self._stopping.wait(wait):
                     return
-                if due is not None and time.time() >= due:
-                    self._guarded("firing schedules", lambda: self._fire(store))
+                if due is not None and time.time() >= due and not self._guarded("firing schedules",
+                                                                              lambda: self._fire(store)):
+                    self._stopping.wait(CLAIM_RETRY_S)  # a full disk, say: not again at once
         except QueueError as exc:
             log.error("worker %s: the schedules thread could not open the queue: %s", self.id, exc)
         finally:
@@ -487,6 +510,8 @@ class Worker:
         for fired in store.fire_schedules(self.settings):
             if fired.job_id is not None:
                 log.info("schedule %s fired: job %s", fired.name, fired.job_id)
+            elif fired.failed:
+                log.warning("schedule %s could not fire: %s", fired.name, fired.skipped)
             else:
                 log.info("schedule %s skipped a fire: %s", fired.name, fired.skipped)
 

@@ -80,6 +80,25 @@ class DependencyTest(HomeTestCase):
         run_next(store, "a", start=5.0, end=6.0)
         self.assertEqual(store.get("b")["state"], "dead")
 
+    def test_retrying_a_dependent_of_a_dead_job_alone_is_refused(self):
+        store = self.store()
+        add_job(store, "x", now=1.0, max_retries=0)
+        add_job(store, "d", now=1.0, after=["x"])
+        run_next(store, "x", start=2.0, end=3.0, error="exit code 1")
+        with self.assertRaisesRegex(InvalidState, "job 'd' waits for job 'x', which is dead: retry 'x' too"):
+            store.retry(["d"], now=4.0)
+        self.assertEqual(store.get("d")["state"], "dead")
+        store.retry(["x", "d"], now=4.0)  # both: d waits for x again
+        self.assertEqual(store.get("d")["waiting_for"], ["x"])
+
+    def test_edit_of_the_policy_keeps_a_dependency_that_gave_way_to_a_unique_key(self):
+        store = self.store()
+        add_job(store, "holder", now=1.0, unique_key="k")
+        store.enqueue([new_job("e", unique_key="k"), new_job("f", after=["e"])], 2.0)
+        store.edit("f", {"after_policy": "finished"}, now=3.0, default_max_retries=3)
+        self.assertEqual(store.get("f")["waiting_for"], ["holder"])
+        self.assertEqual(store.get("f")["after_policy"], "finished")
+
     def test_a_dependency_retrying_keeps_its_dependent_waiting(self):
         store = self.store()
         add_job(store, "a", now=1.0, max_retries=1)
@@ -182,6 +201,13 @@ class DependencyTest(HomeTestCase):
         self.assertIn("line 1: jobs wait for each other in a cycle", self.cli("enqueue", "--file", path).stderr)
         self.assertEqual(self.store().list_jobs(limit=0), [])
 
+    def test_a_duplicate_id_after_generated_ones_names_its_line(self):
+        self.ok("enqueue", "--id", "x", "true")
+        result = self.cli("enqueue", "--file", "-", stdin='{"command": "true"}\n{"command": "true"}\n'
+                                                          '{"id": "x", "command": "true"}\n')
+        self.assertEqual(result.stderr, "queuectl: error: line 3: a job with id 'x' already exists "
+                                        "(nothing was enqueued)\n")
+
     def test_the_schema_is_current(self):
         self.assertEqual(self.store().con.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
 
@@ -281,6 +307,15 @@ class ScheduleStoreTest(HomeTestCase):
             with self.assertRaisesRegex(Exception, "no schedule named 'tick'"):
                 again.remove_schedule("tick")
 
+    def test_a_fire_whose_unique_key_is_held_makes_no_job(self):
+        store = self.store()
+        add_job(store, "holder", now=1.0, unique_key="uk")
+        self.add(store, overlap=True, unique_key="uk")
+        (fired,) = store.fire_schedules(SETTINGS, now=110.0)
+        self.assertEqual((fired.job_id, fired.failed), (None, False))
+        self.assertIn("job holder holds its unique key 'uk'", fired.skipped)
+        self.assertIsNone(store.schedules()[0]["last_job"])
+
     def test_a_fire_that_cannot_make_its_job_skips_only_that_fire(self):
         store = self.store()
         add_job(store, "dep", now=1.0)
@@ -288,6 +323,8 @@ class ScheduleStoreTest(HomeTestCase):
         store.delete("dep")  # nothing waits for it: the schedule names it, but has no job yet
         fired = store.fire_schedules(SETTINGS, now=110.0)
         self.assertIn("not a known job", fired[0].skipped)
+        self.assertTrue(fired[0].failed)
+        self.assertIn("not a known job", store.schedules()[0]["last_error"])
         self.assertEqual(store.next_schedule_at(), 120.0)
 
 
@@ -317,6 +354,8 @@ class ScheduleCliTest(HomeTestCase):
                 self.assertEqual(result.code, 1, result)
                 self.assertEqual(len(result.stderr.splitlines()), 1, result)
                 self.assertIn(message, result.stderr)
+        result = self.cli("schedule", "add", "tick", "--every", "1m", "--after", "nosuch", "true")
+        self.assertIn("the schedule's job waits for 'nosuch', which is not a known job", result.stderr)
         self.ok("schedule", "add", "tick", "--every", "1m", "true")
         result = self.cli("schedule", "add", "tick", "--every", "1m", "true")
         self.assertIn("a schedule named 'tick' exists already", result.stderr)
@@ -399,6 +438,17 @@ class HookTest(HomeTestCase):
         worker.send_signal(2)  # it waits for the hooks still to run; a hard stop kills the hanging one
         self.assertEqual(worker.wait(30), 0, read(worker.log.name))
         self.assertRegex(read(worker.log.name), "on-finish hook for job j0 failed: (killed by signal|exit code 143)")
+
+    def test_a_stopping_worker_stays_live_while_its_hooks_run(self):
+        self.ok("config", "set", "lease-seconds", "1")
+        self.ok("config", "set", "on-finish", "sleep 2.5")
+        self.ok("enqueue", "--id", "a", "true")
+        worker = self.spawn_worker("--count", "1")
+        wait_until(lambda: self.job("a")["state"] == "completed", message="a")
+        started = time.monotonic()
+        self.ok("worker", "stop", "--wait", "--timeout", "30")
+        self.assertGreater(time.monotonic() - started, 2.0, "stop --wait returned while the worker ran its hook")
+        self.assertEqual(worker.wait(10), 0)
 
     def test_a_hook_past_its_limit_is_killed_with_its_tree(self):
         # In-process worker, its limit cut to 1 s for the test. The hook leaves a child of its own
