@@ -714,7 +714,7 @@ class DevTools:
     messages ended by a NUL byte, read from its fd 3 and written to its fd 4. No websocket,
     so nothing beyond the standard library. Dialogs (confirm) are accepted and kept in `dialogs`."""
 
-    def __init__(self, test, profile):
+    def __init__(self, profile):
         to_browser, self._write = os.pipe()
         self._read, from_browser = os.pipe()
         # The shell puts our pipe ends on fds 3 and 4, where chromium looks for them.
@@ -724,9 +724,9 @@ class DevTools:
                                      stderr=subprocess.DEVNULL)
         os.close(to_browser)
         os.close(from_browser)
-        test.addCleanup(self.close)
         self._buffer = b""
         self._next_id = 0
+        self._targets = {}  # session: its tab's target id
         self.dialogs = []
 
     def close(self):
@@ -779,7 +779,14 @@ class DevTools:
         session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         self.call("Page.enable", {}, session)
         self.call("Page.navigate", {"url": url}, session)
+        self._targets[session] = target
         return session
+
+    def close_tab(self, session):
+        """Close the tab `open` gave `session` for (its page stops polling its server)."""
+        target = self._targets.pop(session, None)
+        if target is not None and self.proc.poll() is None:
+            self.call("Target.closeTarget", {"targetId": target})
 
     def evaluate(self, session, expression):
         """The value of a JS expression in the page (promises awaited)."""
@@ -791,6 +798,36 @@ class DevTools:
 
     def wait_for(self, session, expression, message):
         return wait_until(lambda: self.evaluate(session, expression), message=message)
+
+
+# Until the navigation is done, this may run in about:blank, which has no #updated.
+FIRST_REFRESH_JS = '(document.getElementById("updated") || {textContent: ""}).textContent.indexOf("updated") === 0'
+
+# One headless chromium for the whole module, launched when a test first needs it (a launch takes
+# most of a second on a busy machine): each test opens its own tabs, on its own server, and closes
+# them. Launched again should it have died.
+_BROWSER = {}
+
+
+def shared_browser():
+    browser = _BROWSER.get("browser")
+    if browser is not None and browser.proc.poll() is None:
+        return browser
+    if browser is not None:
+        browser.close()
+    if "profile" not in _BROWSER:
+        _BROWSER["profile"] = tempfile.TemporaryDirectory(prefix="qctl-chrome-")
+    browser = _BROWSER["browser"] = DevTools(tempfile.mkdtemp(dir=_BROWSER["profile"].name))
+    return browser
+
+
+def tearDownModule():
+    browser = _BROWSER.pop("browser", None)
+    if browser is not None:
+        browser.close()
+    profile = _BROWSER.pop("profile", None)
+    if profile is not None:
+        profile.cleanup()
 
 
 # In the page: the button labelled LABEL in the row of the jobs list whose id is ID, or null.
@@ -807,14 +844,19 @@ ROW_BUTTON_JS = """(function (id, label) {
 @unittest.skipUnless(find_browser(), "no chromium / google-chrome on PATH")
 class BrowserTest(DashboardCase):
     def dump_dom(self, path, server=None):
+        """The page at `path` as its first refresh drew it: the DOM serialized as --dump-dom does,
+        read from a tab of the module's one browser once the page says "updated" (every answer of
+        that refresh has been rendered by then: the page writes it last)."""
         server = server or self.server
-        profile = tempfile.mkdtemp(prefix="qctl-chrome-", dir=self.tmp)
-        argv = browser_argv(profile) + ["--virtual-time-budget=5000", "--dump-dom",
-                                        "http://127.0.0.1:%d%s" % (server.port, path)]
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=120)
-        self.assertEqual(proc.returncode, 0)
-        self.assertIn("updated ", proc.stdout)  # the script ran and the API answered
-        return proc.stdout
+        browser = shared_browser()
+        session = browser.open("http://127.0.0.1:%d%s" % (server.port, path))
+        try:
+            browser.wait_for(session, FIRST_REFRESH_JS, "the page's first refresh of %s" % path)
+            dom = browser.evaluate(session, "document.documentElement.outerHTML")
+        finally:
+            browser.close_tab(session)
+        self.assertIn("updated ", dom)  # the script ran and the API answered
+        return dom
 
     def some_of_everything(self):
         """Jobs in queues and with tags, in every state but processing, and runs to chart."""
@@ -938,13 +980,13 @@ class BrowserClickTest(DashboardCase):
 
     def setUp(self):
         super().setUp()
-        self.browser = DevTools(self, tempfile.mkdtemp(prefix="qctl-chrome-", dir=self.tmp))
+        self.browser = shared_browser()
+        self.browser.dialogs = []
 
     def page(self, path="/"):
         session = self.browser.open("http://127.0.0.1:%d%s" % (self.server.port, path))
-        # Until the navigation is done, this may run in about:blank, which has no #updated.
-        first_refresh = '(document.getElementById("updated") || {textContent: ""}).textContent.indexOf("updated") === 0'
-        self.browser.wait_for(session, first_refresh, "the page's first refresh")
+        self.addCleanup(self.browser.close_tab, session)
+        self.browser.wait_for(session, FIRST_REFRESH_JS, "the page's first refresh")
         return session
 
     def row_button(self, session, job_id, label):
