@@ -495,6 +495,12 @@ class Store:
             _UPKEEP.wait(timeout)
         _UPKEEP.clear()
 
+    @staticmethod
+    def wake_upkeep():
+        """End an `await_upkeep` of this process now (a worker that is stopping: its housekeeping
+        thread then sees that at once, rather than a WAL tick later)."""
+        _UPKEEP.set()
+
     def housekeep(self):
         """Keep the WAL small, off the job path; cheap enough to call several times a second
         (a stat and a PRAGMA data_version when there is nothing to do).

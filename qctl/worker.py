@@ -144,6 +144,7 @@ class Worker:
         finally:
             # Whatever ended the pool, the housekeeping threads go with it, and so does our row.
             self._done.set()
+            self._house_store.wake_upkeep()  # not a WAL tick later: every stop and burst waited for it
             for thread in threads:
                 thread.join()
             try:
