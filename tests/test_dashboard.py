@@ -44,7 +44,7 @@ class DashboardCase(HomeTestCase):
 
     def serve(self, **kwargs):
         server = dashboard.make_server(self.db_path, host="127.0.0.1", port=0, **kwargs)
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
         thread.start()
         self.addCleanup(server.server_close)
         self.addCleanup(thread.join, DEADLINE_S)
