@@ -19,6 +19,11 @@ import time
 import unittest
 from urllib.parse import quote
 
+try:
+    import fcntl  # DevTools, POSIX only
+except ImportError:
+    fcntl = None
+
 from qctl import dashboard
 from qctl import jobs
 from qctl.db import RecentRun
@@ -709,6 +714,10 @@ def rows(tbody):
     return re.findall(r"<tr[^>]*>(.*?)</tr>", tbody, re.S)
 
 
+TO_FDS_3_AND_4 = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); "
+                  "os.close(int(sys.argv[1])); os.close(int(sys.argv[2])); os.execv(sys.argv[3], sys.argv[3:])")
+
+
 class DevTools:
     """Headless chromium driven through its DevTools protocol on --remote-debugging-pipe: JSON
     messages ended by a NUL byte, read from its fd 3 and written to its fd 4. No websocket,
@@ -717,13 +726,17 @@ class DevTools:
     def __init__(self, profile):
         to_browser, self._write = os.pipe()
         self._read, from_browser = os.pipe()
-        # The shell puts our pipe ends on fds 3 and 4, where chromium looks for them.
-        shell = 'exec "$0" "$@" 3<&%d 4>&%d' % (to_browser, from_browser)
-        self.proc = subprocess.Popen(["/bin/sh", "-c", shell] + browser_argv(profile) + ["--remote-debugging-pipe"],
-                                     pass_fds=(to_browser, from_browser), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        os.close(to_browser)
-        os.close(from_browser)
+        # Chromium looks for the pipe on its fds 3 and 4: a small Python puts our ends there and execs
+        # it. (Not /bin/sh: dash takes only one-digit fds, and a process with many files open gets
+        # bigger ones.) The ends are moved to 10 and up first, so that neither is itself 3 or 4.
+        ends = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_browser, from_browser)]
+        for fd in (to_browser, from_browser):
+            os.close(fd)
+        self.proc = subprocess.Popen([sys.executable, "-c", TO_FDS_3_AND_4] + [str(fd) for fd in ends]
+                                     + browser_argv(profile) + ["--remote-debugging-pipe"],
+                                     pass_fds=ends, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for fd in ends:
+            os.close(fd)
         self._buffer = b""
         self._next_id = 0
         self._targets = {}  # session: its tab's target id
@@ -847,16 +860,35 @@ class BrowserTest(DashboardCase):
         """The page at `path` as its first refresh drew it: the DOM serialized as --dump-dom does,
         read from a tab of the module's one browser once the page says "updated" (every answer of
         that refresh has been rendered by then: the page writes it last)."""
+        return self.dump_doms([path], server=server)[0]
+
+    def dump_doms(self, paths, server=None):
+        """`dump_dom` of each of `paths`, their tabs open at once (each page loads meanwhile)."""
         server = server or self.server
+        if os.name != "posix":  # no DevTools pipe here: one chromium --dump-dom a page, as before
+            return [self.dump_dom_alone(path, server) for path in paths]
         browser = shared_browser()
-        session = browser.open("http://127.0.0.1:%d%s" % (server.port, path))
+        sessions, doms = [], []
         try:
-            browser.wait_for(session, FIRST_REFRESH_JS, "the page's first refresh of %s" % path)
-            dom = browser.evaluate(session, "document.documentElement.outerHTML")
+            for path in paths:
+                sessions.append(browser.open("http://127.0.0.1:%d%s" % (server.port, path)))
+            for path, session in zip(paths, sessions):
+                browser.wait_for(session, FIRST_REFRESH_JS, "the page's first refresh of %s" % path)
+                doms.append(browser.evaluate(session, "document.documentElement.outerHTML"))
         finally:
-            browser.close_tab(session)
-        self.assertIn("updated ", dom)  # the script ran and the API answered
-        return dom
+            for session in sessions:
+                browser.close_tab(session)
+        for dom in doms:
+            self.assertIn("updated ", dom)  # the script ran and the API answered
+        return doms
+
+    def dump_dom_alone(self, path, server):
+        profile = tempfile.mkdtemp(prefix="qctl-chrome-", dir=self.tmp)
+        argv = browser_argv(profile) + ["--virtual-time-budget=5000", "--dump-dom",
+                                        "http://127.0.0.1:%d%s" % (server.port, path)]
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=120)
+        self.assertEqual(proc.returncode, 0)
+        return proc.stdout
 
     def some_of_everything(self):
         """Jobs in queues and with tags, in every state but processing, and runs to chart."""
@@ -906,17 +938,20 @@ class BrowserTest(DashboardCase):
 
     def test_filters_come_from_the_address(self):
         self.some_of_everything()
-        for path, shown in (("/#queue=mail", ["waiting"]), ("/#tag=nightly", ["done"]),
-                            ("/#state=cancelled", ["stopped"]), ("/#queue=reports&tag=news", []),
-                            ("/#state=dead&job=done", ["doomed"])):
+        cases = (("/#queue=mail", ["waiting"]), ("/#tag=nightly", ["done"]),
+                 ("/#state=cancelled", ["stopped"]), ("/#queue=reports&tag=news", []),
+                 ("/#state=dead&job=done", ["doomed"]))
+        refused = "/#queue=no%20such%20name"
+        doms = self.dump_doms([path for path, _ in cases] + [refused])  # all six pages load at once
+        for (path, shown), dom in zip(cases, doms):
             with self.subTest(path=path):
-                dom = self.dump_dom(path)
                 ids = re.findall(r'<td class="id"><button[^>]*>([^<]*)<', element(dom, "tbody", "jobs"))
                 self.assertEqual(ids, shown)
+        dom = doms[len(cases) - 1]  # /#state=dead&job=done
         self.assertRegex(dom, r'<section class="panel detail" id="detail">')  # #job= opens the job too
         self.assertIn('<code id="detail-id">done</code>', dom)
         # A filter the server refuses empties the list and says why; the rest of the page lives on.
-        dom = self.dump_dom("/#queue=no%20such%20name")
+        dom = doms[-1]
         self.assertEqual(rows(element(dom, "tbody", "jobs")), [])
         self.assertIn("filter: queue must be", element(dom, "div", "problem"))
         self.assertIn('id="count-cancelled">1<', dom)
@@ -967,9 +1002,9 @@ class BrowserTest(DashboardCase):
     def test_page_opens_jobs_whose_ids_are_dot_segments(self):
         for job_id in ("..", "."):
             self.dead_job(job_id)
-        for job_id in ("..", "."):
+        ids = ("..", ".")
+        for job_id, dom in zip(ids, self.dump_doms(["/#job=" + quote(job_id, safe="") for job_id in ids])):
             with self.subTest(id=job_id):
-                dom = self.dump_dom("/#job=" + quote(job_id, safe=""))
                 self.assertIn('<code id="detail-id">%s</code>' % job_id, dom)
                 self.assertRegex(dom, r'<section class="panel detail" id="detail">')  # shown, not hidden
 
