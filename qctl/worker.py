@@ -160,6 +160,7 @@ class Worker:
             # the hooks still waiting run first, while we still heartbeat (we are still running).
             self._finish_hooks()
             self._done.set()
+            self._house_store.wake_upkeep()  # not a WAL tick later: every stop and burst waited for it
             for thread in threads:
                 thread.join()
             try:

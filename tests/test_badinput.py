@@ -420,7 +420,7 @@ class DashboardBadInputTest(HomeTestCase):
         self.ok("enqueue", J({"id": "p1", "command": "true"}))
         before = dump(self.db_path)
         server = dashboard.make_server(self.db_path, host="127.0.0.1", port=0)
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
         thread.start()
         self.addCleanup(thread.join, 30)
         self.addCleanup(server.server_close)

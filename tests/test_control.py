@@ -233,7 +233,8 @@ class CancelWorkerTest(ControlCase):
 class QueueWorkerTest(ControlCase):
     def test_concurrency_is_global_across_worker_processes(self):
         log = os.path.join(self.tmp, "log")
-        cmd = "echo start $(date +%%s.%%N) >> %s; sleep 0.3; echo end $(date +%%s.%%N) >> %s" % (log, log)
+        # Each run lasts long enough (0.15 s, many claim polls) for a second claim to overlap it, were one allowed.
+        cmd = "echo start $(date +%%s.%%N) >> %s; sleep 0.15; echo end $(date +%%s.%%N) >> %s" % (log, log)
         self.ok("queue", "set", "gpu", "--concurrency", "1")
         self.s.enqueue([new_job("g%d" % i, command=cmd, queue="gpu", priority=5) for i in range(4)] +
                        [new_job("d%d" % i, command="true") for i in range(4)], time.time())
@@ -249,7 +250,7 @@ class QueueWorkerTest(ControlCase):
 
     def test_drain_waits_for_retries_then_exits_and_serves_only_its_queues(self):
         marker = os.path.join(self.tmp, "ran-once")
-        self.ok("config", "set", "backoff-base", "1")
+        self.ok("config", "set", "backoff-max", "0.3")  # a retry not yet due when the first run fails
         self.ok("enqueue", "--id", "flaky", "--queue", "q", "--max-retries", "1",
                 "--command", "test -e %s || { touch %s; exit 1; }" % (marker, marker))
         self.ok("enqueue", "--id", "other", "--command", "true")

@@ -19,6 +19,11 @@ import time
 import unittest
 from urllib.parse import quote
 
+try:
+    import fcntl  # DevTools, POSIX only
+except ImportError:
+    fcntl = None
+
 from qctl import dashboard
 from qctl import jobs
 from qctl.db import RecentRun
@@ -44,7 +49,7 @@ class DashboardCase(HomeTestCase):
 
     def serve(self, **kwargs):
         server = dashboard.make_server(self.db_path, host="127.0.0.1", port=0, **kwargs)
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
         thread.start()
         self.addCleanup(server.server_close)
         self.addCleanup(thread.join, DEADLINE_S)
@@ -709,24 +714,32 @@ def rows(tbody):
     return re.findall(r"<tr[^>]*>(.*?)</tr>", tbody, re.S)
 
 
+TO_FDS_3_AND_4 = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); "
+                  "os.close(int(sys.argv[1])); os.close(int(sys.argv[2])); os.execv(sys.argv[3], sys.argv[3:])")
+
+
 class DevTools:
     """Headless chromium driven through its DevTools protocol on --remote-debugging-pipe: JSON
     messages ended by a NUL byte, read from its fd 3 and written to its fd 4. No websocket,
     so nothing beyond the standard library. Dialogs (confirm) are accepted and kept in `dialogs`."""
 
-    def __init__(self, test, profile):
+    def __init__(self, profile):
         to_browser, self._write = os.pipe()
         self._read, from_browser = os.pipe()
-        # The shell puts our pipe ends on fds 3 and 4, where chromium looks for them.
-        shell = 'exec "$0" "$@" 3<&%d 4>&%d' % (to_browser, from_browser)
-        self.proc = subprocess.Popen(["/bin/sh", "-c", shell] + browser_argv(profile) + ["--remote-debugging-pipe"],
-                                     pass_fds=(to_browser, from_browser), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        os.close(to_browser)
-        os.close(from_browser)
-        test.addCleanup(self.close)
+        # Chromium looks for the pipe on its fds 3 and 4: a small Python puts our ends there and execs
+        # it. (Not /bin/sh: dash takes only one-digit fds, and a process with many files open gets
+        # bigger ones.) The ends are moved to 10 and up first, so that neither is itself 3 or 4.
+        ends = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_browser, from_browser)]
+        for fd in (to_browser, from_browser):
+            os.close(fd)
+        self.proc = subprocess.Popen([sys.executable, "-c", TO_FDS_3_AND_4] + [str(fd) for fd in ends]
+                                     + browser_argv(profile) + ["--remote-debugging-pipe"],
+                                     pass_fds=ends, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for fd in ends:
+            os.close(fd)
         self._buffer = b""
         self._next_id = 0
+        self._targets = {}  # session: its tab's target id
         self.dialogs = []
 
     def close(self):
@@ -779,7 +792,14 @@ class DevTools:
         session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         self.call("Page.enable", {}, session)
         self.call("Page.navigate", {"url": url}, session)
+        self._targets[session] = target
         return session
+
+    def close_tab(self, session):
+        """Close the tab `open` gave `session` for (its page stops polling its server)."""
+        target = self._targets.pop(session, None)
+        if target is not None and self.proc.poll() is None:
+            self.call("Target.closeTarget", {"targetId": target})
 
     def evaluate(self, session, expression):
         """The value of a JS expression in the page (promises awaited)."""
@@ -791,6 +811,36 @@ class DevTools:
 
     def wait_for(self, session, expression, message):
         return wait_until(lambda: self.evaluate(session, expression), message=message)
+
+
+# Until the navigation is done, this may run in about:blank, which has no #updated.
+FIRST_REFRESH_JS = '(document.getElementById("updated") || {textContent: ""}).textContent.indexOf("updated") === 0'
+
+# One headless chromium for the whole module, launched when a test first needs it (a launch takes
+# most of a second on a busy machine): each test opens its own tabs, on its own server, and closes
+# them. Launched again should it have died.
+_BROWSER = {}
+
+
+def shared_browser():
+    browser = _BROWSER.get("browser")
+    if browser is not None and browser.proc.poll() is None:
+        return browser
+    if browser is not None:
+        browser.close()
+    if "profile" not in _BROWSER:
+        _BROWSER["profile"] = tempfile.TemporaryDirectory(prefix="qctl-chrome-")
+    browser = _BROWSER["browser"] = DevTools(tempfile.mkdtemp(dir=_BROWSER["profile"].name))
+    return browser
+
+
+def tearDownModule():
+    browser = _BROWSER.pop("browser", None)
+    if browser is not None:
+        browser.close()
+    profile = _BROWSER.pop("profile", None)
+    if profile is not None:
+        profile.cleanup()
 
 
 # In the page: the button labelled LABEL in the row of the jobs list whose id is ID, or null.
@@ -807,13 +857,37 @@ ROW_BUTTON_JS = """(function (id, label) {
 @unittest.skipUnless(find_browser(), "no chromium / google-chrome on PATH")
 class BrowserTest(DashboardCase):
     def dump_dom(self, path, server=None):
+        """The page at `path` as its first refresh drew it: the DOM serialized as --dump-dom does,
+        read from a tab of the module's one browser once the page says "updated" (every answer of
+        that refresh has been rendered by then: the page writes it last)."""
+        return self.dump_doms([path], server=server)[0]
+
+    def dump_doms(self, paths, server=None):
+        """`dump_dom` of each of `paths`, their tabs open at once (each page loads meanwhile)."""
         server = server or self.server
+        if os.name != "posix":  # no DevTools pipe here: one chromium --dump-dom a page, as before
+            return [self.dump_dom_alone(path, server) for path in paths]
+        browser = shared_browser()
+        sessions, doms = [], []
+        try:
+            for path in paths:
+                sessions.append(browser.open("http://127.0.0.1:%d%s" % (server.port, path)))
+            for path, session in zip(paths, sessions):
+                browser.wait_for(session, FIRST_REFRESH_JS, "the page's first refresh of %s" % path)
+                doms.append(browser.evaluate(session, "document.documentElement.outerHTML"))
+        finally:
+            for session in sessions:
+                browser.close_tab(session)
+        for dom in doms:
+            self.assertIn("updated ", dom)  # the script ran and the API answered
+        return doms
+
+    def dump_dom_alone(self, path, server):
         profile = tempfile.mkdtemp(prefix="qctl-chrome-", dir=self.tmp)
         argv = browser_argv(profile) + ["--virtual-time-budget=5000", "--dump-dom",
                                         "http://127.0.0.1:%d%s" % (server.port, path)]
         proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=120)
         self.assertEqual(proc.returncode, 0)
-        self.assertIn("updated ", proc.stdout)  # the script ran and the API answered
         return proc.stdout
 
     def some_of_everything(self):
@@ -864,17 +938,20 @@ class BrowserTest(DashboardCase):
 
     def test_filters_come_from_the_address(self):
         self.some_of_everything()
-        for path, shown in (("/#queue=mail", ["waiting"]), ("/#tag=nightly", ["done"]),
-                            ("/#state=cancelled", ["stopped"]), ("/#queue=reports&tag=news", []),
-                            ("/#state=dead&job=done", ["doomed"])):
+        cases = (("/#queue=mail", ["waiting"]), ("/#tag=nightly", ["done"]),
+                 ("/#state=cancelled", ["stopped"]), ("/#queue=reports&tag=news", []),
+                 ("/#state=dead&job=done", ["doomed"]))
+        refused = "/#queue=no%20such%20name"
+        doms = self.dump_doms([path for path, _ in cases] + [refused])  # all six pages load at once
+        for (path, shown), dom in zip(cases, doms):
             with self.subTest(path=path):
-                dom = self.dump_dom(path)
                 ids = re.findall(r'<td class="id"><button[^>]*>([^<]*)<', element(dom, "tbody", "jobs"))
                 self.assertEqual(ids, shown)
+        dom = doms[len(cases) - 1]  # /#state=dead&job=done
         self.assertRegex(dom, r'<section class="panel detail" id="detail">')  # #job= opens the job too
         self.assertIn('<code id="detail-id">done</code>', dom)
         # A filter the server refuses empties the list and says why; the rest of the page lives on.
-        dom = self.dump_dom("/#queue=no%20such%20name")
+        dom = doms[-1]
         self.assertEqual(rows(element(dom, "tbody", "jobs")), [])
         self.assertIn("filter: queue must be", element(dom, "div", "problem"))
         self.assertIn('id="count-cancelled">1<', dom)
@@ -925,9 +1002,9 @@ class BrowserTest(DashboardCase):
     def test_page_opens_jobs_whose_ids_are_dot_segments(self):
         for job_id in ("..", "."):
             self.dead_job(job_id)
-        for job_id in ("..", "."):
+        ids = ("..", ".")
+        for job_id, dom in zip(ids, self.dump_doms(["/#job=" + quote(job_id, safe="") for job_id in ids])):
             with self.subTest(id=job_id):
-                dom = self.dump_dom("/#job=" + quote(job_id, safe=""))
                 self.assertIn('<code id="detail-id">%s</code>' % job_id, dom)
                 self.assertRegex(dom, r'<section class="panel detail" id="detail">')  # shown, not hidden
 
@@ -938,13 +1015,13 @@ class BrowserClickTest(DashboardCase):
 
     def setUp(self):
         super().setUp()
-        self.browser = DevTools(self, tempfile.mkdtemp(prefix="qctl-chrome-", dir=self.tmp))
+        self.browser = shared_browser()
+        self.browser.dialogs = []
 
     def page(self, path="/"):
         session = self.browser.open("http://127.0.0.1:%d%s" % (self.server.port, path))
-        # Until the navigation is done, this may run in about:blank, which has no #updated.
-        first_refresh = '(document.getElementById("updated") || {textContent: ""}).textContent.indexOf("updated") === 0'
-        self.browser.wait_for(session, first_refresh, "the page's first refresh")
+        self.addCleanup(self.browser.close_tab, session)
+        self.browser.wait_for(session, FIRST_REFRESH_JS, "the page's first refresh")
         return session
 
     def row_button(self, session, job_id, label):

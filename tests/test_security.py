@@ -309,7 +309,7 @@ class SecretTest(HomeTestCase):
     def dashboard_pages(self, *paths):
         from qctl import dashboard
         server = dashboard.make_server(self.db_path, host="127.0.0.1", port=0)
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
         thread.start()
         bodies = []
         try:

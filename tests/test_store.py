@@ -461,6 +461,22 @@ class UserActionTest(StoreTestCase):
             self.assertEqual(other.config(), dict(qconfig.defaults(), **{"backoff-max": 60.0, "worker-count": 4}))
 
 
+class WakeUpTest(StoreTestCase):
+    def test_a_due_job_passed_over_does_not_hide_a_later_one_falling_due(self):
+        # A worker of queue "q" passes over another queue's due job: the retry of its own that falls
+        # due later must still wake it then, not at its next safety wake-up (SAFETY_WAKE_S).
+        self.add("elsewhere", queue="other")            # due at T
+        self.add("later", queue="q", delay=5)           # due at T + 5
+        watch = self.store()
+        self.assertTrue(watch.poll_for_work(T), "the first look")
+        self.assertTrue(watch.poll_for_work(T + 0.1), "elsewhere is due")
+        self.assertFalse(watch.poll_for_work(T + 1))
+        self.assertTrue(watch.poll_for_work(T + 5), "later is due")
+        self.assertFalse(watch.poll_for_work(T + 6))
+        self.add("new", queue="q", delay=1, at=T + 6)  # another connection's commit: look again
+        self.assertTrue(watch.poll_for_work(T + 6))
+
+
 class ClaimPlanTest(StoreTestCase):
     def test_claim_reads_the_ready_index_without_sorting(self):
         for i in range(50):

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -10,7 +11,8 @@ import time
 import tracemalloc
 import unittest
 
-from tests.base import HomeTestCase, wait_until
+import qctl.db
+from tests.base import SCRIPT, HomeTestCase, Result, wait_until
 from qctl import home as qhome
 from qctl.db import Store
 from qctl import runner
@@ -155,7 +157,7 @@ class JobLifecycleTest(WorkerTestCase):
         self.assertEqual(self.ok("logs", job_id).stdout, "job %s has not run yet\n" % job_id)
         missing = self.cli("logs", job_id, "--run", "1")
         self.assertEqual((missing.code, missing.stderr.count("\n")), (1, 1), missing)
-        self.ok("config", "set", "backoff-base", "1")
+        self.ok("config", "set", "backoff-max", "0.05")  # the retry at once: its delay is not under test
         self.background_worker(threads=1)
         wait_until(lambda: self.state(job_id) == "dead", message="both runs")
         first, second = (self.ok("logs", job_id, "--run", n).stdout for n in (1, 2))
@@ -251,11 +253,21 @@ class WorkerProcessTest(WorkerTestCase):
     """Real worker processes: stop, signals, crashes, several processes at once."""
 
     def test_graceful_stop_finishes_the_running_job(self):
-        done = os.path.join(self.tmp, "done")
-        job_id = self.enqueue("sleep 1; echo yes > %s" % done)
+        done, go = os.path.join(self.tmp, "done"), os.path.join(self.tmp, "go")
+        # The job runs until the test lets it go (at most 60 s), once the worker has seen the stop.
+        job_id = self.enqueue("i=0; while [ ! -e %s ] && [ $i -lt 6000 ]; do sleep 0.01; i=$((i+1)); done; "
+                              "echo yes > %s" % (go, done))
         proc = self.spawn_worker()
         wait_until(lambda: self.state(job_id) == "processing", message="the job to start")
-        stop = self.run_cli("worker", "stop", "--wait", "--timeout", "60")
+        stopping = subprocess.Popen([sys.executable, SCRIPT, "worker", "stop", "--wait", "--timeout", "60"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    env=dict(os.environ, QUEUECTL_HOME=self.home))
+        self.addCleanup(lambda: stopping.poll() is None and stopping.kill())
+        wait_until(lambda: "stopping: stop requested" in self.log_text(proc), message="the worker to see the stop")
+        self.assertEqual(self.state(job_id), "processing", "the stop cut the running job short")
+        open(go, "w").close()
+        out, err = stopping.communicate(timeout=60)
+        stop = Result(stopping.returncode, out, err)
         self.assertEqual(stop.code, 0, stop)
         self.assertEqual(proc.wait(30), 0)
         self.assertEqual(self.state(job_id), "completed")
@@ -286,7 +298,7 @@ class WorkerProcessTest(WorkerTestCase):
         first.wait()
         orphan = int(wait_until(lambda: read(marker).strip(), message="the first run's pid"))
         self.addCleanup(lambda: os.path.exists("/proc/%d" % orphan) and os.killpg(orphan, signal.SIGKILL))
-        self.ok("config", "set", "backoff-base", "1")
+        self.ok("config", "set", "backoff-max", "0.05")  # the rerun at once: its delay is not under test
         self.spawn_worker()  # same host: notices the dead pid without waiting for the lease
         wait_until(lambda: self.state(job_id) == "completed", message="the job to be recovered and rerun")
         job = self.show(job_id)
@@ -297,12 +309,19 @@ class WorkerProcessTest(WorkerTestCase):
     @posix_only
     def test_sigstopped_worker_changes_nothing_after_its_job_was_recovered(self):
         self.ok("config", "set", "lease-seconds", "1")
-        self.ok("config", "set", "backoff-base", "1")
-        job_id = self.enqueue("sleep 1; echo ran >> %s" % os.path.join(self.tmp, "ran"))
+        self.ok("config", "set", "backoff-max", "0.05")  # the rerun at once: its delay is not under test
+        # The first run lasts a second (the worker is frozen before it ends); the rescuer's rerun is quick.
+        job_id = self.enqueue("if [ -e {m} ]; then echo rerun >> {r}; else touch {m}; sleep 1; echo ran >> {r}; fi"
+                              .format(m=os.path.join(self.tmp, "first"), r=os.path.join(self.tmp, "ran")))
         paused = self.spawn_worker()
         wait_until(lambda: self.state(job_id) == "processing", message="the first worker to claim")
         os.kill(paused.pid, signal.SIGSTOP)
         self.addCleanup(lambda: paused.poll() is None and os.kill(paused.pid, signal.SIGCONT))
+        # The rescuer runs here, in this process: without the second of grace a pulse file's mtime gets
+        # for coarse file systems (PULSE_GRACE_S, for HFS+; not what this test is about), it takes the
+        # frozen worker's job a second sooner. The lease and the still pulse still decide.
+        self.addCleanup(setattr, qctl.db, "PULSE_GRACE_S", qctl.db.PULSE_GRACE_S)
+        qctl.db.PULSE_GRACE_S = 0.0
         rescuer = self.background_worker(threads=1)
         wait_until(lambda: self.state(job_id) == "completed", message="another worker to recover and finish it")
         before = self.show(job_id)
