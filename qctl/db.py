@@ -487,6 +487,10 @@ class Store:
             _UPKEEP.wait(timeout)
         _UPKEEP.clear()
 
+    def wake_upkeep(self):
+        """Make an `await_upkeep` return now: a worker that is stopping need not wait out its tick."""
+        _UPKEEP.set()
+
     def housekeep(self):
         """Keep the WAL small, off the job path; cheap enough to call several times a second
         (a stat and a PRAGMA data_version when there is nothing to do).

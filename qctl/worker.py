@@ -144,6 +144,7 @@ class Worker:
         finally:
             # Whatever ended the pool, the housekeeping threads go with it, and so does our row.
             self._done.set()
+            self._house_store.wake_upkeep()  # at once, not after the rest of its WAL_TICK_S: a burst ends sooner
             for thread in threads:
                 thread.join()
             try:
