@@ -348,6 +348,7 @@ def run_command(command, *, cwd=None, env=None, timeout=None, output_limit=65536
     command's environment.
     """
     tag = tag or os.urandom(8).hex()
+    born = proctree.born_ticks() if proctree.SUPPORTED else None
     try:
         proc = subprocess.Popen(command, shell=True, cwd=cwd, env=child_env(env, tag), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen_options())
@@ -356,7 +357,7 @@ def run_command(command, *, cwd=None, env=None, timeout=None, output_limit=65536
             return Result(None, "cannot start: working directory %s does not exist" % cwd)
         return Result(None, "cannot start: %s" % (exc.strerror or exc))
     deadline = None if not timeout else time.monotonic() + timeout
-    proc.tree = proctree.Tree(proc.pid, tag) if proctree.SUPPORTED else None
+    proc.tree = proctree.Tree(proc.pid, tag, born=(born, proctree.born_ticks())) if proctree.SUPPORTED else None
     secrets = secrets_of(env)
     if secrets:
         out, err = RedactedTail(output_limit, secrets), RedactedTail(output_limit, secrets)
