@@ -79,6 +79,7 @@ PREDICT_CHECKS = 8            # start times taken from the clock are read from /
 _subreaper = False
 _reap_lock = threading.Lock()
 _checks_left = PREDICT_CHECKS  # None once a predicted start time was wrong: read them all from then on
+_checks_lock = threading.Lock()
 
 
 class _Stat(NamedTuple):
@@ -258,13 +259,14 @@ def _start_of(pid, born):
     answers are checked against /proc, and one wrong answer ends predicting for good.
     """
     global _checks_left
-    predicted = born is not None and born[0] is not None and born[0] == born[1] and _checks_left is not None
-    if predicted and _checks_left <= 0:
+    checks_left = _checks_left  # once: another thread may set it to None meanwhile
+    predicted = born is not None and born[0] is not None and born[0] == born[1] and checks_left is not None
+    if predicted and checks_left <= 0:
         return born[0]
     info = _stat(pid)
     start = info.start if info else 0
     if predicted and info is not None:
-        with _reap_lock:
+        with _checks_lock:
             if _checks_left is not None:
                 _checks_left = _checks_left - 1 if start == born[0] else None
     return start
