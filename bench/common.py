@@ -40,6 +40,7 @@ def options(description, *, runs, quick_runs=1, extra=None):
     if extra is not None:
         extra(parser)
     args = parser.parse_args()
+    args.runs_given = args.runs is not None
     if args.runs is None:
         args.runs = quick_runs if args.quick else runs
     return args
@@ -109,18 +110,18 @@ def machine():
 
 # ---------------------------------------------------------------- the job path without processes
 
-def fresh_db(tmp, count):
-    """A new database in `tmp` holding `count` pending `true` jobs; returns its path."""
+def fresh_db(tmp, count, command="true"):
+    """A new database in `tmp` holding `count` pending jobs of `command`; returns its path."""
     path = qhome.ensure(home_in(tmp))
-    enqueue_true(path, count)
+    enqueue_true(path, count, command)
     return path
 
 
-def enqueue_true(path, count):
+def enqueue_true(path, count, command="true"):
     now = time.time()
     with Store(path) as store:
         for first in range(0, count, ENQUEUE_BATCH):
-            store.enqueue([jobs.validate_job({"command": "true"}, now=now, default_max_retries=0)
+            store.enqueue([jobs.validate_job({"command": command}, now=now, default_max_retries=0)
                            for _ in range(min(ENQUEUE_BATCH, count - first))], now)
 
 

@@ -11,7 +11,13 @@ takes per job is printed too (user + system, the commands' own included, from
 getrusage): on saturated cores the drain ratio cannot beat the inverse ratio
 of CPU per job, whatever the load.
 
+With --target it prints the two figures the drain target is stated in, each
+the median of 5 interleaved runs (min-max beside it), worker start-up
+included: 2 threads on 3,000 `true` jobs against the bare loop, and 8 threads
+on 3,000 `sleep 0.05` jobs against the ideal N x 0.05 / 8 seconds.
+
     python -m bench.drain [--quick] [--runs N] [--jobs N] [--threads 2 8]
+    python -m bench.drain --target [--runs 5] [--jobs 3000]
 """
 
 import resource
@@ -44,10 +50,10 @@ def bare_loop(count, threads, command="true"):
     return took, cpu_s(resource.RUSAGE_SELF) + cpu_s(resource.RUSAGE_CHILDREN) - cpu_before
 
 
-def queuectl_drain(count, threads):
-    """(seconds, CPU seconds) for `worker start --count threads --burst` to drain `count` true jobs."""
+def queuectl_drain(count, threads, command="true"):
+    """(seconds, CPU seconds) for `worker start --count threads --burst` to drain `count` jobs of `command`."""
     with temp_home() as tmp:
-        path = fresh_db(tmp, count)
+        path = fresh_db(tmp, count, command)
         cpu_before = cpu_s(resource.RUSAGE_CHILDREN)
         took, _ = run_cli(home_in(tmp), "worker", "start", "--count", str(threads), "--burst")
         with Store(path) as store:
@@ -57,11 +63,50 @@ def queuectl_drain(count, threads):
         return took, cpu_s(resource.RUSAGE_CHILDREN) - cpu_before
 
 
+SLEEP_S = 0.05  # --target: each job of the 8-thread figure sleeps this long
+
+
+def target(args):
+    """The two target figures (see the module docstring): each run's ratio, then the median."""
+    count = args.jobs or (300 if args.quick else 3000)
+    runs = args.runs if args.runs_given else 5
+    true_ratios, true_cpu, sleep_ratios = [], [], []
+    ideal = count * SLEEP_S / 8
+    for run in range(runs):
+        # Interleaved: each run's queuectl figure is set against a bare loop taken right beside it.
+        order = (True, False) if run % 2 == 0 else (False, True)
+        for bare_first in order:
+            if bare_first:
+                bare_s, bare_cpu = bare_loop(count, 2)
+            else:
+                ours_s, ours_cpu = queuectl_drain(count, 2)
+        true_ratios.append(bare_s / ours_s)
+        true_cpu.append((bare_cpu / count * 1e6, ours_cpu / count * 1e6))
+        sleep_s, _ = queuectl_drain(count, 8, "sleep %s" % SLEEP_S)
+        sleep_ratios.append(ideal / sleep_s)
+        print("  run %d: 2 threads true: bare %.2fs, queuectl %.2fs (%.2fx; CPU/job %.0f vs %.0f us); "
+              "8 threads sleep: %.2fs against %.2fs (%.2fx)"
+              % (run + 1, bare_s, ours_s, true_ratios[-1], true_cpu[-1][0], true_cpu[-1][1], sleep_s, ideal,
+                 sleep_ratios[-1]), file=sys.stderr)
+    print(machine())
+    table("drain target, %d jobs, median of %d interleaved runs (min-max), worker start-up included" % (count, runs),
+          ["figure", "ratio", "min-max", "target"],
+          [["2 threads `true` / bare loop", "%.2f" % median(true_ratios),
+            "%.2f-%.2f" % (min(true_ratios), max(true_ratios)), ">= 0.95"],
+           ["8 threads `sleep %s` / ideal" % SLEEP_S, "%.2f" % median(sleep_ratios),
+            "%.2f-%.2f" % (min(sleep_ratios), max(sleep_ratios)), ">= 0.95"],
+           ["CPU us/job, bare / queuectl", "%.0f / %.0f" % (median(c[0] for c in true_cpu),
+                                                            median(c[1] for c in true_cpu)), "", ""]])
+
+
 def main():
     def extra(parser):
-        parser.add_argument("--jobs", type=int, help="jobs per run (default 5000, quick 300)")
+        parser.add_argument("--jobs", type=int, help="jobs per run (default 5000, quick 300; --target 3000)")
         parser.add_argument("--threads", type=int, nargs="+", default=[2, 8], help="thread counts (default 2 8)")
+        parser.add_argument("--target", action="store_true", help="print the two target figures (see above)")
     args = options(__doc__, runs=3, extra=extra)
+    if args.target:
+        return target(args)
     count = args.jobs or (300 if args.quick else 5000)
     rows = []
     for threads in args.threads:

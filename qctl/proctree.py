@@ -71,8 +71,15 @@ PR_SET_CHILD_SUBREAPER = 36   # <linux/prctl.h>
 # Kernels built without CONFIG_PROC_CHILDREN cannot list a process's children: read every process instead.
 _HAS_CHILDREN = SUPPORTED and os.path.exists("/proc/self/task/%d/children" % os.getpid())
 
+# Start times are in clock ticks since boot (CLOCK_BOOTTIME); see `born_ticks`.
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if SUPPORTED else 100
+_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
+PREDICT_CHECKS = 8            # start times taken from the clock are read from /proc too this many times first
+
 _subreaper = False
 _reap_lock = threading.Lock()
+_checks_left = PREDICT_CHECKS  # None once a predicted start time was wrong: read them all from then on
+_checks_lock = threading.Lock()
 
 
 class _Stat(NamedTuple):
@@ -105,13 +112,10 @@ class Tree:
     reap and whose orphans went elsewhere: look for the tag in every process.
     """
 
-    def __init__(self, pid, tag, *, start=None, lost=False):
+    def __init__(self, pid, tag, *, start=None, lost=False, born=None):
         self.pid = pid
         self.tag = tag
-        if start is None:
-            info = _stat(pid)
-            start = info.start if info else 0
-        self.start = start
+        self.start = _start_of(pid, born) if start is None else start
         self.lost = lost
         self._entry = b"\0%s=%s\0" % (TAG_VAR.encode(), tag.encode())
         self._seen = {}   # pid -> start time of the members running at the last look or kill
@@ -235,6 +239,37 @@ class Tree:
             seen = self._seen.get(pid)
         return self.pid in (info.sid, info.pgrp) or seen == info.start or (
             not info.dead and info.start >= self.start and _tagged(pid, self._entry))
+
+
+def born_ticks():
+    """Now, in the unit and clock of a process's start time: taken just before and just after
+    starting a process, they give its `Tree` the start time without reading /proc (`born`)."""
+    if _BOOTTIME is None:
+        return None
+    return time.clock_gettime_ns(_BOOTTIME) * _CLK_TCK // 1000000000
+
+
+def _start_of(pid, born):
+    """`pid`'s start time (0 if it is gone): from `born` (born_ticks() before and after it started)
+    when both fall in the same tick, else from /proc.
+
+    Reading /proc/PID/stat of a process that has just been started waits for its exec: ~120 us,
+    on every job. The kernel stamps a new process with CLOCK_BOOTTIME, and shows it in ticks,
+    rounded down: two readings in one tick around its start name that tick. The first few such
+    answers are checked against /proc, and one wrong answer ends predicting for good.
+    """
+    global _checks_left
+    checks_left = _checks_left  # once: another thread may set it to None meanwhile
+    predicted = born is not None and born[0] is not None and born[0] == born[1] and checks_left is not None
+    if predicted and checks_left <= 0:
+        return born[0]
+    info = _stat(pid)
+    start = info.start if info else 0
+    if predicted and info is not None:
+        with _checks_lock:
+            if _checks_left is not None:
+                _checks_left = _checks_left - 1 if start == born[0] else None
+    return start
 
 
 def kill_lost(pid, start, tag):

@@ -157,6 +157,47 @@ class RunCommandTreeTest(TreeCase):
         self.assertEqual(tree._scan(), {}, "a sleep forked between the TERM and the KILL is killed too")
 
 
+@linux_only
+class StartTimeTest(unittest.TestCase):
+    """A Tree's start time comes from the clock around the start (see proctree._start_of), never
+    other than what /proc says."""
+
+    def setUp(self):
+        saved = proctree._checks_left
+        self.addCleanup(setattr, proctree, "_checks_left", saved)
+
+    def start(self):
+        before = proctree.born_ticks()
+        proc = subprocess.Popen(["sleep", "30"])
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        return proc, (before, proctree.born_ticks())
+
+    def test_the_predicted_start_is_the_one_proc_shows(self):
+        proctree._checks_left = 0  # predict without checking
+        for _ in range(20):
+            proc, born = self.start()
+            tree = proctree.Tree(proc.pid, "a-tag", born=born)
+            self.assertEqual(tree.start, proctree._stat(proc.pid).start, born)
+
+    def test_a_wrong_prediction_ends_predicting(self):
+        proctree._checks_left = 2
+        proc, born = self.start()
+        wrong = (born[0] - 5, born[0] - 5)
+        self.assertEqual(proctree.Tree(proc.pid, "a-tag", born=wrong).start, proctree._stat(proc.pid).start)
+        self.assertIsNone(proctree._checks_left, "still predicting after a wrong answer")
+        self.assertEqual(proctree.Tree(proc.pid, "a-tag", born=wrong).start, proctree._stat(proc.pid).start)
+
+    def test_predictions_are_checked_before_they_are_trusted(self):
+        proctree._checks_left = 3
+        while proctree._checks_left:
+            proc, born = self.start()
+            if born[0] == born[1]:
+                proctree.Tree(proc.pid, "a-tag", born=born)
+        proc, _ = self.start()
+        self.assertEqual(proctree.Tree(proc.pid, "a-tag", born=(7, 7)).start, 7, "a checked clock is trusted")
+
+
 def ppid_of(pid):
     try:
         with open("/proc/%d/stat" % pid, "rb") as fh:
