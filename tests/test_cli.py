@@ -165,12 +165,12 @@ class EnqueueFileTest(CliTestCase):
 
     def test_file_json_output(self):
         path = self.write('{"id": "a", "command": "x"}\n{"id": "b", "command": "x"}\n')
-        self.assertEqual(self.json_of("enqueue", "--file", path), {"count": 2, "ids": ["a", "b"]})
+        self.assertEqual(self.json_of("enqueue", "--file", path), {"count": 2, "ids": ["a", "b"], "conflicts": []})
 
     def test_stdin(self):
         result = self.ok("enqueue", "--file", "-", "--json",
                          stdin='\ufeff{"id": "s1", "command": "x"}\n{"id": "s2", "command": "y"}')
-        self.assertEqual(json.loads(result.stdout), {"count": 2, "ids": ["s1", "s2"]})
+        self.assertEqual(json.loads(result.stdout), {"count": 2, "ids": ["s1", "s2"], "conflicts": []})
 
     def test_a_bad_line_stores_nothing_and_is_named(self):
         good = '{"id": "g%d", "command": "x"}\n'
