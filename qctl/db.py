@@ -2,7 +2,10 @@
 
 One SQLite file in WAL mode. Connections run with implicit transactions off and
 every write goes through `Store._write()`, which issues BEGIN IMMEDIATE, so
-writers queue on SQLite's lock (with a busy timeout) instead of failing.
+writers queue on SQLite's lock (with a busy timeout) instead of failing. A
+write that may make a job claimable now (enqueue, retry, edit, set_queue)
+pokes the home's idle workers once it has committed (`qctl/wake.py`): how
+workers are woken stays behind the verbs, as LISTEN/NOTIFY would.
 
 Times are epoch seconds (REAL); `now` is a parameter of every function that
 needs one, so tests can move time without sleeping.
@@ -21,7 +24,7 @@ The store's verbs, which a second backend would implement one for one:
   running_run, publish_output              what running commands have printed so far (for logs --follow)
   heartbeat, deregister, live_workers      worker registration and liveness
   recover                                  jobs of lost workers back to the queue
-  poll_for_work, housekeep                 an idle worker's wake-up check; WAL upkeep
+  poll_for_work, next_due, housekeep       an idle worker's wake-up check and how long it may sleep; WAL upkeep
   counts, list_jobs, get, job_runs, run_output, run_totals, runs_since, oldest_due_pending   queries
   live_output, kept_output                 a job with its running output; a run's tails with their totals
   wait_finished, wait_workers_gone         block until jobs finish / workers exit (polling)
@@ -43,6 +46,7 @@ from typing import NamedTuple, Optional
 
 from . import config as qconfig
 from . import home as qhome
+from . import wake
 from .errors import DatabaseDamaged, DuplicateJob, InvalidJob, InvalidState, JobNotFound, StoreError
 from .jobs import (COMPLETE, COMPLETED, FAIL, FAILED, FINISHED_STATES, PENDING, PROCESSING, RELEASE, STATES,
                    UNFINISHED_STATES, DEFAULT_LIST_LIMIT, DEFAULT_QUEUE, CANCEL, CANCELLED, CANCELLED_ERROR,
@@ -397,8 +401,14 @@ class Store:
             time.sleep(WAL_RETRY_S)
 
     @contextmanager
-    def _write(self):
-        """One BEGIN IMMEDIATE transaction: commit on success, roll back and re-raise on error."""
+    def _write(self, *, wakes_workers=False):
+        """One BEGIN IMMEDIATE transaction: commit on success, roll back and re-raise on error.
+
+        `wakes_workers`: the transaction may make a job claimable now, so once it has committed
+        the home's idle workers are poked (`wake.poke`): one poke per transaction, however many
+        jobs it wrote. The worker's own transactions never poke: what they make is either due
+        later (a retry's backoff, which its next-due look catches) or claimed in the same
+        transaction."""
         with _WRITE_LOCK:
             try:
                 self._unstick()
@@ -420,6 +430,8 @@ class Store:
                 if isinstance(exc, sqlite3.IntegrityError) or not isinstance(exc, sqlite3.Error):
                     raise
                 raise self._note(exc) from None
+        if wakes_workers:  # committed: outside the lock, which our other threads may be waiting for
+            wake.poke(os.path.dirname(self.path))
 
     def _read(self, sql, params=()):
         try:
@@ -448,6 +460,12 @@ class Store:
             self._next_due = None
             return True
         return False
+
+    def next_due(self):
+        """When the earliest waiting job falls due (epoch seconds), as of the last `poll_for_work`;
+        None when none waits or that time has been answered already. An idle worker sleeps no
+        longer than that."""
+        return self._next_due
 
     def _next_due_at(self):
         # The claim's index covers this query, where the planner's own choice (the state
@@ -544,7 +562,7 @@ class Store:
                          job.get("queue") or DEFAULT_QUEUE))
         tags = [(tag, row[0]) for job, row in zip(new_jobs, rows) for tag in job.get("tags") or ()]
         try:
-            with self._write() as con:
+            with self._write(wakes_workers=True) as con:
                 con.executemany(
                     "INSERT INTO jobs (id, command, state, max_retries, priority, run_at, next_run_at, "
                     "timeout, cwd, env, created_at, updated_at, queue) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -1032,7 +1050,7 @@ class Store:
         cleared (the runs keep them; run numbers go on). `ids`, or with no ids every job in
         `only` matching the filters; one transaction: an unknown or unfinished id raises and
         retries nothing. Returns the ids retried."""
-        with self._write() as con:
+        with self._write(wakes_workers=True) as con:
             rows = self._pick(con, ids, only, "retried", state=state, queue=queue, tag=tag)
             # A silent success has no runs row (the job row carries it): write it before the job
             # row forgets it, so the history survives the retry.
@@ -1069,7 +1087,7 @@ class Store:
         """Change fields of a pending or failed job; the whole job is validated again, as
         `enqueue` would. Any other state raises InvalidState and changes nothing. `changes`:
         raw job fields (as in the JSON), e.g. {"priority": 5, "delay": "10m"}."""
-        with self._write() as con:
+        with self._write(wakes_workers=True) as con:
             rows = con.execute("SELECT " + JOB_COLUMNS + " FROM jobs WHERE id = ?", (job_id,)).fetchall()
             if not rows:
                 raise JobNotFound(job_id)
@@ -1189,7 +1207,7 @@ class Store:
 
     def set_queue(self, name, *, paused=None, concurrency=None):
         """Pause or resume queue `name`, or set its concurrency (0: no limit)."""
-        with self._write() as con:
+        with self._write(wakes_workers=True) as con:
             con.execute("INSERT OR IGNORE INTO queues (name) VALUES (?)", (name,))
             if paused is not None:
                 con.execute("UPDATE queues SET paused = ? WHERE name = ?", (int(paused), name))
