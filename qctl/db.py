@@ -445,17 +445,18 @@ class Store:
     # ------------------------------------------------------------ an idle worker's upkeep
 
     def poll_for_work(self, now):
-        """Whether a job may have become claimable since the last call: another
-        connection committed, or a waiting job (delay, retry backoff) fell due.
+        """Whether a job may have become claimable since the last call: a waiting
+        job (new, retried, delayed, backing off) is due now, after another
+        connection committed or because its time came. A commit that left
+        nothing due (a job claimed, one delayed) answers False.
 
-        Cheap when nothing changed: PRAGMA data_version reads no disk. The
-        first call answers True.
+        Cheap when nothing changed: PRAGMA data_version reads no disk. Each due
+        time is answered once.
         """
         version = self._read("PRAGMA data_version")[0][0]
         if version != self._seen_version:
             self._seen_version = version
             self._next_due = self._next_due_at()
-            return True
         if self._next_due is not None and now >= self._next_due:
             self._next_due = None
             return True

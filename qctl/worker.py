@@ -80,7 +80,7 @@ class Worker:
         self._waker = None                   # the supervisor sleeps on it (run() makes it)
         self._house_wake = threading.Event() # an idle housekeeping thread sleeps on it (see _wake)
         self._signal_fd = False              # install_signal_handlers: signals end the supervisor's sleep
-        self._wake_gen = 0
+        self._wake_tickets = 0               # idle threads that may go and claim (see _wake)
         self._idle = 0
         self._active = self.threads          # pool threads still looping (burst ends when all are idle)
         self._procs = {}                     # job seq -> Popen, for a hard stop
@@ -120,10 +120,18 @@ class Worker:
         signal.signal(signal.SIGTERM, handler)
         self._signal_fd = True
 
-    def _wake(self):
+    def _wake(self, count=None):
+        """Send `count` idle threads (None: all) to claim. One per look: a thread that claims a
+        job sends the next (`_claim_next`), so a new job costs one claim, not one per idle thread
+        (empty claims take the write lock that the next enqueue waits for). A ticket given while
+        no thread waits is kept: the next thread to go idle claims again at once."""
         with self._cond:
-            self._wake_gen += 1
-            self._cond.notify_all()
+            if count is None:
+                self._wake_tickets = self.threads
+                self._cond.notify_all()
+            else:
+                self._wake_tickets = min(self.threads, self._wake_tickets + count)
+                self._cond.notify(count)
         self._house_wake.set()  # the threads may start committing: the WAL needs watching again
 
     def _ring(self):
@@ -222,7 +230,7 @@ class Worker:
                         # wake below sends the threads to retry, and they report what fails.
                         due = False
                     if due or now - last_wake >= SAFETY_WAKE_S:
-                        self._wake()
+                        self._wake(1 if due else None)
                         last_wake = now
                     if self.drain and self._idle >= self._active and self._drained(watch):
                         log.info("worker %s stopping: nothing left to drain", self.id)
@@ -283,7 +291,6 @@ class Worker:
         damaged = 0    # failed claims in a row on a damaged database
         try:
             while not self._stopping.is_set():
-                generation = self._wake_gen
                 try:
                     job = self._claim_next(store, finish)
                 except Exception as exc:
@@ -295,7 +302,7 @@ class Worker:
                     continue
                 finish, damaged = None, 0
                 if job is None:
-                    self._wait_for_work(generation)
+                    self._wait_for_work()
                 else:
                     finish = self._run_guarded(job)
         finally:
@@ -322,6 +329,8 @@ class Worker:
                 self._ring()
         if job is not None:
             job["tag"] = tag
+            if self._idle:  # there may be more: the next idle thread looks too
+                self._wake(1)
         return job
 
     def _process_note(self, identity):
@@ -364,7 +373,7 @@ class Worker:
             self._active -= 1
             self._end_burst_if_idle()
 
-    def _wait_for_work(self, generation):
+    def _wait_for_work(self):
         with self._cond:
             self._idle += 1
             self._end_burst_if_idle()
@@ -373,7 +382,10 @@ class Worker:
                 # looked (it may have been poked while we all ran) must not wait for its safety poll.
                 self._ring()
             try:
-                while self._wake_gen == generation and not self._stopping.is_set():
+                while not self._stopping.is_set():
+                    if self._wake_tickets:
+                        self._wake_tickets -= 1
+                        break
                     self._cond.wait()
             finally:
                 self._idle -= 1
