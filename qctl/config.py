@@ -78,7 +78,7 @@ SETTINGS = {
     # Below 1 s a loaded machine cannot renew leases in time: live workers would lose their jobs.
     "lease-seconds": _seconds_setting(30.0, 1, 86400, "a running job's lease; a dead worker's jobs return after it"),
     "output-limit": _int_setting(65536, 0, 64 * 1024 * 1024, "bytes kept per stream per run (the tail)"),
-    "poll-interval": _seconds_setting(0.05, 0.001, 60, "how often an idle worker looks for work"),
+    "poll-interval": _seconds_setting(0.05, 0.001, 60, "how often an idle worker looks, if not woken"),
     "retain-completed": _seconds_setting(7 * 86400.0, 0, SECONDS_LIMIT,
                                          "workers remove completed and cancelled jobs this old (0 = keep)"),
     "retain-dead": _seconds_setting(0.0, 0, SECONDS_LIMIT, "workers remove dead jobs this old (0 = keep)"),

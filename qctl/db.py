@@ -2,7 +2,10 @@
 
 One SQLite file in WAL mode. Connections run with implicit transactions off and
 every write goes through `Store._write()`, which issues BEGIN IMMEDIATE, so
-writers queue on SQLite's lock (with a busy timeout) instead of failing.
+writers queue on SQLite's lock (with a busy timeout) instead of failing. A
+write that may make a job claimable now (enqueue, retry, edit, set_queue)
+pokes the home's idle workers once it has committed (`qctl/wake.py`): how
+workers are woken stays behind the verbs, as LISTEN/NOTIFY would.
 
 Times are epoch seconds (REAL); `now` is a parameter of every function that
 needs one, so tests can move time without sleeping.
@@ -21,7 +24,7 @@ The store's verbs, which a second backend would implement one for one:
   running_run, publish_output              what running commands have printed so far (for logs --follow)
   heartbeat, deregister, live_workers      worker registration and liveness
   recover                                  jobs of lost workers back to the queue
-  poll_for_work, housekeep                 an idle worker's wake-up check; WAL upkeep
+  poll_for_work, next_due, housekeep       an idle worker's wake-up check and how long it may sleep; WAL upkeep
   counts, list_jobs, get, job_runs, run_output, run_totals, runs_since, oldest_due_pending   queries
   live_output, kept_output                 a job with its running output; a run's tails with their totals
   wait_finished, wait_workers_gone         block until jobs finish / workers exit (polling)
@@ -45,6 +48,7 @@ from contextlib import contextmanager
 from . import config as qconfig
 from . import cron as qcron
 from . import home as qhome
+from . import wake
 from .errors import (BadDependency, DatabaseDamaged, DuplicateJob, InvalidJob, InvalidState, JobNotFound,
                      ScheduleNotFound, StoreError)
 from .jobs import (COMPLETE, COMPLETED, DEAD, FAIL, FAILED, FINISHED_STATES, PENDING, PROCESSING, RELEASE, STATES,
@@ -320,6 +324,7 @@ class Store:
         self._durable, self._autocheckpoint = durable, autocheckpoint
         self._stuck = False        # a write failed for want of space: open afresh before the next
         self._live_seen = None     # live_output: ((data_version, total_changes), job id, answer) last time
+        self._poke = False         # _write: poke idle workers once this transaction has committed
         self._connect()
         try:
             try:
@@ -449,9 +454,17 @@ class Store:
             time.sleep(WAL_RETRY_S)
 
     @contextmanager
-    def _write(self):
-        """One BEGIN IMMEDIATE transaction: commit on success, roll back and re-raise on error."""
+    def _write(self, *, wakes_workers=False):
+        """One BEGIN IMMEDIATE transaction: commit on success, roll back and re-raise on error.
+
+        `wakes_workers`: the transaction may make a job claimable now, so once it has committed
+        the home's idle workers are poked (`wake.poke`): one poke per transaction, however many
+        jobs it wrote. The worker's own transactions poke only when they make jobs claimable
+        for others (a finished job's dependents, a schedule's fire: see `_poke`); the rest
+        is either due later (a retry's backoff, which the next-due look catches) or claimed in
+        the same transaction."""
         with _WRITE_LOCK:
+            self._poke = wakes_workers  # the transaction's verbs may set it too
             try:
                 self._unstick()
                 self.con.execute("BEGIN IMMEDIATE")
@@ -472,6 +485,8 @@ class Store:
                 if isinstance(exc, sqlite3.IntegrityError) or not isinstance(exc, sqlite3.Error):
                     raise
                 raise self._note(exc) from None
+        if self._poke:  # committed: outside the lock, which our other threads may be waiting for
+            wake.poke(os.path.dirname(self.path))
 
     def _read(self, sql, params=()):
         try:
@@ -485,8 +500,10 @@ class Store:
     # ------------------------------------------------------------ an idle worker's upkeep
 
     def poll_for_work(self, now):
-        """Whether a job may have become claimable since the last call: another
-        connection committed, or a waiting job (delay, retry backoff) fell due.
+        """Whether a job may have become claimable since the last call: a waiting
+        job (new, retried, delayed, backing off) is due now, after another
+        connection committed or because its time came. A commit that left
+        nothing due (a job claimed, one delayed) answers False.
 
         Cheap when nothing changed: PRAGMA data_version reads no disk. The
         first call answers True.
@@ -500,11 +517,16 @@ class Store:
         if version != self._seen_version:
             self._seen_version = version
             self._next_due = self._next_due_at()
-            return True
         if self._next_due is not None and now >= self._next_due:
             self._next_due = self._next_due_at(after=now)
             return True
         return False
+
+    def next_due(self):
+        """When the earliest waiting job falls due (epoch seconds), as of the last `poll_for_work`;
+        None when none waits or that time has been answered already. An idle worker sleeps no
+        longer than that."""
+        return self._next_due
 
     def _next_due_at(self, after=None):
         # The claim's index covers this query, where the planner's own choice (the state
@@ -607,7 +629,7 @@ class Store:
         """
         ids = [job["id"] or os.urandom(8).hex() for job in new_jobs]
         try:
-            with self._write() as con:
+            with self._write(wakes_workers=True) as con:
                 return self._insert(con, new_jobs, ids, now)
         except sqlite3.IntegrityError:
             index = self._first_duplicate(ids)
@@ -615,6 +637,7 @@ class Store:
 
     def _insert(self, con, new_jobs, ids, now):
         """`enqueue`'s work, inside the caller's transaction (a schedule's fire is another)."""
+        self._poke = True
         check_batch_after(new_jobs, ids, lambda job_id: self._seq_of(con, job_id) is not None)
         rows = [(job_id, job["command"], PENDING, job["max_retries"], job["priority"], job["run_at"], job["run_at"],
                  job["timeout"], job["cwd"], job["env"], now, now, job.get("queue") or DEFAULT_QUEUE,
@@ -706,7 +729,10 @@ class Store:
             con.executemany("UPDATE jobs SET state = ?, last_error = ?, finished_at = ?, updated_at = ?, "
                             "next_run_at = ?, waiting = 0 WHERE seq = ?",
                             [(DEAD, error, now, now, now, seq) for seq, error in doomed.items()])
-            self._count_waiting(con, sorted({row[0] for row in rows} - set(doomed)))
+            recount = sorted({row[0] for row in rows} - set(doomed))
+            if recount:
+                self._count_waiting(con, recount)
+                self._poke = True  # some may be claimable now: by any worker, not only ours
             seqs = sorted(doomed)
 
     def _first_duplicate(self, ids):
@@ -1190,7 +1216,7 @@ class Store:
         cleared (the runs keep them; run numbers go on). `ids`, or with no ids every job in
         `only` matching the filters; one transaction: an unknown or unfinished id raises and
         retries nothing. Returns the ids retried."""
-        with self._write() as con:
+        with self._write(wakes_workers=True) as con:
             rows = self._pick(con, ids, only, "retried", state=state, queue=queue, tag=tag)
             # A silent success has no runs row (the job row carries it): write it before the job
             # row forgets it, so the history survives the retry.
@@ -1255,7 +1281,7 @@ class Store:
         """Change fields of a pending or failed job; the whole job is validated again, as
         `enqueue` would. Any other state raises InvalidState and changes nothing. `changes`:
         raw job fields (as in the JSON), e.g. {"priority": 5, "delay": "10m"}."""
-        with self._write() as con:
+        with self._write(wakes_workers=True) as con:
             rows = con.execute("SELECT " + JOB_COLUMNS + " FROM jobs WHERE id = ?", (job_id,)).fetchall()
             if not rows:
                 raise JobNotFound(job_id)
@@ -1411,7 +1437,7 @@ class Store:
 
     def set_queue(self, name, *, paused=None, concurrency=None):
         """Pause or resume queue `name`, or set its concurrency (0: no limit)."""
-        with self._write() as con:
+        with self._write(wakes_workers=True) as con:
             con.execute("INSERT OR IGNORE INTO queues (name) VALUES (?)", (name,))
             if paused is not None:
                 con.execute("UPDATE queues SET paused = ? WHERE name = ?", (int(paused), name))

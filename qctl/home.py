@@ -38,7 +38,7 @@ def ensure(home, *, allow_shared=False):
     a queue.db linked to another user's file is theirs.
     """
     try:
-        _make_private_dirs(home)
+        make_private_dirs(home)
     except OSError as exc:
         raise StoreError("cannot create the queuectl home %s: %s" % (home, exc.strerror or exc)) from None
     if not os.path.isdir(home):
@@ -60,7 +60,7 @@ def ensure(home, *, allow_shared=False):
     return path
 
 
-def _make_private_dirs(path):
+def make_private_dirs(path):
     """os.makedirs, but every folder made is 0700 whatever the umask.
 
     makedirs gives the parents it creates 0777 less the umask (so 0777 under
@@ -71,7 +71,7 @@ def _make_private_dirs(path):
     if not tail:  # a trailing separator
         head, tail = os.path.split(head)
     if head and tail and not os.path.exists(head):
-        _make_private_dirs(head)
+        make_private_dirs(head)
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:  # a file there is reported by the caller: "not a directory"
@@ -172,7 +172,8 @@ def request_stop(home):
     A worker remembers the generation it started under and stops once the file
     holds a larger one, so a worker started after this call is not affected.
     Written to a temporary file (0600) and renamed, so a reader never sees half
-    of it; on any failure the temporary file is removed.
+    of it; on any failure the temporary file is removed. Then the workers are
+    poked (`wake.poke`), so they read it now rather than at their next look.
     """
     generation = stop_generation(home) + 1
     path = stopfile_path(home)
@@ -195,6 +196,8 @@ def request_stop(home):
         if isinstance(exc, OSError):
             raise StoreError("cannot write the stopfile %s: %s" % (path, exc.strerror or exc)) from None
         raise
+    from . import wake  # here: wake imports this module
+    wake.poke(home)
     return generation
 
 
@@ -316,7 +319,7 @@ def pulse(home, worker_id):
         try:
             os.utime(path)
         except FileNotFoundError:
-            _make_private_dirs(os.path.dirname(path))
+            make_private_dirs(os.path.dirname(path))
             os.close(_create_private(path, os.O_WRONLY))
     except OSError as exc:
         raise StoreError("cannot touch the pulse file %s: %s" % (path, exc.strerror or exc)) from None

@@ -3,10 +3,13 @@
 Shape (after huey's consumer): each pool thread repeats a few named steps
 (claim the next job while recording the last one's outcome; wait if there is
 none; run it, guarded) until the stop flag is set. The main thread is the
-supervisor: every `poll-interval` it reads the stopfile and the signal flags
-and asks the store whether anything could give an idle thread work. A
-housekeeping thread renews leases (the heartbeat), reloads config, recovers
-jobs of lost workers and keeps the WAL small, off the job path.
+supervisor: it sleeps on a `wake.Waker` until a process that committed work
+pokes it (or one of our threads, or a signal, rings it), or until a safety
+poll or the next waiting job's due time; then it reads the stopfile and the
+signal flags and asks the store whether anything could give an idle thread
+work. Where it cannot be poked it looks every `poll-interval`. A housekeeping
+thread renews leases (the heartbeat), reloads config, recovers jobs of lost
+workers and keeps the WAL small, off the job path.
 
 Running the command itself is the runner's business (`qctl/runner.py`).
 """
@@ -23,6 +26,7 @@ from concurrent.futures import wait as wait_futures
 
 from . import home as qhome
 from . import shapes
+from . import wake
 from .db import PRUNE_BATCH, Store
 from .errors import DatabaseDamaged, JobNotFound, QueueError
 from .jobs import CANCEL, CANCELLED, COMPLETE, COMPLETED, DEAD, FAIL, FAILED, RELEASE, UNFINISHED_STATES, Outcome
@@ -37,6 +41,8 @@ DAMAGED_TRIES = 3          # a damaged database: give up after this many failed 
 PRUNE_EVERY_S = 10.0       # retention looks this often (at once again while it finds a full batch)
 ERROR_REPEAT_S = 60.0      # the same database error is logged at most this often
 SAFETY_WAKE_S = 5.0        # idle threads retry a claim at least this often, whatever the signals say
+SAFETY_POLL_S = 1.0        # with wake-ups, an idle supervisor still looks this often (or every poll-interval
+                           # if that is longer): a lost poke, or work another worker's commit made
 CLAIM_RETRY_S = 1.0        # after a database error, a thread waits this long before claiming again
 HARD_STOP_GRACE_S = 0.2    # between TERM and KILL of a command cut short by a hard stop
 SCHEDULE_LOOK_S = 0.5      # the schedules thread looks this often for a new, sooner schedule
@@ -77,7 +83,10 @@ class Worker:
         self._killing = False                # kill running commands and release their jobs
         self._signals = 0                    # set only by signal handlers: counted by the supervisor
         self._cond = threading.Condition()
-        self._wake_gen = 0
+        self._waker = None                   # the supervisor sleeps on it (run() makes it)
+        self._house_wake = threading.Event() # an idle housekeeping thread sleeps on it (see _wake)
+        self._signal_fd = False              # install_signal_handlers: signals end the supervisor's sleep
+        self._wake_tickets = 0               # idle threads that may go and claim (see _wake)
         self._idle = 0
         self._active = self.threads          # pool threads still looping (burst ends when all are idle)
         self._procs = {}                     # job seq -> Popen, for a hard stop
@@ -99,6 +108,7 @@ class Worker:
         """Finish running jobs, claim no more."""
         self._stopping.set()
         self._wake()
+        self._ring()
 
     def kill(self):
         """Kill running commands now; their jobs go back to pending without using an attempt."""
@@ -119,11 +129,27 @@ class Worker:
             self._signals = self._signals + 1 if signum == signal.SIGINT else max(self._signals, 1)
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
+        self._signal_fd = True
 
-    def _wake(self):
+    def _wake(self, count=None):
+        """Send `count` idle threads (None: all) to claim. One per look: a thread that claims a
+        job sends the next (`_claim_next`), so a new job costs one claim, not one per idle thread
+        (empty claims take the write lock that the next enqueue waits for). A ticket given while
+        no thread waits is kept: the next thread to go idle claims again at once."""
         with self._cond:
-            self._wake_gen += 1
-            self._cond.notify_all()
+            if count is None:
+                self._wake_tickets = self.threads
+                self._cond.notify_all()
+            else:
+                self._wake_tickets = min(self.threads, self._wake_tickets + count)
+                self._cond.notify(count)
+        self._house_wake.set()  # the threads may start committing: the WAL needs watching again
+
+    def _ring(self):
+        """Make the supervisor look now (from any thread)."""
+        waker = self._waker
+        if waker is not None:
+            waker.ring()
 
     # ------------------------------------------------------------ the pool
 
@@ -134,7 +160,18 @@ class Worker:
                         "read every process to find what the job left running", self.id)
         self._house_store = Store(self.db_path, durable=False, autocheckpoint=False)
         threads = []
+        previous_fd = None
         try:
+            self._waker = wake.Waker(self.home, "%d-%s" % (self.pid, self.id.rsplit(":", 1)[1]))
+            if self._waker.unavailable is not None:
+                log.info("worker %s: no wake-ups (%s): looking for work every poll-interval", self.id,
+                         self._waker.unavailable)
+            wake.poke(self.home)  # once: removes the sockets of dead workers (and wakes the others, harmlessly)
+            if self._signal_fd:
+                try:  # a signal must end the supervisor's sleep, not wait for its next look
+                    previous_fd = signal.set_wakeup_fd(self._waker.signal_fd(), warn_on_full_buffer=False)
+                except ValueError:  # not the main thread: the handlers were not installed here either
+                    self._signal_fd = False
             qhome.pulse(self.home, self.id)
             self._beat()
             self._recover()
@@ -161,6 +198,7 @@ class Worker:
             self._finish_hooks()
             self._done.set()
             self._house_store.wake_upkeep()  # not a WAL tick later: every stop and burst waited for it
+            self._house_wake.set()
             for thread in threads:
                 thread.join()
             try:
@@ -169,6 +207,11 @@ class Worker:
                 log.error("worker %s: could not deregister: %s", self.id, exc)
             self._house_store.close()
             qhome.forget_pulse(self.home, self.id)
+            if self._waker is not None:
+                if self._signal_fd:
+                    signal.set_wakeup_fd(-1 if previous_fd is None else previous_fd)
+                waker, self._waker = self._waker, None
+                waker.close()
         if self.failure is not None:
             log.error("worker %s stopped", self.id)
             return 1
@@ -192,7 +235,10 @@ class Worker:
                 if not self._stopping.is_set() and self._stop_requested():
                     log.info("worker %s stopping: stop requested", self.id)
                     self.stop()
-                if self._idle and not self._stopping.is_set():
+                if self._stopping.is_set():  # nothing to wake any more: wait for the pool to end
+                    wait_futures(futures, timeout=self.settings["poll-interval"])
+                    continue
+                if self._idle:
                     now = time.monotonic()
                     try:
                         due = watch.poll_for_work(time.time())
@@ -201,14 +247,25 @@ class Worker:
                         # wake below sends the threads to retry, and they report what fails.
                         due = False
                     if due or now - last_wake >= SAFETY_WAKE_S:
-                        self._wake()
+                        self._wake(1 if due else None)
                         last_wake = now
                     if self.drain and self._idle >= self._active and self._drained(watch):
                         log.info("worker %s stopping: nothing left to drain", self.id)
                         self.stop()
-                wait_futures(futures, timeout=self.settings["poll-interval"])
+                        continue
+                self._waker.wait(self._sleep_s(watch))
         finally:
             watch.close()
+
+    def _sleep_s(self, watch):
+        """How long the supervisor may sleep before its next look: until a poke or a ring, but no
+        longer than the safety poll (`poll-interval` when pokes cannot reach us) or the time the
+        next waiting job falls due."""
+        interval = self.settings["poll-interval"]
+        if self._waker.renew():
+            interval = max(interval, SAFETY_POLL_S)
+        due = watch.next_due() if self._idle else None
+        return interval if due is None else min(interval, due - time.time())
 
     def _drained(self, watch):
         """--drain: whether no job of our queues is pending, processing or failed (due or not)."""
@@ -251,7 +308,6 @@ class Worker:
         damaged = 0    # failed claims in a row on a damaged database
         try:
             while not self._stopping.is_set():
-                generation = self._wake_gen
                 try:
                     job = self._claim_next(store, finish)
                 except Exception as exc:
@@ -263,7 +319,7 @@ class Worker:
                     continue
                 finish, damaged = None, 0
                 if job is None:
-                    self._wait_for_work(generation)
+                    self._wait_for_work()
                 else:
                     finish = self._run_guarded(job)
         finally:
@@ -286,8 +342,12 @@ class Worker:
         else:
             recorded, job = store.finish_and_claim(finish, self.settings, queues=self.queues, process=process)
             self._log_recorded(finish, recorded)
+            if self._idle:  # the run's end may have let a dependent job (or a queue's next) run
+                self._ring()
         if job is not None:
             job["tag"] = tag
+            if self._idle:  # there may be more: the next idle thread looks too
+                self._wake(1)
         return job
 
     def _process_note(self, identity):
@@ -330,12 +390,19 @@ class Worker:
             self._active -= 1
             self._end_burst_if_idle()
 
-    def _wait_for_work(self, generation):
+    def _wait_for_work(self):
         with self._cond:
             self._idle += 1
             self._end_burst_if_idle()
+            if self._idle == 1:
+                # The supervisor looks only while a thread is idle: work committed since it last
+                # looked (it may have been poked while we all ran) must not wait for its safety poll.
+                self._ring()
             try:
-                while self._wake_gen == generation and not self._stopping.is_set():
+                while not self._stopping.is_set():
+                    if self._wake_tickets:
+                        self._wake_tickets -= 1
+                        break
                     self._cond.wait()
             finally:
                 self._idle -= 1
@@ -520,11 +587,24 @@ class Worker:
 
     def _housekeeping_loop(self):
         """Heartbeat, config reload, recovery of lost workers' jobs (every TICK_S) and WAL
-        upkeep (every WAL_TICK_S)."""
+        upkeep (every WAL_TICK_S, or every TICK_S once every thread has waited for work that long)."""
         last_beat = last_tick = time.monotonic()
         last_prune = 0.0
+        idle_since = None  # since when every pool thread has been waiting for work
         while not self._done.is_set():
-            self._house_store.await_upkeep(WAL_TICK_S)
+            if self._idle < self._active:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            if idle_since is not None and time.monotonic() - idle_since >= TICK_S:
+                # None of our threads can commit until the supervisor wakes them (and us): fewer
+                # wake-ups cost an idle worker less CPU. Woken, we tick fast again at once, before
+                # a drain that starts can grow the WAL past its bound unwatched.
+                if self._house_wake.wait(max(WAL_TICK_S, TICK_S - (time.monotonic() - last_tick))):
+                    self._house_wake.clear()
+                    idle_since = None
+            else:
+                self._house_store.await_upkeep(WAL_TICK_S)
             self._guarded("keeping the WAL small", self._house_store.housekeep)
             if time.monotonic() - last_tick < TICK_S:
                 continue
