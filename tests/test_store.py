@@ -468,8 +468,8 @@ class WakeUpTest(StoreTestCase):
         self.add("elsewhere", queue="other")            # due at T
         self.add("later", queue="q", delay=5)           # due at T + 5
         watch = self.store()
-        self.assertTrue(watch.poll_for_work(T), "the first look")
-        self.assertTrue(watch.poll_for_work(T + 0.1), "elsewhere is due")
+        self.assertTrue(watch.poll_for_work(T), "the first look: elsewhere is due")
+        self.assertFalse(watch.poll_for_work(T + 0.1), "each due time is answered once")
         self.assertFalse(watch.poll_for_work(T + 1))
         self.assertTrue(watch.poll_for_work(T + 5), "later is due")
         self.assertFalse(watch.poll_for_work(T + 6))
