@@ -39,7 +39,7 @@ from qctl.db import Store
 
 # The bare cycle's statements: this script's own SQL, doing what a claim and a complete must.
 BARE_COLUMNS = "seq, id, command, attempts, runs, max_retries, timeout, cwd, env"
-BARE_SELECT = ("SELECT seq FROM jobs INDEXED BY jobs_ready WHERE state IN ('pending', 'failed') "
+BARE_SELECT = ("SELECT seq FROM jobs INDEXED BY jobs_ready WHERE state IN ('pending', 'failed') AND waiting = 0 "
                "AND next_run_at <= ? ORDER BY priority DESC, next_run_at, seq LIMIT 1")
 BARE_UPDATE = ("UPDATE jobs SET state = 'processing', attempts = attempts + 1, runs = runs + 1, worker = ?, "
                "lease_until = ?, started_at = ?, finished_at = NULL, updated_at = ? WHERE seq = ")

@@ -710,6 +710,8 @@ class Store:
         look only at these of the first jobs' dependents (a new job's dependencies).
 
         On the job path (every finished job) this is one probe of job_deps' key."""
+        if len(seqs) == 1 and con.execute(_HAS_DEPENDENTS, seqs).fetchone() is None:
+            return  # the job path's common case: nothing waits for the job that just finished
         while seqs:
             rows = []
             for chunk in _chunks(seqs):
@@ -1568,6 +1570,7 @@ _CLAIM_SQL = ("UPDATE jobs SET state = 'processing', attempts = attempts + 1, ru
 _CLAIM_KEYS = tuple(column.split()[-1] for column in CLAIM_COLUMNS.split(", "))
 
 
+_HAS_DEPENDENTS = "SELECT 1 FROM job_deps WHERE dep_seq = ? LIMIT 1"
 _INSERT_JOB = ("INSERT INTO jobs (id, command, state, max_retries, priority, run_at, next_run_at, timeout, cwd, env, "
                "created_at, updated_at, queue, after, after_policy, unique_key) "
                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
