@@ -18,6 +18,7 @@ on 3,000 `sleep 0.05` jobs against the ideal N x 0.05 / 8 seconds.
 
     python -m bench.drain [--quick] [--runs N] [--jobs N] [--threads 2 8]
     python -m bench.drain --target [--runs 5] [--jobs 3000]
+    python -m bench.drain --shapes [--runs 5] [--jobs 3000]   # 4 processes x 2 threads against 1 x 8
 """
 
 import resource
@@ -26,7 +27,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from bench.common import fresh_db, home_in, machine, median, options, run_cli, table, temp_home
+from bench.common import SCRIPT, cli_env, fresh_db, home_in, machine, median, options, run_cli, table, temp_home
 
 from qctl import jobs
 from qctl.db import Store
@@ -64,6 +65,40 @@ def queuectl_drain(count, threads, command="true"):
 
 
 SLEEP_S = 0.05  # --target: each job of the 8-thread figure sleeps this long
+
+
+def processes_drain(count, processes, threads):
+    """Seconds for `processes` worker processes of `threads` threads each (`worker start --burst`,
+    started together on one home) to drain `count` `true` jobs."""
+    with temp_home() as tmp:
+        path = fresh_db(tmp, count)
+        started = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, SCRIPT, "worker", "start", "--count", str(threads), "--burst"],
+                                  env=cli_env(home_in(tmp)), stdout=subprocess.DEVNULL) for _ in range(processes)]
+        codes = [proc.wait() for proc in procs]
+        took = time.perf_counter() - started
+        with Store(path) as store:
+            done = store.counts()[jobs.COMPLETED]
+        if codes != [0] * processes or done != count:
+            raise SystemExit("workers exited %r and left jobs undone: %d of %d" % (codes, done, count))
+        return took
+
+
+def shapes(args):
+    """--shapes: 4 processes x 2 threads against 1 process x 8 threads on one home, interleaved."""
+    count = args.jobs or (300 if args.quick else 3000)
+    runs = args.runs if args.runs_given else 5
+    one, four = [], []
+    for run in range(runs):
+        for shape in ((1, 8), (4, 2)) if run % 2 == 0 else ((4, 2), (1, 8)):
+            (one if shape == (1, 8) else four).append(count / processes_drain(count, *shape))
+        print("  run %d: 1x8 %.0f jobs/s, 4x2 %.0f jobs/s" % (run + 1, one[-1], four[-1]), file=sys.stderr)
+    print(machine())
+    table("drain of %d `true` jobs by worker processes on one home, median of %d interleaved runs" % (count, runs),
+          ["shape", "jobs/s", "min-max", "ratio"],
+          [["1 process x 8 threads", "%.0f" % median(one), "%.0f-%.0f" % (min(one), max(one)), "1.00"],
+           ["4 processes x 2 threads", "%.0f" % median(four), "%.0f-%.0f" % (min(four), max(four)),
+            "%.2f (target >= 0.9)" % (median(four) / median(one))]])
 
 
 def target(args):
@@ -104,9 +139,12 @@ def main():
         parser.add_argument("--jobs", type=int, help="jobs per run (default 5000, quick 300; --target 3000)")
         parser.add_argument("--threads", type=int, nargs="+", default=[2, 8], help="thread counts (default 2 8)")
         parser.add_argument("--target", action="store_true", help="print the two target figures (see above)")
+        parser.add_argument("--shapes", action="store_true", help="4 processes x 2 threads against 1 x 8")
     args = options(__doc__, runs=3, extra=extra)
     if args.target:
         return target(args)
+    if args.shapes:
+        return shapes(args)
     count = args.jobs or (300 if args.quick else 5000)
     rows = []
     for threads in args.threads:
