@@ -849,15 +849,8 @@ def set_queue(args, said, **change):
 
 # ---------------------------------------------------------------- schedules
 
-def schedule_name_arg(value):
-    try:
-        return jobs.check_queue(value)
-    except InvalidJob as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("queue must be", "must be"))
-
-
 def schedule_add_arguments(p):
-    p.add_argument("name", type=schedule_name_arg, metavar="NAME", help="1-64 of A-Z a-z 0-9 _ . -")
+    p.add_argument("name", type=queue_arg, metavar="NAME", help="1-64 of A-Z a-z 0-9 _ . - (as a queue's)")
     p.add_argument("job", nargs="*", metavar="JOB",
                    help="the job as a JSON object, or a plain shell command; after --, a program and its arguments")
     when = p.add_mutually_exclusive_group(required=True)

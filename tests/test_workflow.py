@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,7 @@ from qctl.errors import BadDependency, InvalidState
 from qctl.jobs import Outcome, CANCEL
 
 from tests.base import POSIX, SCRIPT, SETTINGS, HomeTestCase, add_job, new_job, run_next, wait_until
+from tests.test_tree import alive, read
 
 
 class DependencyTest(HomeTestCase):
@@ -450,6 +452,7 @@ class HookTest(HomeTestCase):
         self.assertGreater(time.monotonic() - started, 2.0, "stop --wait returned while the worker ran its hook")
         self.assertEqual(worker.wait(10), 0)
 
+    @unittest.skipUnless(sys.platform.startswith("linux"), "reads process states from /proc (Linux)")
     def test_a_hook_past_its_limit_is_killed_with_its_tree(self):
         # In-process worker, its limit cut to 1 s for the test. The hook leaves a child of its own
         # (in a new session, as `setsid` would) that would sleep on: it must die with the hook.
@@ -457,7 +460,7 @@ class HookTest(HomeTestCase):
         qworker.HOOK_TIMEOUT_S = 1.0
         pidfile = os.path.join(self.tmp, "child.pid")
         child = "import os, time; open(%r, 'w').write(str(os.getpid())); time.sleep(60)" % pidfile
-        self.ok("config", "set", "on-finish", "%s -c %s & sleep 60" % (sys.executable, shlex_quote(child)))
+        self.ok("config", "set", "on-finish", "%s -c %s & sleep 60" % (sys.executable, shlex.quote(child)))
         self.ok("enqueue", "--id", "a", "true")
         w = qworker.Worker(self.home, threads=1)
         thread = threading.Thread(target=w.run)
@@ -467,36 +470,11 @@ class HookTest(HomeTestCase):
         wait_until(lambda: os.path.exists(pidfile) and read(pidfile), message="the hook's child")
         with open(pidfile) as fh:
             pid = int(fh.read())
-        wait_until(lambda: not pid_alive(pid), timeout=15, message="the hook's child killed")
+        wait_until(lambda: not alive(pid), timeout=15, message="the hook's child killed")
         self.assertEqual(self.job("a")["state"], "completed")
         w.stop()
         thread.join(20)
         self.assertFalse(thread.is_alive())
-
-
-def read(path):
-    with open(path) as fh:
-        return fh.read()
-
-
-def shlex_quote(text):
-    import shlex
-    return shlex.quote(text)
-
-
-def pid_alive(pid):
-    """Whether `pid` runs (a zombie, killed but not yet reaped by its subreaper, counts as gone)."""
-    try:
-        with open("/proc/%d/stat" % pid) as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
 
 
 if __name__ == "__main__":
