@@ -330,6 +330,10 @@ class WorkerProcessTest(WorkerTestCase):
         # frozen worker's job a second sooner. The lease and the still pulse still decide.
         self.addCleanup(setattr, qctl.db, "PULSE_GRACE_S", qctl.db.PULSE_GRACE_S)
         qctl.db.PULSE_GRACE_S = 0.0
+        # Nor is how often the rescuer looks for lost workers (TICK_S, 0.5 s): 0.1 s here, which
+        # takes up to 0.4 s off its finding the lease out and the pulse still for 0.75 s.
+        self.addCleanup(setattr, qctl.worker, "TICK_S", qctl.worker.TICK_S)
+        qctl.worker.TICK_S = 0.1
         rescuer = self.background_worker(threads=1)
         wait_until(lambda: self.state(job_id) == "completed", message="another worker to recover and finish it")
         before = self.show(job_id)
