@@ -197,6 +197,10 @@ class Worker:
             # the hooks still waiting run first, while we still heartbeat (we are still running).
             self._finish_hooks()
             self._done.set()
+            try:  # the hooks thread ends now, not at its next look (every stop and burst waited for it)
+                self._hooks.put_nowait(None)
+            except queue.Full:
+                pass  # cut short with hooks still waiting: it ends at its next look
             self._house_store.wake_upkeep()  # not a WAL tick later: every stop and burst waited for it
             self._house_wake.set()
             for thread in threads:
@@ -496,6 +500,11 @@ class Worker:
                     event = self._hooks.get(timeout=SCHEDULE_LOOK_S)
                 except queue.Empty:
                     if self._done.is_set():
+                        return
+                    continue
+                if event is None:  # run() is ending (see there): what is still queued runs first
+                    self._hooks.task_done()
+                    if self._hooks.empty():
                         return
                     continue
                 try:

@@ -363,7 +363,7 @@ class FollowProcessTest(HomeTestCase):
         self.enqueue("ticks", self.script("ticks.py", "import time\n"
                                           "for i in range(4):\n"
                                           "    print('line%d %.6f' % (i, time.time()), flush=True)\n"
-                                          "    time.sleep(0.25)\n"))
+                                          "    time.sleep(0.15)\n"))
         following = Following(self, "ticks")
         self.spawn_worker()
         delays = []

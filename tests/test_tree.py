@@ -125,17 +125,24 @@ class RunCommandTreeTest(TreeCase):
         # env -i drops the tag and setsid the session; its parent lives long enough (1 s) for a
         # look (every 0.5 s) to see it, then exits before the timeout. Looks happen while the
         # output is read and, once the command has closed it, while its shell is waited for.
+        # That wait looks every proctree.LOOK_EVERY_S: made 0.1 s for it (how often is not under
+        # test, that a look remembers the process is), so its parent lives 0.4 s, and 0.3 s
+        # before the timeout as in the other case. The read's looks come every 0.5 s whatever.
         command = ("(setsid env -i sh -c 'echo $$ > {d}/bare; exec sleep 30' >/dev/null 2>&1 & "
-                   "while [ ! -s {d}/bare ]; do sleep 0.01; done; sleep 1); sleep 30")
+                   "while [ ! -s {d}/bare ]; do sleep 0.01; done; sleep %s); sleep 30")
         for closed in (False, True):
             with self.subTest(stdio_closed=closed):
                 if closed and not hasattr(os, "pidfd_open"):
                     self.skipTest("looks while the shell is waited for need os.pidfd_open (Python 3.9)")
                 name = "bare-closed" if closed else "bare"
-                text = command.replace("{d}/bare", "{d}/" + name)
+                lives, timeout = ("0.4", 0.7) if closed else ("1", 1.3)
+                if closed:
+                    self.addCleanup(setattr, proctree, "LOOK_EVERY_S", proctree.LOOK_EVERY_S)
+                    proctree.LOOK_EVERY_S = 0.1
+                text = (command % lives).replace("{d}/bare", "{d}/" + name)
                 result = run_command(self.command(("exec >/dev/null 2>&1; " if closed else "") + text),
-                                     timeout=1.3)
-                self.assertEqual(result.error, "timed out after 1.3s")
+                                     timeout=timeout)
+                self.assertEqual(result.error, "timed out after %ss" % timeout)
                 self.assert_gone(self.pids(name), "after a timeout")
 
     def test_a_long_run_remembers_only_the_processes_that_still_run(self):

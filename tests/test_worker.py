@@ -12,6 +12,7 @@ import tracemalloc
 import unittest
 
 import qctl.db
+import qctl.worker
 from tests.base import SCRIPT, HomeTestCase, Result, wait_until
 from qctl import home as qhome
 from qctl.db import Store
@@ -105,9 +106,9 @@ class RunCommandTest(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             pidfile = os.path.join(tmp, "pid")
             started = time.monotonic()
-            result = run_command("sleep 300 & echo $! > %s; wait" % pidfile, timeout=1)
+            result = run_command("sleep 300 & echo $! > %s; wait" % pidfile, timeout=0.5)
             self.assertLess(time.monotonic() - started, 20)
-            self.assertEqual(result.error, "timed out after 1s")
+            self.assertEqual(result.error, "timed out after 0.5s")
             grandchild = int(read(pidfile))
             wait_until(lambda: pid_gone(grandchild), message="the grandchild sleep to be killed")
 
@@ -120,6 +121,10 @@ class RunCommandTest(unittest.TestCase):
 
     @posix_only
     def test_a_chatty_background_grandchild_does_not_hold_the_run(self):
+        # How long the run reads after the shell exits (ORPHAN_PIPE_GRACE_S, 1 s) is not under test,
+        # that the grandchild's output, every 0.1 s for 10 s, does not extend it is: 0.3 s here.
+        self.addCleanup(setattr, runner, "ORPHAN_PIPE_GRACE_S", runner.ORPHAN_PIPE_GRACE_S)
+        runner.ORPHAN_PIPE_GRACE_S = 0.3
         started = time.monotonic()
         result = run_command("(for i in $(seq 100); do echo x; sleep 0.1; done) & exit 0")
         self.assertIsNone(result.error)
@@ -167,7 +172,7 @@ class JobLifecycleTest(WorkerTestCase):
         self.assertEqual(self.cli("logs", job_id, "--run", "3").code, 1)
 
     def test_retry_gaps_follow_the_backoff(self):
-        self.ok("config", "set", "backoff-base", "1.5")
+        self.ok("config", "set", "backoff-base", "1.2")
         # One retry: that base ** k holds for every k is jobs.after_failure's test (test_jobs).
         job_id = self.enqueue("exit 1", max_retries=1)
         self.background_worker(threads=1)
@@ -175,8 +180,8 @@ class JobLifecycleTest(WorkerTestCase):
         runs = self.job_runs(job_id)
         self.assertEqual(len(runs), 2)
         gap = runs[1]["started_at"] - runs[0]["finished_at"]
-        self.assertGreaterEqual(gap, 1.5 - 0.01)
-        self.assertLess(gap, 1.5 + 5)
+        self.assertGreaterEqual(gap, 1.2 - 0.01)
+        self.assertLess(gap, 1.2 + 5)
 
     def job_runs(self, job_id):
         with Store(self.db_path) as store:
@@ -210,6 +215,9 @@ class JobLifecycleTest(WorkerTestCase):
         self.assertEqual(self.show(job_id)["env"], {"QCTL_GREETING": "***"})
 
     def test_live_config_reaches_a_running_worker(self):
+        # That a reload reaches it is under test, not its period (TICK_S, 0.5 s): 0.1 s here.
+        self.addCleanup(setattr, qctl.worker, "TICK_S", qctl.worker.TICK_S)
+        qctl.worker.TICK_S = 0.1
         running = self.background_worker(threads=1)
         self.ok("config", "set", "job-timeout", "0.5")
         wait_until(lambda: running.settings["job-timeout"] == 0.5, message="the worker to reload its config")
@@ -322,6 +330,10 @@ class WorkerProcessTest(WorkerTestCase):
         # frozen worker's job a second sooner. The lease and the still pulse still decide.
         self.addCleanup(setattr, qctl.db, "PULSE_GRACE_S", qctl.db.PULSE_GRACE_S)
         qctl.db.PULSE_GRACE_S = 0.0
+        # Nor is how often the rescuer looks for lost workers (TICK_S, 0.5 s): 0.1 s here, which
+        # takes up to 0.4 s off its finding the lease out and the pulse still for 0.75 s.
+        self.addCleanup(setattr, qctl.worker, "TICK_S", qctl.worker.TICK_S)
+        qctl.worker.TICK_S = 0.1
         rescuer = self.background_worker(threads=1)
         wait_until(lambda: self.state(job_id) == "completed", message="another worker to recover and finish it")
         before = self.show(job_id)
