@@ -367,7 +367,8 @@ class ScheduleCliTest(HomeTestCase):
     def test_three_worker_processes_fire_each_time_once(self):
         workers = [self.spawn_worker("--count", "1") for _ in range(3)]
         self.ok("schedule", "add", "tick", "--every", "1s", "--overlap", "true")
-        wait_until(lambda: len(self.store().list_jobs(limit=0)) >= 3, message="three fires")
+        # Two fires: a due time fired twice would show as two jobs made within moments of each other.
+        wait_until(lambda: len(self.store().list_jobs(limit=0)) >= 2, message="two fires")
         self.ok("worker", "stop", "--wait", "--timeout", "30")
         created = sorted(job["created_at"] for job in self.store().list_jobs(limit=0))
         gaps = [b - a for a, b in zip(created, created[1:])]
@@ -443,13 +444,13 @@ class HookTest(HomeTestCase):
 
     def test_a_stopping_worker_stays_live_while_its_hooks_run(self):
         self.ok("config", "set", "lease-seconds", "1")
-        self.ok("config", "set", "on-finish", "sleep 2.5")
+        self.ok("config", "set", "on-finish", "sleep 1.8")  # past the 1 s lease: it must keep beating
         self.ok("enqueue", "--id", "a", "true")
         worker = self.spawn_worker("--count", "1")
         wait_until(lambda: self.job("a")["state"] == "completed", message="a")
         started = time.monotonic()
         self.ok("worker", "stop", "--wait", "--timeout", "30")
-        self.assertGreater(time.monotonic() - started, 2.0, "stop --wait returned while the worker ran its hook")
+        self.assertGreater(time.monotonic() - started, 1.4, "stop --wait returned while the worker ran its hook")
         self.assertEqual(worker.wait(10), 0)
 
     @unittest.skipUnless(sys.platform.startswith("linux"), "reads process states from /proc (Linux)")
