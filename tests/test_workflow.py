@@ -210,6 +210,22 @@ class DependencyTest(HomeTestCase):
         self.assertEqual(result.stderr, "queuectl: error: line 3: a job with id 'x' already exists "
                                         "(nothing was enqueued)\n")
 
+    @unittest.skipUnless(POSIX, "wake-ups are datagrams on POSIX")
+    def test_a_dependency_finished_by_one_worker_wakes_another_for_its_dependent(self):
+        # Worker a serves queue a, worker b queue b; b polls only every 10 s, so only a poke
+        # from the commit that finished x can start y on time.
+        self.ok("config", "set", "poll-interval", "10")
+        workers = [self.spawn_worker("--queue", queue) for queue in ("a", "b")]
+        wait_until(lambda: len(self.store().live_workers(time.time())) == 2, message="two workers")
+        self.ok("enqueue", "--id", "x", "--queue", "a", "--delay", "0.5", "true")
+        self.ok("enqueue", "--id", "y", "--queue", "b", "--after", "x", "true")
+        wait_until(lambda: self.job("y")["state"] == "completed", timeout=20, message="y")
+        x, y = self.job("x"), self.job("y")
+        self.assertLess(y["started_at"] - x["finished_at"], 3.0, "y waited for a poll, not a poke")
+        self.ok("worker", "stop", "--wait", "--timeout", "30")
+        for proc in workers:
+            self.assertEqual(proc.wait(30), 0)
+
     def test_the_schema_is_current(self):
         self.assertEqual(self.store().con.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
 
