@@ -808,12 +808,16 @@ class Store:
 
     def _record(self, con, outcome, settings):
         if outcome.kind == COMPLETE:
-            return self._complete(con, outcome)
-        if outcome.kind == FAIL:
-            return self._fail(con, outcome, settings)
-        if outcome.kind == CANCEL:
-            return self._cancelled(con, outcome)
-        return self._release(con, outcome)
+            recorded = self._complete(con, outcome)
+        elif outcome.kind == FAIL:
+            recorded = self._fail(con, outcome, settings)
+        elif outcome.kind == CANCEL:
+            recorded = self._cancelled(con, outcome)
+        else:
+            recorded = self._release(con, outcome)
+        if recorded is not None and con.execute(_LIMITED_QUEUE, (outcome.job.get("queue"),)).fetchone():
+            self._poke = True  # a slot of a limited queue is free: a worker of another process may take it
+        return recorded
 
     def _cancelled(self, con, outcome):
         job, now = outcome.job, outcome.now
@@ -1571,6 +1575,7 @@ _CLAIM_KEYS = tuple(column.split()[-1] for column in CLAIM_COLUMNS.split(", "))
 
 
 _HAS_DEPENDENTS = "SELECT 1 FROM job_deps WHERE dep_seq = ? LIMIT 1"
+_LIMITED_QUEUE = "SELECT 1 FROM queues WHERE name = ? AND concurrency > 0"
 _INSERT_JOB = ("INSERT INTO jobs (id, command, state, max_retries, priority, run_at, next_run_at, timeout, cwd, env, "
                "created_at, updated_at, queue, after, after_policy, unique_key) "
                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")

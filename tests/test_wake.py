@@ -116,6 +116,25 @@ class PokeTest(WakeTestCase):
         self.assertLess(time.monotonic() - started, 2.0)
         self.assertEqual(proc.returncode, 0, self.log_text(proc))
 
+    def test_a_slot_freed_in_a_limited_queue_wakes_a_worker_of_another_process(self):
+        self.ok("queue", "set", "q", "--concurrency", "1")
+        go = os.path.join(self.tmp, "go")
+        self.ok("enqueue", "--id", "first", "--queue", "q", "while [ ! -e %s ]; do sleep 0.02; done" % go)
+        self.start_worker("--count", "1", "--queue", "q,other")
+        wait_until(lambda: self.job("first")["state"] == "processing", message="first to start")
+        self.spawn_worker("--count", "1", "--queue", "q")  # the only other worker of q
+        wait_until(lambda: len(sockets_in(self.home)) == 2, message="the second worker to listen")
+        self.ok("enqueue", "--id", "second", "--queue", "q", "true")  # q is full: it waits
+        self.ok("enqueue", "--id", "other", "--queue", "other", "--priority", "5", "sleep 1")
+        with open(go, "w"):
+            pass
+        # first's worker takes `other` next (it ranks higher) and frees q's slot: second can run only
+        # on the other worker, which polls every 10 s: a poke must tell it.
+        wait_until(lambda: self.job("second")["state"] == "completed", timeout=20, message="second")
+        first, second = self.job("first"), self.job("second")
+        self.assertNotEqual(second["worker"], first["worker"])
+        self.assertLess(second["started_at"] - first["finished_at"], 1.0)
+
     def test_a_delayed_job_starts_on_time_despite_a_slow_poll(self):
         self.start_worker()
         # Its due time, not the poke of its enqueue (it is not due then) nor the 10 s poll, starts it.
