@@ -815,8 +815,11 @@ class Store:
             recorded = self._cancelled(con, outcome)
         else:
             recorded = self._release(con, outcome)
-        if recorded is not None and con.execute(_LIMITED_QUEUE, (outcome.job.get("queue"),)).fetchone():
-            self._poke = True  # a slot of a limited queue is free: a worker of another process may take it
+        if recorded is not None and (outcome.kind == RELEASE or con.execute(
+                _LIMITED_QUEUE, (outcome.job.get("queue"),)).fetchone()):
+            # Work for a worker of another process: a job given back by a hard stop, due now, or a
+            # free slot of a limited queue.
+            self._poke = True
         return recorded
 
     def _cancelled(self, con, outcome):

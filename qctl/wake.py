@@ -37,6 +37,8 @@ def poke(home):
     """
     folder = directory(home)
     try:
+        if not _own_folder(folder):
+            return
         names = os.listdir(folder)
     except OSError:  # no worker ever listened here (or no home at all)
         return
@@ -53,8 +55,8 @@ def poke(home):
             path = os.path.join(folder, name)
             try:
                 sock.sendto(b"", path)
-            except ConnectionRefusedError:  # nobody is bound to it: its worker died
-                _remove(path)
+            except ConnectionRefusedError:  # nobody is bound to it: its worker died (if it is a socket)
+                _remove_socket(path)
             except OSError:  # its queue is full (it has wake-ups waiting), gone, a path too long
                 pass
     except Exception:  # a wake-up is a hint: nothing here may fail the caller's committed work
@@ -63,9 +65,22 @@ def poke(home):
         sock.close()
 
 
-def _remove(path):
+def _own_folder(folder):
+    """Whether `folder` is a real directory (not a symlink to one) of this user: the only kind a poke
+    may send into, and a worker bind in. Raises OSError if it cannot be looked at."""
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode):
+        return False
+    if not hasattr(os, "geteuid"):  # Windows: no owners to compare (and no Unix sockets either)
+        return True
+    return info.st_uid == os.geteuid()
+
+
+def _remove_socket(path):
+    """Remove `path` if it is a socket: nothing else in the wake folder is ours to delete."""
     try:
-        os.remove(path)
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.remove(path)
     except OSError:
         pass
 
@@ -107,18 +122,21 @@ class Waker:
             folder = os.path.dirname(self.path)
             qhome.make_private_dirs(folder)
             if qhome.POSIX:
-                info = os.stat(folder)
+                if not _own_folder(folder):  # a symlink, a file, another user's: never bind or chmod there
+                    self.unavailable = "%s is not a folder of this user's own" % folder
+                    return
+                info = os.lstat(folder)
                 if stat.S_IMODE(info.st_mode) & 0o077:  # made by hand: ours only, or not at all
                     os.chmod(folder, 0o700)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            _remove(self.path)  # a socket file left by a process with our pid and name: never bound now
+            _remove_socket(self.path)  # one left by a process with our pid and name: never bound now
             sock.bind(self.path)
             try:
                 # bind made it with the umask's mode; the folder (0700) kept others out meanwhile
                 os.chmod(self.path, 0o600)
                 info = os.stat(self.path)
             except BaseException:
-                _remove(self.path)
+                _remove_socket(self.path)
                 raise
             sock.setblocking(False)
         except OSError as exc:  # a path too long for AF_UNIX, a read-only home, no AF_UNIX after all
@@ -174,7 +192,7 @@ class Waker:
             try:
                 info = os.stat(self.path)
                 if (info.st_dev, info.st_ino) == self._bound:
-                    _remove(self.path)
+                    _remove_socket(self.path)
             except OSError:
                 pass
             self._sock = self._bound = None

@@ -22,7 +22,6 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
 
 from . import home as qhome
 from . import shapes
@@ -45,6 +44,7 @@ SAFETY_POLL_S = 1.0        # with wake-ups, an idle supervisor still looks this 
                            # if that is longer): a lost poke, or work another worker's commit made
 CLAIM_RETRY_S = 1.0        # after a database error, a thread waits this long before claiming again
 HARD_STOP_GRACE_S = 0.2    # between TERM and KILL of a command cut short by a hard stop
+STOPPING_LOOK_S = 0.05     # a stopping supervisor looks this often whether its threads have all ended
 SCHEDULE_LOOK_S = 0.5      # the schedules thread looks this often for a new, sooner schedule
 HOOK_TIMEOUT_S = 30.0      # an on-finish hook running longer is killed, with its whole tree
 HOOK_BACKLOG = 10000       # finished runs waiting for their hook; past this, hooks are skipped (logged)
@@ -239,8 +239,10 @@ class Worker:
                 if not self._stopping.is_set() and self._stop_requested():
                     log.info("worker %s stopping: stop requested", self.id)
                     self.stop()
-                if self._stopping.is_set():  # nothing to wake any more: wait for the pool to end
-                    wait_futures(futures, timeout=self.settings["poll-interval"])
+                if self._stopping.is_set():  # nothing to wake any more: wait for the pool to end, on
+                    # the waker (a second Ctrl-C rings it through set_wakeup_fd), looking often: a
+                    # thread's future is done only just after the thread has said it is exiting.
+                    self._waker.wait(min(self.settings["poll-interval"], STOPPING_LOOK_S))
                     continue
                 if self._idle:
                     now = time.monotonic()
@@ -398,9 +400,10 @@ class Worker:
         with self._cond:
             self._idle += 1
             self._end_burst_if_idle()
-            if self._idle == 1:
+            if self._idle == 1 or (self.drain and self._idle >= self._active):
                 # The supervisor looks only while a thread is idle: work committed since it last
                 # looked (it may have been poked while we all ran) must not wait for its safety poll.
+                # And a --drain ends once the last thread is idle: it must look then too.
                 self._ring()
             try:
                 while not self._stopping.is_set():

@@ -263,6 +263,52 @@ class WakeFilesTest(WakeTestCase):
         self.ok("enqueue", "true")
         self.assertEqual(sockets_in(self.home), [])
 
+    def test_a_poke_removes_only_sockets(self):
+        folder = wake.directory(self.home)
+        qhome.make_private_dirs(folder)
+        keep = os.path.join(folder, "notes.txt")
+        with open(keep, "w") as fh:
+            fh.write("mine")
+        self.ok("enqueue", "true")
+        self.assertTrue(os.path.exists(keep))
+
+    def test_a_symlinked_wake_folder_is_never_followed(self):
+        victim = os.path.join(self.tmp, "victim")
+        os.mkdir(victim)
+        os.chmod(victim, 0o755)
+        with open(os.path.join(victim, "notes.txt"), "w") as fh:
+            fh.write("mine")
+        os.symlink(victim, wake.directory(self.home))
+        self.ok("enqueue", "--id", "a", "true")
+        self.ok("config", "set", "poll-interval", "0.05")
+        result = self.run_cli("worker", "start", "--burst")  # it polls instead, and still runs the job
+        self.assertEqual(result.code, 0, result)
+        self.assertEqual(self.job("a")["state"], "completed")
+        self.assertEqual(os.listdir(victim), ["notes.txt"])
+        self.assertEqual(stat.S_IMODE(os.stat(victim).st_mode), 0o755)
+
+
+class StopLatencyTest(WakeTestCase):
+    def test_a_drain_of_two_threads_ends_as_its_last_job_does(self):
+        self.ok("config", "set", "poll-interval", SLOW_POLL)
+        self.ok("enqueue", "--id", "a", "sleep 0.3")
+        result = self.run_cli("worker", "start", "--drain", "--count", "2")
+        self.assertEqual(result.code, 0, result)
+        ended = time.time()
+        self.assertLess(ended - self.job("a")["finished_at"], 3.0, "the drain waited for a poll")
+
+    def test_a_second_ctrl_c_kills_at_once_despite_a_slow_poll(self):
+        proc = self.start_worker()
+        self.ok("enqueue", "--id", "long", "sleep 30")
+        wait_until(lambda: self.job("long")["state"] == "processing", message="long to start")
+        proc.send_signal(signal.SIGINT)
+        wait_until(lambda: "finishing running jobs" in self.log_text(proc), message="the first Ctrl-C")
+        asked = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+        self.assertLess(time.monotonic() - asked, 3.0)
+        self.assertEqual(self.job("long")["state"], "pending")
+
 
 if __name__ == "__main__":
     unittest.main()
