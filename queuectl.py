@@ -316,6 +316,27 @@ def enqueue_arguments(p):
     add_json(p)
 
 
+def job_source(args, given):
+    """The job a command's arguments name: (JSON text, None), (None, the shell command), or
+    (None, None) for `--file`. JOB is JSON, or a shell command, or after -- a program and its
+    arguments (quoted with shlex.join); or --command CMD. Exactly one of them (or --file, where
+    the command has it) is a usage error otherwise, and so are job options (`given`) beside JSON."""
+    import shlex
+    json_text = command = None
+    if len(args.job) == 1 and args.job[0].lstrip().startswith("{"):
+        json_text = args.job[0]
+    elif args.job:
+        command = args.job[0] if len(args.job) == 1 else shlex.join(args.job)
+    file = getattr(args, "file", None)
+    if len([s for s in (json_text, command, args.command, file) if s is not None]) != 1:
+        args.parser.error("give exactly one of a JOB (JSON or a command)%s --command%s"
+                          % ((",", " or --file") if hasattr(args, "file") else (" or", "")))
+    if given and command is None and args.command is None:
+        args.parser.error("--%s goes with a command; put it inside the JSON instead"
+                          % sorted(given)[0].replace("_", "-").replace("tags", "tag"))
+    return json_text, args.command if command is None else command
+
+
 @command("enqueue", "add a job to the queue",
          "queuectl enqueue 'sleep 1'\n"
          "queuectl enqueue --queue gpu --tag nightly -- python train.py --epochs 3\n"
@@ -324,21 +345,10 @@ def enqueue_arguments(p):
          "queuectl enqueue --id report --after build --unique-key nightly-report 'make report'\n"
          "queuectl enqueue --file jobs.jsonl", enqueue_arguments, allow_abbrev=False)
 def cmd_enqueue(args):
-    import shlex
     now = time.time()
     raw = job_options(args)
     raw.update({name: getattr(args, name) for name in ("id", "cwd") if getattr(args, name) is not None})
-    json_text = command = None
-    if len(args.job) == 1 and args.job[0].lstrip().startswith("{"):
-        json_text = args.job[0]
-    elif args.job:
-        command = args.job[0] if len(args.job) == 1 else shlex.join(args.job)
-    sources = [s for s in (json_text, command, args.command, args.file) if s is not None]
-    if len(sources) != 1:
-        args.parser.error("give exactly one of a JOB (JSON or a command), --command or --file")
-    if raw and command is None and args.command is None:
-        args.parser.error("--%s goes with a command; put it inside the JSON instead"
-                          % sorted(raw)[0].replace("_", "-").replace("tags", "tag"))
+    json_text, command = job_source(args, raw)
     with open_store(args) as store:
         default_retries = store.config()["max-retries"]
         try:
@@ -363,7 +373,7 @@ def cmd_enqueue(args):
         if json_text is not None:
             new = jobs.parse_job_json(json_text, now=now, cwd=cwd, default_max_retries=default_retries)
         else:
-            raw["command"] = args.command if command is None else command
+            raw["command"] = command
             new = jobs.validate_job(raw, now=now, cwd=cwd, default_max_retries=default_retries)
         stored = store.enqueue([new], now)
         job_id = stored[0]
@@ -868,23 +878,13 @@ def schedule_add_arguments(p):
          schedule_add_arguments, allow_abbrev=False, intermixed=True)
 def cmd_schedule_add(args):
     import json
-    import shlex
     from qctl import cron
     from qctl.times import iso
     name = args.name
     spec = cron.every_spec(args.every) if args.every is not None else cron.cron_spec(args.cron)
-    if len(args.job) == 1 and args.job[0].lstrip().startswith("{"):
-        raw = jobs.load_job_json(args.job[0])
-        given = job_options(args)
-        if given or args.command:
-            args.parser.error("--%s goes with a command; put it inside the JSON instead"
-                              % (sorted(given) or ["command"])[0].replace("_", "-"))
-    else:
-        words = [args.command] if args.command is not None else []
-        words += args.job
-        if len(words) != 1 and not (args.job and args.command is None):
-            args.parser.error("give exactly one of a JOB (JSON or a command) or --command")
-        raw = dict(job_options(args), command=words[0] if len(words) == 1 else shlex.join(words))
+    given = job_options(args)
+    json_text, command = job_source(args, given)
+    raw = jobs.load_job_json(json_text) if json_text is not None else dict(given, command=command)
     if args.cwd is not None:
         raw["cwd"] = args.cwd
     for field in ("id", "run_at"):
@@ -894,9 +894,8 @@ def cmd_schedule_add(args):
     with open_store(args) as store:
         job = jobs.validate_job(raw, now=now, default_max_retries=store.config()["max-retries"])
         raw["cwd"] = job["cwd"]  # where it was added: a worker runs it there, wherever the worker runs
-        store.add_schedule(name, spec, json.dumps(raw, sort_keys=True), overlap=args.overlap, now=now)
-        row = next(r for r in store.schedules() if r["name"] == name)
-    out("schedule %s added: %s, next run %s" % (name, cron.describe(spec), iso(row["next_at"])))
+        next_at = store.add_schedule(name, spec, json.dumps(raw, sort_keys=True), overlap=args.overlap, now=now)
+    out("schedule %s added: %s, next run %s" % (name, cron.describe(spec), iso(next_at)))
     return EXIT_OK
 
 

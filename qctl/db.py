@@ -1457,17 +1457,19 @@ class Store:
 
     def add_schedule(self, name, spec, job, *, overlap=False, now):
         """A new schedule `name`: enqueue `job` (the job's input as JSON text, checked already)
-        at each time `spec` gives (see qctl.cron), the first after `now`."""
+        at each time `spec` gives (see qctl.cron), the first after `now`. Returns when that is."""
         import json
         with self._write() as con:
             for dep in json.loads(job).get("after") or ():
                 if self._seq_of(con, dep) is None:
                     raise BadDependency("the schedule's job waits for %r, which is not a known job" % (dep,))
+            next_at = qcron.next_due(spec, now=now)
             try:
                 con.execute("INSERT INTO schedules (name, spec, job, overlap, next_at, created_at) "
-                            "VALUES (?, ?, ?, ?, ?, ?)", (name, spec, job, int(overlap), qcron.next_due(spec, now=now), now))
+                            "VALUES (?, ?, ?, ?, ?, ?)", (name, spec, job, int(overlap), next_at, now))
             except sqlite3.IntegrityError:
                 raise InvalidJob("a schedule named %r exists already: remove it first" % (name,)) from None
+        return next_at
 
     def schedules(self, *, after=None, limit=None):
         """Every schedule, by name: name, spec, job (JSON text), overlap, next_at, last_job,
