@@ -10,7 +10,6 @@ its arguments beside it.
 import argparse
 import os
 import sys
-import time
 
 from qctl import __version__
 from qctl import config as qconfig
@@ -263,9 +262,14 @@ def add_json(parser):
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def database(args, *, allow_shared=False):
+    """The queue's database: --db > $QUEUECTL_DB > the SQLite file in the home (a path or a URL)."""
+    return qhome.database(args.home, args.db, allow_shared=allow_shared or args.allow_shared_home)
+
+
 def open_store(args, *, allow_shared=False):
-    from qctl.db import Store
-    return Store(qhome.ensure(args.home, allow_shared=allow_shared or args.allow_shared_home))
+    from qctl.db import open_store as open_database
+    return open_database(database(args, allow_shared=allow_shared))
 
 
 # ---------------------------------------------------------------- enqueue and run
@@ -345,11 +349,11 @@ def job_source(args, given):
          "queuectl enqueue --id report --after build --unique-key nightly-report 'make report'\n"
          "queuectl enqueue --file jobs.jsonl", enqueue_arguments, allow_abbrev=False)
 def cmd_enqueue(args):
-    now = time.time()
     raw = job_options(args)
     raw.update({name: getattr(args, name) for name in ("id", "cwd") if getattr(args, name) is not None})
     json_text, command = job_source(args, raw)
     with open_store(args) as store:
+        now = store.now()  # on PostgreSQL the server's clock: due times are never this host's
         default_retries = store.config()["max-retries"]
         try:
             cwd = os.getcwd()
@@ -431,7 +435,7 @@ def cmd_worker_start(args):
     from qctl import runner
     from qctl import worker as qworker
     home = args.home
-    qhome.ensure(home, allow_shared=args.allow_shared_home)
+    database(args)  # a bad --db or home: one line now, not in a detached worker's log
     if args.detach:
         argv = [sys.executable, os.path.abspath(__file__), "--home", home, "worker", "start"]
         if args.count:
@@ -443,8 +447,11 @@ def cmd_worker_start(args):
             argv += ["--queue", ",".join(args.queue)]
         if args.allow_shared_home:
             argv.append("--allow-shared-home")
-        # The child reads the stopfile only once it runs: a stop issued before then must reach it.
-        argv += ["--stop-generation", str(qhome.stop_generation(home))]
+        # The child reads the stop generation only once it runs: a stop issued before then must reach it.
+        with open_store(args) as store:
+            argv += ["--stop-generation", str(store.stop_generation())]
+        if args.db:  # in the environment, not argv: a URL may hold a password, and argv is public
+            os.environ[qhome.DB_ENV] = args.db
         pid = runner.start_detached(argv, qhome.log_path(home))
         out("worker started in the background: pid %d, log %s" % (pid, qhome.log_path(home)))
         return EXIT_OK
@@ -454,7 +461,7 @@ def cmd_worker_start(args):
     logger.setLevel(logging.INFO)
     logger.propagate = False
     try:
-        worker = qworker.Worker(home, threads=args.count, burst=args.burst, drain=args.drain, queues=args.queue,
+        worker = qworker.Worker(home, db=args.db, threads=args.count, burst=args.burst, drain=args.drain, queues=args.queue,
                                 stop_generation=args.stop_generation, allow_shared_home=args.allow_shared_home)
         worker.install_signal_handlers()
         return worker.run()
@@ -473,8 +480,8 @@ def cmd_worker_stop(args):
     if args.timeout is not None and not args.wait:
         args.parser.error("--timeout goes with --wait")
     with open_store(args) as store:
-        before = [w["id"] for w in store.live_workers(time.time())]
-        qhome.request_stop(args.home)
+        before = [w["id"] for w in store.live_workers(store.now())]
+        store.request_stop()
         out("asked %s to stop" % display.plural(len(before), "worker"))
         if not args.wait:
             return EXIT_OK
@@ -489,11 +496,12 @@ def cmd_worker_stop(args):
 @command("worker list", "list live worker processes", "queuectl worker list --json", add_json)
 def cmd_worker_list(args):
     with open_store(args) as store:
-        live = store.live_workers(time.time())
+        now = store.now()
+        live = store.live_workers(now)
     if args.json:
         print_json([shapes.worker(w) for w in live])
     elif live:
-        out_lines(display.worker_lines(live, time.time()))
+        out_lines(display.worker_lines(live, now))
     else:
         out("no workers running")
     return EXIT_OK
@@ -515,7 +523,7 @@ def status_arguments(p):
          status_arguments)
 def cmd_status(args):
     with open_store(args) as store:
-        status = shapes.status(store.counts(queue=args.queue, tag=args.tag), store.live_workers(time.time()))
+        status = shapes.status(store.counts(queue=args.queue, tag=args.tag), store.live_workers(store.now()))
     if args.json:
         print_json(status)
     else:
@@ -535,10 +543,11 @@ def list_arguments(p):
 def cmd_list(args):
     with open_store(args) as store:
         rows = store.list_jobs(state=args.state, queue=args.queue, tag=args.tag, limit=args.limit)
+        now = store.now()
     if args.json:
         print_json([shapes.job(r) for r in rows])
     elif rows:
-        out_lines(display.job_lines(rows, time.time(), colour()))
+        out_lines(display.job_lines(rows, now, colour()))
     else:
         out("no %sjobs" % (args.state + " " if args.state else ""))
     return EXIT_OK
@@ -558,10 +567,11 @@ def cmd_show(args):
     with open_store(args) as store:
         row = store.get(args.id)
         shown = shapes.job_with_runs(row, store.job_runs(row))
+        now = store.now()
     if args.json:
         print_json(shown)
     else:
-        out_lines(display.show_lines(row, shown, time.time(), colour()))
+        out_lines(display.show_lines(row, shown, now, colour()))
     return EXIT_OK
 
 
@@ -684,7 +694,7 @@ def cmd_wait(args):
 def cmd_stats(args):
     from qctl import stats as qstats
     with open_store(args) as store:
-        figures = qstats.collect(store, time.time())
+        figures = qstats.collect(store, store.now())
     if args.json:
         print_json(figures)
     else:
@@ -704,7 +714,7 @@ def dashboard_arguments(p):
          "queuectl dashboard\nqueuectl dashboard --port 9000 --read-only", dashboard_arguments)
 def cmd_dashboard(args):
     from qctl import dashboard
-    server = dashboard.make_server(qhome.ensure(args.home, allow_shared=args.allow_shared_home),
+    server = dashboard.make_server(database(args),
                                    host=args.host, port=args.port, read_only=args.read_only)
     try:
         if not dashboard.is_loopback(args.host):
@@ -755,7 +765,7 @@ def picked(args):
 def cmd_cancel(args):
     filters = picked(args)
     with open_store(args) as store:
-        now_cancelled, asked = store.cancel(args.ids, now=time.time(), **filters)
+        now_cancelled, asked = store.cancel(args.ids, now=store.now(), **filters)
         for job_id in now_cancelled:
             out("job %s cancelled" % job_id)
         if not asked:
@@ -780,7 +790,7 @@ def cmd_retry(args):
     if args.all and not args.state:
         args.parser.error("--all needs --state (%s)" % ", ".join(jobs.FINISHED_STATES))
     with open_store(args) as store:
-        ids = store.retry(args.ids, now=time.time(), **filters)
+        ids = store.retry(args.ids, now=store.now(), **filters)
     if args.all:
         out("%s back to pending" % display.plural(len(ids), "job"))
     for job_id in [] if args.all else ids:
@@ -803,7 +813,7 @@ def cmd_edit(args):
     if not changes:
         args.parser.error("give at least one field to change")
     with open_store(args) as store:
-        store.edit(args.id, changes, now=time.time(), default_max_retries=store.config()["max-retries"])
+        store.edit(args.id, changes, now=store.now(), default_max_retries=store.config()["max-retries"])
         job = store.get(args.id)
     out("job %s changed: %s" % (args.id, display.job_summary(shapes.job(job))))
     return EXIT_OK
@@ -890,8 +900,8 @@ def cmd_schedule_add(args):
     for field in ("id", "run_at"):
         if raw.get(field) is not None:
             raise InvalidJob("a schedule's job has no %s: each fire makes a new job, at its own time" % field)
-    now = time.time()
     with open_store(args) as store:
+        now = store.now()
         job = jobs.validate_job(raw, now=now, default_max_retries=store.config()["max-retries"])
         raw["cwd"] = job["cwd"]  # where it was added: a worker runs it there, wherever the worker runs
         next_at = store.add_schedule(name, spec, json.dumps(raw, sort_keys=True), overlap=args.overlap, now=now)
@@ -903,10 +913,11 @@ def cmd_schedule_add(args):
 def cmd_schedule_list(args):
     with open_store(args) as store:
         rows = store.schedules()
+        now = store.now()
     if args.json:
         print_json([shapes.schedule(row) for row in rows])
     elif rows:
-        out_lines(display.schedule_lines(rows, time.time()))
+        out_lines(display.schedule_lines(rows, now))
     else:
         out("no schedules")
     return EXIT_OK
@@ -927,10 +938,11 @@ def cmd_schedule_remove(args):
 def cmd_dlq_list(args):
     with open_store(args) as store:
         rows = store.list_jobs(state=jobs.DEAD, queue=args.queue, tag=args.tag, limit=0)
+        now = store.now()
     if args.json:
         print_json([shapes.job(r) for r in rows])
     elif rows:
-        out_lines(display.dead_job_lines(rows, time.time()))
+        out_lines(display.dead_job_lines(rows, now))
     else:
         out("the dead letter queue is empty")
     return EXIT_OK
@@ -948,9 +960,9 @@ def cmd_dlq_retry(args):
         args.parser.error("give a job ID or --all")
     with open_store(args) as store:
         if args.all:
-            out("%s back to pending" % display.plural(len(store.retry(now=time.time(), only=(jobs.DEAD,))), "job"))
+            out("%s back to pending" % display.plural(len(store.retry(now=store.now(), only=(jobs.DEAD,))), "job"))
         else:
-            store.retry([args.id], now=time.time(), only=(jobs.DEAD,))
+            store.retry([args.id], now=store.now(), only=(jobs.DEAD,))
             out("job %s back to pending" % args.id)
     return EXIT_OK
 
@@ -973,7 +985,7 @@ def purge_arguments(p):
          purge_arguments)
 def cmd_purge(args):
     with open_store(args) as store:
-        count = store.purge(args.state, older_than_s=args.older_than or 0.0, now=time.time())
+        count = store.purge(args.state, older_than_s=args.older_than or 0.0, now=store.now())
     out("purged %s" % display.plural(count, args.state + " job"))
     return EXIT_OK
 
@@ -1036,11 +1048,10 @@ def cmd_config_list(args):
 
 @command("init", "create the home and database and say where (no command needs it)", "queuectl init")
 def cmd_init(args):
-    path = qhome.ensure(args.home, allow_shared=args.allow_shared_home)
-    with open_store(args):
-        pass
+    with open_store(args) as store:
+        where = store.path  # a PostgreSQL URL without its password
     out("home %s" % args.home)
-    out("database %s" % path)
+    out("database %s" % where)
     return EXIT_OK
 
 
@@ -1049,14 +1060,16 @@ def cmd_init(args):
 def cmd_check(args):
     problems = qhome.sharing_problems(args.home)
     with open_store(args, allow_shared=True) as store:
-        found, facts = store.check(time.time())
+        found, facts = store.check(store.now())
     problems += found
     if args.json:
         print_json(dict(facts, healthy=not problems, problems=problems))
     else:
-        out("database %s: schema version %d, %s, WAL %s" % (facts["path"], facts["schema_version"],
-                                                         display.size_text(facts["database_bytes"]),
-                                                         display.size_text(facts["wal_bytes"])))
+        line = "database %s: schema version %d, %s" % (facts["path"], facts["schema_version"],
+                                                       display.size_text(facts["database_bytes"]))
+        if "wal_bytes" in facts:  # SQLite's
+            line += ", WAL %s" % display.size_text(facts["wal_bytes"])
+        out(line)
         for problem in problems:
             error_line(problem)
         out("healthy" if not problems else display.plural(len(problems), "problem"))
@@ -1089,7 +1102,7 @@ def cmd_completion(args):
     from qctl import completion
     if args.ids is not None:
         states = [jobs.check_state(state) for state in args.ids.split(",") if state] or [None]
-        if not os.path.exists(os.path.join(args.home, qhome.DB_NAME)):
+        if not (args.db or os.environ.get(qhome.DB_ENV)) and not os.path.exists(os.path.join(args.home, qhome.DB_NAME)):
             return EXIT_OK  # a Tab press, maybe after a mistyped --home, creates no home
         with open_store(args) as store:
             for state in states:
@@ -1127,11 +1140,11 @@ def chosen_command(argv):
     option before it): then the whole tree is built, and argparse says what is wrong as ever."""
     words = iter(argv)
     for word in words:
-        if word == "--home":
+        if word in ("--home", "--db"):
             value = next(words, None)
             if value is None or value.startswith("-"):
                 return None
-        elif word.startswith("--home=") or word == "--allow-shared-home":
+        elif word.startswith(("--home=", "--db=")) or word == "--allow-shared-home":
             continue
         elif word in ("-h", "--help", "--version"):
             return ()
@@ -1155,13 +1168,17 @@ def build_parser(path=None):
     command needs: its own parser and arguments (a group's: every action), or for () the top level
     alone, whose -h lists every command from the summaries in COMMANDS without building them."""
     parser = Parser(
-        prog="queuectl", usage="queuectl [-h] [--version] [--home DIR] [--allow-shared-home] COMMAND ...",
+        prog="queuectl", usage="queuectl [-h] [--version] [--home DIR] [--db URL] [--allow-shared-home]\n"
+              "                COMMAND ...",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'queuectl COMMAND -h' for a command's options and examples.\n\nexample:\n"
                "  queuectl enqueue --command 'echo hello'\n  queuectl worker start --burst",
         allow_abbrev=False)
     parser.add_argument("--home", metavar="DIR",
                         help="data directory (default: $QUEUECTL_HOME, else ~/.queuectl)")
+    parser.add_argument("--db", metavar="URL",
+                        help="a PostgreSQL database instead of the home's SQLite file: postgresql://... "
+                             "(default: $QUEUECTL_DB)")
     parser.add_argument("--allow-shared-home", action="store_true",
                         help="use a home or database that another user owns or group or others can write "
                              "(unsafe: they can run commands as you)")

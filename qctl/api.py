@@ -11,31 +11,33 @@ may be shared between threads.
 """
 
 import os
-import time
 
 from . import home as qhome
 from . import jobs
 from . import shapes
-from .db import Store
+from .db import Store, is_url, open_store
 
 
 class Queue:
     def __init__(self, home=None, db=None):
-        """`home`: the data directory (default as the CLI's); `db`: a database file instead of HOME/queue.db."""
+        """`home`: the data directory (default as the CLI's); `db`: a SQLite file instead of HOME/queue.db,
+        or a postgresql:// URL (default: $QUEUECTL_DB, as the CLI's --db)."""
         self.home = qhome.resolve(home)
         self.db = db
 
     def _store(self):
-        path = qhome.ensure(self.home)
-        return Store(os.path.abspath(self.db) if self.db else path)
+        if self.db and not is_url(self.db):
+            qhome.ensure(self.home)
+            return Store(os.path.abspath(self.db))
+        return open_store(qhome.database(self.home, self.db))
 
     def enqueue(self, command, **fields):
         """Store one job running `command` (fields as in the job JSON: id, max_retries, priority,
         run_at or delay, timeout, cwd, env, queue, tags, after, after_policy, unique_key); returns
         its id. With a unique_key that an unfinished job holds, nothing is stored and that job's
         id is returned."""
-        now = time.time()
         with self._store() as store:
+            now = store.now()
             job = jobs.validate_job(dict(fields, command=command), now=now,
                                     default_max_retries=store.config()["max-retries"])
             return store.enqueue([job], now)[0]
@@ -57,13 +59,13 @@ class Queue:
         """Cancel a job (a running one is killed by its worker within a second or so); returns its state
         now: `cancelled`, or `processing` while its worker has not yet killed it."""
         with self._store() as store:
-            store.cancel([job_id], now=time.time())
+            store.cancel([job_id], now=store.now())
             return store.get(job_id)["state"]
 
     def retry(self, job_id):
         """A finished job (completed, dead, cancelled) back to pending, attempts reset."""
         with self._store() as store:
-            store.retry([job_id], now=time.time())
+            store.retry([job_id], now=store.now())
 
     def wait(self, ids, timeout=None):
         """Block until the jobs are finished; returns {id: final state}. Raises TimeoutError if

@@ -67,6 +67,20 @@ CHECKPOINT_BUSY_MS = 100  # a checkpoint waits this long for readers, then tries
 HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 SQLITE_MAX_INT = 2 ** 63 - 1
 
+def is_url(target):
+    """Whether a --db / QUEUECTL_DB value names a PostgreSQL server rather than a SQLite file."""
+    return target.startswith(("postgresql://", "postgres://"))
+
+
+def open_store(target, **options):
+    """The store at `target`: a PostgreSQL URL (`qctl.pgstore`, imported only then) or a SQLite file.
+    `options` are Store's (durable, autocheckpoint); a PostgreSQL store takes and ignores them."""
+    if is_url(target):
+        from .pgstore import PgStore
+        return PgStore(target, **options)
+    return Store(target, **options)
+
+
 # ---------------------------------------------------------------- schema
 
 SCHEMA_V1 = (
@@ -387,6 +401,64 @@ class Store:
     def __exit__(self, *exc):
         self.close()
 
+    # ------------------------------------------------------------ what a second backend changes
+    # The verbs below are written once, in SQL both stores read; these are where they differ.
+
+    IntegrityError = sqlite3.IntegrityError  # a constraint (unique id, unique key, primary key) refused a write
+    _FOR_UPDATE = ""  # after a SELECT of rows the transaction then changes: SQLite's write lock covers them
+    _SKIP_LOCKED = ""  # ... and of rows that only one of many callers at once may take (due schedules)
+    # Whether an expired lease alone means a worker is lost. Not on SQLite: a worker on this host may
+    # be alive and pulsing while a long transaction of another kept its heartbeat out (see `recover`).
+    LEASE_IS_FINAL = False
+
+    @staticmethod
+    def now():
+        """The time this store's verbs go by (epoch seconds): this host's clock, since the file is on it."""
+        return time.time()
+
+    @staticmethod
+    def _is_key_conflict(exc):
+        """Whether IntegrityError `exc` is a unique key that an unfinished job holds."""
+        return "unique_key" in str(exc)
+
+    @contextmanager
+    def _savepoint(self, con):
+        """Around a statement whose IntegrityError the transaction handles and goes on from: a failed
+        statement leaves a SQLite transaction as it was before it."""
+        yield
+
+    _OUTPUT_TAILS = "substr(stdout, -?), substr(stderr, -?)"  # the last ? bytes of a run's stdout and stderr
+
+    def _data_version(self):
+        """A number that changes when another connection commits (PRAGMA data_version reads no disk)."""
+        return self._read("PRAGMA data_version")[0][0]
+
+    def _own_changes(self):
+        """A number that changes when this connection writes."""
+        return self.con.total_changes
+
+    def waker(self, name):
+        """What a worker's supervisor sleeps on until work may have come (see `qctl.wake`)."""
+        waker = wake.Waker(self.home, name)
+        wake.poke(self.home)  # once: removes the sockets of dead workers (and wakes the others, harmlessly)
+        return waker
+
+    def stop_generation(self):
+        """How many times a stop of every worker was asked for (the stopfile's generation). Reads the
+        file only when it changed since this store's last call."""
+        try:
+            st = os.stat(qhome.stopfile_path(self.home))
+            signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            signature = None
+        if signature != getattr(self, "_stopfile_seen", ()):
+            self._stopfile_seen, self._stop_generation = signature, qhome.stop_generation(self.home)
+        return self._stop_generation
+
+    def request_stop(self):
+        """Ask every worker running now to stop (see `home.request_stop`)."""
+        qhome.request_stop(self.home)
+
     # ------------------------------------------------------------ plumbing
 
     def _migrate(self):
@@ -513,7 +585,7 @@ class Store:
         paused queue's) must not hide a retry falling due later, or a worker
         of `--queue q` would see that retry only at its next safety wake-up.
         """
-        version = self._read("PRAGMA data_version")[0][0]
+        version = self._data_version()
         if version != self._seen_version:
             self._seen_version = version
             self._next_due = self._next_due_at()
@@ -595,7 +667,7 @@ class Store:
             size = os.path.getsize(self.path + "-wal")
         except OSError:
             return
-        version = self._read("PRAGMA data_version")[0][0]
+        version = self._data_version()
         if version != self._house_version:
             self._house_version, self._quiet_since = version, time.monotonic()
         if size > 0 and time.monotonic() - self._quiet_since >= WAL_IDLE_S:
@@ -631,7 +703,7 @@ class Store:
         try:
             with self._write(wakes_workers=True) as con:
                 return self._insert(con, new_jobs, ids, now)
-        except sqlite3.IntegrityError:
+        except self.IntegrityError:
             index = self._first_duplicate(ids)
             raise DuplicateJob(ids[index], index) from None
 
@@ -651,9 +723,10 @@ class Store:
             stored.conflicts = []
             for index, row in enumerate(rows):
                 try:
-                    con.execute(_INSERT_JOB, row)
-                except sqlite3.IntegrityError as exc:
-                    if "unique_key" not in str(exc):
+                    with self._savepoint(con):
+                        con.execute(_INSERT_JOB, row)
+                except self.IntegrityError as exc:
+                    if not self._is_key_conflict(exc):
                         raise
                     stored[index] = self._key_holder(con, row[-1])
                     stored.conflicts.append(index)
@@ -694,8 +767,7 @@ class Store:
         return con.execute("SELECT id FROM jobs INDEXED BY jobs_unique WHERE unique_key = ? "
                            "AND state IN ('pending', 'processing', 'failed')", (key,)).fetchone()[0]
 
-    @staticmethod
-    def _count_waiting(con, seqs):
+    def _count_waiting(self, con, seqs):
         """Count again how many dependencies hold each job of `seqs` back."""
         for chunk in _chunks(seqs):
             con.execute("UPDATE jobs SET waiting = " + _WAITING + " WHERE seq IN (%s)" % _placeholders(len(chunk)),
@@ -761,7 +833,7 @@ class Store:
         the job for `recover` while the run lasts (see `note_process`).
         """
         with self._write() as con:
-            return self._claim(con, worker, lease_s, time.time() if now is None else now, queues, process)
+            return self._claim(con, worker, lease_s, self.now() if now is None else now, queues, process)
 
     def finish_and_claim(self, outcome, settings, *, now=None, queues=None, process=None):
         """`record(outcome)` and `claim` in one transaction: one commit per job instead of two.
@@ -771,7 +843,7 @@ class Store:
         with self._write() as con:
             state = self._record(con, outcome, settings)
             return state, self._claim(con, outcome.worker, settings["lease-seconds"],
-                                      time.time() if now is None else now, queues, process)
+                                      self.now() if now is None else now, queues, process)
 
     def _claim(self, con, worker, lease_s, now, queues, process=None):
         select = _claim_select(len(queues) if queues else 0)
@@ -899,7 +971,7 @@ class Store:
         long for the lock must not renew to a time already past.
         """
         with self._write() as con:
-            now = time.time() if now is None else now
+            now = self.now() if now is None else now
             con.execute(
                 # Plain INSERT OR REPLACE, not an upsert: ON CONFLICT DO UPDATE needs SQLite 3.24.
                 "INSERT OR REPLACE INTO workers (id, pid, host, threads, started_at, heartbeat_at, lease_until, "
@@ -992,12 +1064,17 @@ class Store:
                 job = {"seq": seq, "attempts": attempts, "max_retries": max_retries, "run": run}
                 # A job whose cancel was asked for while its worker was lost ends cancelled.
                 outcome = Outcome(CANCEL if cancelling else FAIL, job, worker, now, "worker lost")
-                recovered.append((job_id, self._record(con, outcome, settings).state))
+                recorded = self._record(con, outcome, settings)
+                if recorded is not None:  # None: another worker's recovery took it first (PostgreSQL)
+                    recovered.append((job_id, recorded.state))
             con.executemany("DELETE FROM workers WHERE id = ?", [(w,) for w in gone])
         for worker in gone:
-            qhome.forget_pulse(self.home, worker)
-            self._pulses_seen.pop(worker, None)
+            self._forget_pulse(worker)
         return recovered
+
+    def _forget_pulse(self, worker):
+        qhome.forget_pulse(self.home, worker)
+        self._pulses_seen.pop(worker, None)
 
     def _stopped_pulsing(self, worker, lease_s):
         """Whether `worker` has stopped pulsing (see `home.pulse`): it never did, or its pulse is
@@ -1071,7 +1148,7 @@ class Store:
         """Block until none of `worker_ids` is a live worker; returns those still alive at `timeout`."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            alive = set(worker_ids) & {w["id"] for w in self.live_workers(time.time())}
+            alive = set(worker_ids) & {w["id"] for w in self.live_workers(self.now())}
             if not alive or (deadline is not None and time.monotonic() >= deadline):
                 return alive
             time.sleep(WAIT_POLL_S)
@@ -1109,7 +1186,7 @@ class Store:
         params = [job["seq"]]
         if output_tail:
             keys += ["stdout", "stderr"]
-            cols += ", substr(stdout, -?), substr(stderr, -?)"
+            cols += ", " + self._OUTPUT_TAILS
             params[:0] = [output_tail, output_tail]
         runs = [dict(zip(keys, row))
                 for row in self._read("SELECT " + cols + " FROM runs WHERE job_seq = ? ORDER BY run", params)]
@@ -1136,7 +1213,7 @@ class Store:
         if its run and started_at are the job's. Cheap when nothing changed since the last call
         (PRAGMA data_version for other connections' commits, total_changes for this one's): the
         same answer comes back without a query."""
-        version = (self._read("PRAGMA data_version")[0][0], self.con.total_changes)
+        version = (self._data_version(), self._own_changes())
         if self._live_seen is not None and self._live_seen[:2] == (version, job_id):
             return self._live_seen[2]
         rows = self._read("SELECT j.*, l.run, l.started_at, l.stdout, l.stderr, l.stdout_total, l.stderr_total "
@@ -1167,11 +1244,11 @@ class Store:
         """
         totals = {COMPLETED: RunTotals(0, 0.0, 0), FAILED: RunTotals(0, 0.0, 0)}
         for failed, n, seconds, retries in self._read(
-                "SELECT error IS NOT NULL, count(*), total(finished_at - started_at), total(attempt > 1) "
+                "SELECT error IS NOT NULL, count(*), " + _TOTAL_SECONDS + ", " + _RETRIES % "attempt" + " "
                 "FROM runs GROUP BY error IS NOT NULL"):
             totals[FAILED if failed else COMPLETED] = RunTotals(n, seconds, int(retries))
         n, seconds, retries = self._read(
-            "SELECT count(*), total(finished_at - started_at), total(attempts > 1) FROM jobs "
+            "SELECT count(*), " + _TOTAL_SECONDS + ", " + _RETRIES % "attempts" + " FROM jobs "
             "WHERE state = ? AND " + _SILENT_SUCCESS, (COMPLETED,))[0]
         done = totals[COMPLETED]
         totals[COMPLETED] = RunTotals(done.runs + n, done.seconds + seconds, done.retries + int(retries))
@@ -1180,7 +1257,7 @@ class Store:
     def runs_since(self, since):
         """Runs finished at or after `since`, as RecentRun rows."""
         return [RecentRun(r[0], r[1], bool(r[2]), r[3]) for r in self._read(
-            "SELECT finished_at, finished_at - started_at, error IS NOT NULL, attempt FROM runs "
+            "SELECT finished_at, finished_at - started_at, CASE WHEN error IS NULL THEN 0 ELSE 1 END, attempt FROM runs "
             "WHERE finished_at >= ? "
             "UNION ALL SELECT finished_at, finished_at - started_at, 0, attempts FROM jobs "
             "WHERE state = ? AND finished_at >= ? AND " + _SILENT_SUCCESS, (since, COMPLETED, since))]
@@ -1217,7 +1294,7 @@ class Store:
 
     def cancel_requests(self, worker):
         """The seqs of `worker`'s processing jobs whose cancel was requested."""
-        return {seq for (seq,) in self._read("SELECT seq FROM jobs WHERE state = ? AND worker = ? AND cancel_requested",
+        return {seq for (seq,) in self._read("SELECT seq FROM jobs WHERE state = ? AND worker = ? AND cancel_requested = 1",
                                              (PROCESSING, worker))}
 
     def retry(self, ids=(), *, now, state=None, queue=None, tag=None, only=FINISHED_STATES):
@@ -1235,11 +1312,12 @@ class Store:
                 "WHERE seq = ? AND runs > 0", [(seq,) for seq, _, _ in rows])
             for seq, job_id, _ in rows:
                 try:
-                    con.execute(
-                        "UPDATE jobs SET state = ?, attempts = 0, next_run_at = ?, updated_at = ?, exit_code = NULL, "
-                        "last_error = NULL, worker = NULL, started_at = NULL, finished_at = NULL, "
-                        "cancel_requested = 0 WHERE seq = ?", (PENDING, now, now, seq))
-                except sqlite3.IntegrityError:
+                    with self._savepoint(con):
+                        con.execute(
+                            "UPDATE jobs SET state = ?, attempts = 0, next_run_at = ?, updated_at = ?, exit_code = NULL, "
+                            "last_error = NULL, worker = NULL, started_at = NULL, finished_at = NULL, "
+                            "cancel_requested = 0 WHERE seq = ?", (PENDING, now, now, seq))
+                except self.IntegrityError:
                     raise self._key_taken(con, job_id) from None
             seqs = [seq for seq, _, _ in rows]
             # It waits again for its own dependencies; those waiting for it wait again for it.
@@ -1274,7 +1352,7 @@ class Store:
         if ids:
             rows = []
             for job_id in dict.fromkeys(ids):
-                row = con.execute("SELECT seq, id, state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                row = con.execute("SELECT seq, id, state FROM jobs WHERE id = ?" + self._FOR_UPDATE, (job_id,)).fetchone()
                 if row is None:
                     raise JobNotFound(job_id)
                 if row[2] not in allowed:
@@ -1284,14 +1362,14 @@ class Store:
             return rows
         states = [s for s in allowed if state is None or s == state]
         where, params = _filters(states=states, queue=queue, tag=tag)
-        return [tuple(row) for row in con.execute("SELECT seq, id, state FROM jobs" + where + " ORDER BY seq", params)]
+        return [tuple(row) for row in con.execute("SELECT seq, id, state FROM jobs" + where + " ORDER BY seq" + self._FOR_UPDATE, params)]
 
     def edit(self, job_id, changes, *, now, default_max_retries):
         """Change fields of a pending or failed job; the whole job is validated again, as
         `enqueue` would. Any other state raises InvalidState and changes nothing. `changes`:
         raw job fields (as in the JSON), e.g. {"priority": 5, "delay": "10m"}."""
         with self._write(wakes_workers=True) as con:
-            rows = con.execute("SELECT " + JOB_COLUMNS + " FROM jobs WHERE id = ?", (job_id,)).fetchall()
+            rows = con.execute("SELECT " + JOB_COLUMNS + " FROM jobs WHERE id = ?" + self._FOR_UPDATE, (job_id,)).fetchall()
             if not rows:
                 raise JobNotFound(job_id)
             row = _job_dict(rows[0])
@@ -1306,15 +1384,16 @@ class Store:
             run_at = new["run_at"] if moved else row["run_at"]
             next_run_at = new["run_at"] if moved else row["next_run_at"]
             try:
-                con.execute(
-                    "UPDATE jobs SET command = ?, max_retries = ?, priority = ?, run_at = ?, next_run_at = ?, "
-                    "timeout = ?, cwd = ?, env = ?, queue = ?, after = ?, after_policy = ?, unique_key = ?, "
-                    "updated_at = ? WHERE seq = ? AND state IN (?, ?)",
-                    (new["command"], new["max_retries"], new["priority"], run_at, next_run_at, new["timeout"],
-                     new["cwd"], new["env"], new["queue"], TAG_SEPARATOR.join(new["after"]) or None,
-                     new["after_policy"] if new["after"] else None, new["unique_key"], now, row["seq"])
-                    + EDITABLE_STATES)
-            except sqlite3.IntegrityError:
+                with self._savepoint(con):
+                    con.execute(
+                        "UPDATE jobs SET command = ?, max_retries = ?, priority = ?, run_at = ?, next_run_at = ?, "
+                        "timeout = ?, cwd = ?, env = ?, queue = ?, after = ?, after_policy = ?, unique_key = ?, "
+                        "updated_at = ? WHERE seq = ? AND state IN (?, ?)",
+                        (new["command"], new["max_retries"], new["priority"], run_at, next_run_at, new["timeout"],
+                         new["cwd"], new["env"], new["queue"], TAG_SEPARATOR.join(new["after"]) or None,
+                         new["after_policy"] if new["after"] else None, new["unique_key"], now, row["seq"])
+                        + EDITABLE_STATES)
+            except self.IntegrityError:
                 raise InvalidState("unique key %r is held by job %r already"
                                    % (new["unique_key"], self._key_holder(con, new["unique_key"]))) from None
             con.execute("DELETE FROM job_tags WHERE job_seq = ?", (row["seq"],))
@@ -1334,7 +1413,7 @@ class Store:
             if seq is None:
                 raise BadDependency("job %r waits for %r, which is not a known job" % (row["id"], dep))
             # A cycle: the new dependency waits, through its own, for this job.
-            if con.execute("WITH RECURSIVE up(seq) AS (SELECT ? UNION SELECT d.dep_seq FROM job_deps AS d "
+            if con.execute("WITH RECURSIVE up(seq) AS (SELECT CAST(? AS INTEGER) UNION SELECT d.dep_seq FROM job_deps AS d "
                            "JOIN up ON d.job_seq = up.seq) SELECT 1 FROM up WHERE seq = ?", (seq, row["seq"])).fetchone():
                 raise BadDependency("jobs would wait for each other in a cycle: %r waits for %r" % (dep, row["id"]))
             deps.append(seq)
@@ -1346,7 +1425,7 @@ class Store:
     def delete(self, job_id):
         """Remove a job that is not processing, with its runs."""
         with self._write() as con:
-            row = con.execute("SELECT seq, state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = con.execute("SELECT seq, state FROM jobs WHERE id = ?" + self._FOR_UPDATE, (job_id,)).fetchone()
             if row is None:
                 raise JobNotFound(job_id)
             if row[1] == PROCESSING:
@@ -1357,14 +1436,14 @@ class Store:
             if waiting:
                 raise InvalidState("jobs wait for %r (%s): cancel it instead, or delete them first"
                                    % (job_id, ", ".join(repr(dep) for dep in waiting)))
-            _forget("seq = ?", (row[0],), con=con)
+            self._forget("seq = ?", (row[0],), con=con)
 
     def purge(self, state, *, older_than_s=0.0, now):
         """Remove finished jobs in `state` last updated at least `older_than_s` ago. Returns how many."""
         if state not in FINISHED_STATES:
             raise InvalidJob("purge removes %s jobs, not %s" % (_either(FINISHED_STATES), state))
         with self._write() as con:
-            return _forget("state = ? AND updated_at <= ?", (state, now - older_than_s), con=con)
+            return self._forget("state = ? AND updated_at <= ?", (state, now - older_than_s), con=con)
 
     def prune(self, now, settings, *, batch=PRUNE_BATCH):
         """Retention: remove at most `batch` jobs (with their runs) that finished longer ago than
@@ -1379,30 +1458,48 @@ class Store:
                 seqs = [seq for (seq,) in con.execute(
                     "SELECT seq FROM jobs INDEXED BY jobs_finished WHERE state IN (" + states + ") "
                     "AND finished_at < ? LIMIT ?", (now - keep_s, batch - removed))]
-                removed += _forget("seq IN (%s)" % _placeholders(len(seqs)), seqs, con=con) if seqs else 0
+                removed += self._forget("seq IN (%s)" % _placeholders(len(seqs)), seqs, con=con) if seqs else 0
+        return removed
+
+    def _forget(self, where, params, *, con):
+        """Delete the jobs matching `where` (constant text and placeholders) with their runs and tags;
+        returns how many jobs."""
+        # A job that still waits for one of them waits for it no more (delete refuses a job that is waited for).
+        waiting = [seq for (seq,) in con.execute(
+            "SELECT DISTINCT d.job_seq FROM job_deps AS d JOIN jobs AS job ON job.seq = d.job_seq "
+            "WHERE d.dep_seq IN (SELECT seq FROM jobs WHERE %s) AND job.waiting > 0" % where, params)]
+        for table in ("runs", "job_tags", "job_deps"):
+            con.execute("DELETE FROM %s WHERE job_seq IN (SELECT seq FROM jobs WHERE %s)" % (table, where), params)
+        con.execute("DELETE FROM job_deps WHERE dep_seq IN (SELECT seq FROM jobs WHERE %s)" % where, params)
+        removed = con.execute("DELETE FROM jobs WHERE " + where, params).rowcount
+        self._count_waiting(con, waiting)
         return removed
 
     # ------------------------------------------------------------ health and backup
 
     def check(self, now):
-        """Health: (problems, facts). Problems are one line each: a failed integrity check, jobs
-        processing under no live worker past their lease. Facts: schema version, file sizes."""
-        problems = ["integrity check: %s" % line for (line,) in self._read("PRAGMA integrity_check") if line != "ok"]
+        """Health: (problems, facts). Problems are one line each: what the database's own check
+        found, jobs processing under no live worker past their lease. Facts: schema version, sizes."""
+        problems, facts = self._storage_check()
         live = {w["id"] for w in self.live_workers(now)}
         stuck = [job_id for job_id, worker in self._read(
             "SELECT id, worker FROM jobs WHERE state = ? AND lease_until < ?", (PROCESSING, now)) if worker not in live]
         if stuck:
             problems.append("%d job%s processing under a worker that is gone (the next worker recovers them): %s"
                             % (len(stuck), "" if len(stuck) == 1 else "s", ", ".join(stuck[:10])))
+        facts["jobs"] = self.counts()
+        return problems, facts
+
+    def _storage_check(self):
+        """(problems, facts) of the database itself: SQLite's integrity check; the file sizes."""
+        problems = ["integrity check: %s" % line for (line,) in self._read("PRAGMA integrity_check") if line != "ok"]
         sizes = {}
         for name, suffix in (("database_bytes", ""), ("wal_bytes", "-wal")):
             try:
                 sizes[name] = os.path.getsize(self.path + suffix)
             except OSError:
                 sizes[name] = 0
-        facts = dict(sizes, path=self.path, schema_version=self._read("PRAGMA user_version")[0][0],
-                     jobs=self.counts())
-        return problems, facts
+        return problems, dict(sizes, path=self.path, schema_version=self._read("PRAGMA user_version")[0][0])
 
     def backup(self, target):
         """A consistent copy of the database at `target` (SQLite's online backup API: right while
@@ -1467,7 +1564,7 @@ class Store:
             try:
                 con.execute("INSERT INTO schedules (name, spec, job, overlap, next_at, created_at) "
                             "VALUES (?, ?, ?, ?, ?, ?)", (name, spec, job, int(overlap), next_at, now))
-            except sqlite3.IntegrityError:
+            except self.IntegrityError:
                 raise InvalidJob("a schedule named %r exists already: remove it first" % (name,)) from None
         return next_at
 
@@ -1503,9 +1600,9 @@ class Store:
         import json
         fired = []
         with self._write() as con:
-            now = time.time() if now is None else now
+            now = self.now() if now is None else now
             due = con.execute("SELECT name, spec, job, overlap, next_at, last_job FROM schedules "
-                              "WHERE next_at <= ? ORDER BY next_at, name", (now,)).fetchall()
+                              "WHERE next_at <= ? ORDER BY next_at, name" + self._SKIP_LOCKED, (now,)).fetchall()
             for name, spec, job_text, overlap, due_at, last_job in due:
                 job_id = error = None
                 failed = False  # a fire that could not make its job (not one skipped on purpose)
@@ -1524,9 +1621,9 @@ class Store:
                     except InvalidJob as exc:  # a dependency that is gone since: this fire only fails
                         error, failed = str(exc), True
                 con.execute("UPDATE schedules SET next_at = ?, last_job = coalesce(?, last_job), "
-                            "last_fired_at = CASE WHEN ? IS NULL THEN last_fired_at ELSE ? END, last_error = ? "
-                            "WHERE name = ?", (qcron.next_due(spec, now=now, due=due_at), job_id, job_id, now,
-                                               error if failed else None, name))
+                            "last_fired_at = coalesce(?, last_fired_at), last_error = ? WHERE name = ?",
+                            (qcron.next_due(spec, now=now, due=due_at), job_id, None if job_id is None else now,
+                             error if failed else None, name))
                 fired.append(Fired(name, due_at, job_id, error, failed))
         return fired
 
@@ -1549,10 +1646,13 @@ class Store:
 
 
 # A completed job whose latest run wrote no runs row: it succeeded without output.
+# Seconds run, and how many runs were retries (attempt > 1), in plain SQL both stores read alike.
+_TOTAL_SECONDS = "coalesce(sum(finished_at - started_at), 0)"
+_RETRIES = "coalesce(sum(CASE WHEN %s > 1 THEN 1 ELSE 0 END), 0)"
 _SILENT_SUCCESS = "NOT EXISTS (SELECT 1 FROM runs WHERE runs.job_seq = jobs.seq AND runs.run = jobs.runs)"
 # The queues a claim passes over: paused ones, and those with as many jobs processing as their
 # concurrency allows. Not correlated with the job rows, so SQLite works it out once a claim.
-_BLOCKED_QUEUES = ("SELECT name FROM queues WHERE paused OR (concurrency > 0 AND concurrency <= "
+_BLOCKED_QUEUES = ("SELECT name FROM queues WHERE paused = 1 OR (concurrency > 0 AND concurrency <= "
                    "(SELECT count(*) FROM jobs AS running WHERE running.queue = queues.name "
                    "AND running.state = 'processing'))")
 _CLAIM_SELECT = ("SELECT seq FROM jobs INDEXED BY jobs_ready WHERE state IN ('pending', 'failed') AND waiting = 0 "
@@ -1596,7 +1696,7 @@ def _filters(*, states=None, queue=None, tag=None):
     """(" WHERE ..." or "", params) selecting jobs in `states` (None: any), of `queue`, with `tag`."""
     clauses, params = [], []
     if states is not None:
-        clauses.append("state IN (%s)" % _placeholders(len(states)) if states else "0")
+        clauses.append("state IN (%s)" % _placeholders(len(states)) if states else "1 = 0")
         params += states
     if queue is not None:
         clauses.append("queue = ?")
@@ -1615,21 +1715,6 @@ def _either(states):
 def _placeholders(n):
     """`?, ?, ?` for n values: the only text an SQL statement is ever built from, besides constants."""
     return ", ".join("?" * n)
-
-
-def _forget(where, params, *, con):
-    """Delete the jobs matching `where` (constant text and placeholders) with their runs and tags;
-    returns how many jobs."""
-    # A job that still waits for one of them waits for it no more (delete refuses a job that is waited for).
-    waiting = [seq for (seq,) in con.execute(
-        "SELECT DISTINCT d.job_seq FROM job_deps AS d JOIN jobs AS job ON job.seq = d.job_seq "
-        "WHERE d.dep_seq IN (SELECT seq FROM jobs WHERE %s) AND job.waiting > 0" % where, params)]
-    for table in ("runs", "job_tags", "job_deps"):
-        con.execute("DELETE FROM %s WHERE job_seq IN (SELECT seq FROM jobs WHERE %s)" % (table, where), params)
-    con.execute("DELETE FROM job_deps WHERE dep_seq IN (SELECT seq FROM jobs WHERE %s)" % where, params)
-    removed = con.execute("DELETE FROM jobs WHERE " + where, params).rowcount
-    Store._count_waiting(con, waiting)
-    return removed
 
 
 def _job_dict(row):

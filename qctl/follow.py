@@ -116,7 +116,7 @@ def follow(store, job_id, sink, *, poll_s=POLL_S):
     the job is not touched."""
     follower = Follower(store, job_id, sink)
     while True:
-        state = follower.look(time.time())
+        state = follower.look(store.now())
         if state is not None:
             return state
         time.sleep(poll_s)

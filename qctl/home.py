@@ -26,9 +26,27 @@ def resolve(home=None):
         raise StoreError("cannot find the queuectl home %s: %s" % (chosen, exc.strerror or exc)) from None
 
 
-def ensure(home, *, allow_shared=False):
-    """Create the home (0700) and an empty database file (0600) if missing; return the
-    database path.
+DB_ENV = "QUEUECTL_DB"
+
+
+def database(home, db=None, *, allow_shared=False):
+    """Where the queue is: `db` (--db) > $QUEUECTL_DB > the SQLite file in `home`. A PostgreSQL URL
+    is returned as it is (the home is still made: it holds a worker's log and pulse files); else
+    `ensure(home)`'s database path."""
+    chosen = db or os.environ.get(DB_ENV)
+    if chosen:
+        from .db import is_url
+        if not is_url(chosen):
+            raise StoreError("%s is not a postgresql:// URL: --db and %s name a PostgreSQL database (a SQLite "
+                             "queue is chosen with --home)" % (chosen, DB_ENV))
+        ensure(home, allow_shared=allow_shared, database=False)
+        return chosen
+    return ensure(home, allow_shared=allow_shared)
+
+
+def ensure(home, *, allow_shared=False, database=True):
+    """Create the home (0700) and, with `database`, an empty database file (0600) if missing;
+    return the database path.
 
     Every command opens the store through here, so none can forget the check:
     unless `allow_shared`, a home or database that another user owns, or
@@ -46,6 +64,8 @@ def ensure(home, *, allow_shared=False):
     if not allow_shared:
         _refuse_if_shared(home)
     path = os.path.join(home, DB_NAME)
+    if not database:
+        return path
     if not os.path.exists(path):
         # Create it 0600 before SQLite does (with the umask's 0644): its -wal and
         # -shm files take the database file's mode.

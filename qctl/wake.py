@@ -85,6 +85,15 @@ def _remove_socket(path):
         pass
 
 
+def drain(sock):
+    """Take every wake-up waiting on non-blocking socket `sock`."""
+    try:
+        while True:
+            sock.recv(64)
+    except OSError:  # BlockingIOError: taken them all
+        pass
+
+
 class Waker:
     """What a worker's supervisor sleeps on: its socket in HOME/wake (woken by `poke`) and a
     socket pair its own threads and signals ring (`ring`, `signal_fd`).
@@ -95,6 +104,14 @@ class Waker:
     """
 
     def __init__(self, home, name):
+        self._make_ring()
+        self.path = os.path.join(directory(home), name)
+        self._sock = None
+        self._bound = None  # (st_dev, st_ino) of the socket file we bound
+        self.unavailable = None  # why pokes cannot reach us, when they cannot
+        self._bind()
+
+    def _make_ring(self):
         import select
         import socket
         self._select = select.select
@@ -102,11 +119,6 @@ class Waker:
         self._ring_in, self._ring_out = socket.socketpair()
         self._ring_in.setblocking(False)
         self._ring_out.setblocking(False)
-        self.path = os.path.join(directory(home), name)
-        self._sock = None
-        self._bound = None  # (st_dev, st_ino) of the socket file we bound
-        self.unavailable = None  # why pokes cannot reach us, when they cannot
-        self._bind()
 
     @property
     def listening(self):
@@ -167,11 +179,7 @@ class Waker:
         socks = [self._ring_in] if self._sock is None else [self._ring_in, self._sock]
         ready = self._select(socks, [], [], max(0.0, timeout))[0]
         for sock in ready:
-            try:
-                while True:
-                    sock.recv(64)
-            except OSError:  # BlockingIOError: taken them all
-                pass
+            drain(sock)
         return bool(ready)
 
     def ring(self):

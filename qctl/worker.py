@@ -25,8 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from . import home as qhome
 from . import shapes
-from . import wake
-from .db import PRUNE_BATCH, Store
+from .db import PRUNE_BATCH, open_store
 from .errors import DatabaseDamaged, JobNotFound, QueueError
 from .jobs import CANCEL, CANCELLED, COMPLETE, COMPLETED, DEAD, FAIL, FAILED, RELEASE, UNFINISHED_STATES, Outcome
 from .runner import adopt_orphans, kill_lost, kill_tree, output_progress, run_command, run_identity
@@ -58,10 +57,11 @@ class Worker:
     or, with `burst`, until nothing is runnable and nothing runs.
     """
 
-    def __init__(self, home, *, threads=None, burst=False, drain=False, queues=None, stop_generation=None,
+    def __init__(self, home, *, db=None, threads=None, burst=False, drain=False, queues=None, stop_generation=None,
                  allow_shared_home=False):
         self.home = home
-        self.db_path = qhome.ensure(home, allow_shared=allow_shared_home)
+        # --db (a PostgreSQL URL) > $QUEUECTL_DB > the home's SQLite file
+        self.db = qhome.database(home, db, allow_shared=allow_shared_home)
         self.host = qhome.host()
         self.host_key = qhome.host_key()  # whose process table our pid is in: others compare it before trusting it
         self.pid = os.getpid()
@@ -69,15 +69,16 @@ class Worker:
         self.burst = burst
         self.drain = drain
         self.queues = tuple(queues) if queues else None  # None: every queue
-        with Store(self.db_path) as store:
+        with open_store(self.db) as store:
             self.settings = store.config()
+            # The store's clock: on PostgreSQL the server's (shared by every store of that server
+            # in this process, so it goes on working once this one is closed).
+            self.now = store.now
+            # A stop requested after this generation stops us. `worker start --detach` passes the
+            # generation it saw, so a stop issued while the child starts up is not missed.
+            self.stop_generation = store.stop_generation() if stop_generation is None else stop_generation
         self.threads = threads or self.settings["worker-count"]
-        self.started_at = time.time()
-        # A stop requested after this generation stops us. `worker start --detach` passes the
-        # generation it saw, so a stop issued while the child starts up is not missed.
-        self.stop_generation = qhome.stop_generation(home) if stop_generation is None else stop_generation
-        self._stopfile = qhome.stopfile_path(home)
-        self._stopfile_seen = ()
+        self.started_at = self.now()
         self._stopping = threading.Event()   # claim nothing more
         self._done = threading.Event()       # every pool thread has returned
         self._killing = False                # kill running commands and release their jobs
@@ -91,7 +92,7 @@ class Worker:
         self._active = self.threads          # pool threads still looping (burst ends when all are idle)
         self._procs = {}                     # job seq -> Popen, for a hard stop
         self._unnoted = {}                   # job seq -> (job, Popen, start): pid not yet noted (_note_runs)
-        self._killed = set()                 # job seqs whose command a hard stop killed
+        self._killed = set()                 # job seqs whose command a hard stop (or a lapsed lease) killed
         self._cancelled = set()              # job seqs whose command we killed because a user cancelled it
         self._procs_lock = threading.Lock()
         self._last_error, self._last_error_at = None, 0.0  # see _log_error
@@ -158,15 +159,14 @@ class Worker:
         if adopt_orphans() is False:  # Linux: our commands' orphans become ours, so none escapes a kill
             log.warning("worker %s: cannot adopt orphaned processes (prctl refused): every job's end will "
                         "read every process to find what the job left running", self.id)
-        self._house_store = Store(self.db_path, durable=False, autocheckpoint=False)
+        self._house_store = open_store(self.db, durable=False, autocheckpoint=False)
         threads = []
         previous_fd = None
         try:
-            self._waker = wake.Waker(self.home, "%d-%s" % (self.pid, self.id.rsplit(":", 1)[1]))
+            self._waker = self._house_store.waker("%d-%s" % (self.pid, self.id.rsplit(":", 1)[1]))
             if self._waker.unavailable is not None:
                 log.info("worker %s: no wake-ups (%s): looking for work every poll-interval", self.id,
                          self._waker.unavailable)
-            wake.poke(self.home)  # once: removes the sockets of dead workers (and wakes the others, harmlessly)
             if self._signal_fd:
                 try:  # a signal must end the supervisor's sleep, not wait for its next look
                     previous_fd = signal.set_wakeup_fd(self._waker.signal_fd(), warn_on_full_buffer=False)
@@ -230,13 +230,13 @@ class Worker:
         self.stop()
 
     def _supervise(self, futures):
-        watch = Store(self.db_path, durable=False, autocheckpoint=False)
+        watch = open_store(self.db, durable=False, autocheckpoint=False)
         try:
-            watch.poll_for_work(time.time())  # the first answer is always yes: take it now
+            watch.poll_for_work(self.now())  # the first answer is always yes: take it now
             last_wake = time.monotonic()
             while not all(f.done() for f in futures):
                 self._obey_signals()
-                if not self._stopping.is_set() and self._stop_requested():
+                if not self._stopping.is_set() and self._stop_requested(watch):
                     log.info("worker %s stopping: stop requested", self.id)
                     self.stop()
                 if self._stopping.is_set():  # nothing to wake any more: wait for the pool to end, on
@@ -247,7 +247,7 @@ class Worker:
                 if self._idle:
                     now = time.monotonic()
                     try:
-                        due = watch.poll_for_work(time.time())
+                        due = watch.poll_for_work(self.now())
                     except QueueError:
                         # A passing problem (disk full, say) must not end the worker: the safety
                         # wake below sends the threads to retry, and they report what fails.
@@ -271,7 +271,7 @@ class Worker:
         if self._waker.renew():
             interval = max(interval, SAFETY_POLL_S)
         due = watch.next_due() if self._idle else None
-        return interval if due is None else min(interval, due - time.time())
+        return interval if due is None else min(interval, due - self.now())
 
     def _drained(self, watch):
         """--drain: whether no job of our queues is pending, processing or failed (due or not)."""
@@ -289,23 +289,19 @@ class Worker:
             log.info("worker %s killing running jobs; they go back to the queue", self.id)
             self.kill()
 
-    def _stop_requested(self):
-        """Whether the stopfile's generation grew since we started; reads it only when it changed."""
+    def _stop_requested(self, watch):
+        """Whether a stop was asked for since we started (the stopfile's generation grew; on
+        PostgreSQL the database's, from any host)."""
         try:
-            st = os.stat(self._stopfile)
-            signature = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            signature = None
-        if signature == self._stopfile_seen:
+            return watch.stop_generation() > self.stop_generation
+        except QueueError:  # a passing problem: the next look asks again
             return False
-        self._stopfile_seen = signature
-        return qhome.stop_generation(self.home) > self.stop_generation
 
     # ------------------------------------------------------------ one pool thread
 
     def _thread_main(self):
         try:
-            store = Store(self.db_path, durable=False, autocheckpoint=False)
+            store = open_store(self.db, durable=False, autocheckpoint=False)
         except QueueError as exc:
             log.error("worker %s: a thread could not open the queue: %s", self.id, exc)
             self._thread_exit()
@@ -374,7 +370,7 @@ class Worker:
             return self.step(job)
         except Exception as exc:
             log.exception("worker %s: error running job %s", self.id, job["id"])
-            return Outcome(FAIL, job, self.id, time.time(), "worker error: %s" % exc)
+            return Outcome(FAIL, job, self.id, self.now(), "worker error: %s" % exc)
 
     def _log_error(self, doing, exc):
         """One line for a database problem (a traceback for a bug), but only once a minute for the
@@ -448,8 +444,9 @@ class Worker:
             with self._procs_lock:
                 self._procs.pop(job["seq"], None)
                 self._unnoted.pop(job["seq"], None)
-        now = time.time()
+        now = self.now()
         if job["seq"] in self._killed:  # whatever it exited with: we cut it short
+            self._killed.discard(job["seq"])  # the job may come back to us (a lapsed lease's)
             return Outcome(RELEASE, job, self.id, now)
         took = time.monotonic() - started
         if job["seq"] in self._cancelled:
@@ -512,7 +509,7 @@ class Worker:
                     continue
                 try:
                     if store is None:
-                        store = Store(self.db_path, durable=False, autocheckpoint=False)
+                        store = open_store(self.db, durable=False, autocheckpoint=False)
                     self._guarded("running the on-finish hook", lambda: self._run_hook(store, *event))
                 except QueueError as exc:
                     self._log_error("opening the queue for a hook", exc)
@@ -567,17 +564,17 @@ class Worker:
         """Fire due schedules (see `Store.fire_schedules`) on time, until the worker stops."""
         store = None
         try:
-            store = Store(self.db_path, durable=False, autocheckpoint=False)
+            store = open_store(self.db, durable=False, autocheckpoint=False)
             while not self._stopping.is_set():
                 due = None
                 try:
                     due = store.next_schedule_at()
                 except Exception as exc:
                     self._log_error("reading the schedules", exc)
-                wait = SCHEDULE_LOOK_S if due is None else min(max(0.0, due - time.time()), SCHEDULE_LOOK_S)
+                wait = SCHEDULE_LOOK_S if due is None else min(max(0.0, due - self.now()), SCHEDULE_LOOK_S)
                 if self._stopping.wait(wait):
                     return
-                if due is not None and time.time() >= due and not self._guarded("firing schedules",
+                if due is not None and self.now() >= due and not self._guarded("firing schedules",
                                                                               lambda: self._fire(store)):
                     self._stopping.wait(CLAIM_RETRY_S)  # a full disk, say: not again at once
         except QueueError as exc:
@@ -623,13 +620,15 @@ class Worker:
             last_tick = time.monotonic()
             if not self._house_store.is_current():
                 self._give_up("the database %s was deleted or replaced while this worker served it; "
-                              "start a worker again to serve the new one" % self.db_path)
+                              "start a worker again to serve the new one" % self.db)
                 continue
             # Each step on its own: one that fails (a bad config row, a full disk) must not stop the
             # heartbeat, or our leases lapse while we run.
             if time.monotonic() - last_beat >= self.settings["lease-seconds"] / 3 and self._guarded(
                     "renewing leases", self._beat):
                 last_beat = time.monotonic()
+            if self._house_store.LEASE_IS_FINAL and time.monotonic() - last_beat > self.settings["lease-seconds"]:
+                self._lease_lapsed()
             self._guarded("reloading the config", self._reload_config)
             if not self._stopping.is_set():
                 self._guarded("recovering lost workers' jobs", self._recover)
@@ -693,12 +692,12 @@ class Worker:
             received, streams = progress
             outputs.append((seq, run, streams))
             known[seq] = (proc, run, received)
-        self._house_store.publish_output(self.id, outputs, now=time.time())
+        self._house_store.publish_output(self.id, outputs, now=self.now())
         self._published = known
 
     def _prune(self):
         """Retention: a batch of old finished jobs (see `Store.prune`)."""
-        self._pruned = self._house_store.prune(time.time(), self.settings)
+        self._pruned = self._house_store.prune(self.now(), self.settings)
 
     def _pulse_loop(self):
         """Touch our pulse file (see `home.pulse`) several times a lease, whatever the database does."""
@@ -708,6 +707,21 @@ class Worker:
             except QueueError as exc:
                 self._log_error("pulsing", exc)
 
+    def _lease_lapsed(self):
+        """No heartbeat has reached the database for a whole lease (PostgreSQL: the server or the
+        network is gone): another worker may have recovered our jobs and be running them now. Kill
+        our commands rather than let two copies run; their outcomes then record nothing (fenced),
+        or give the jobs back if no one took them meanwhile."""
+        with self._procs_lock:
+            lapsed = [(seq, proc) for seq, proc in self._procs.items() if seq not in self._killed]
+            self._killed.update(seq for seq, _ in lapsed)
+        if lapsed:
+            log.warning("worker %s: no heartbeat reached the database for %s: killing %s running command%s, "
+                        "whose jobs may run elsewhere now", self.id, format_seconds(self.settings["lease-seconds"]),
+                        len(lapsed), "" if len(lapsed) == 1 else "s")
+        for _, proc in lapsed:
+            threading.Thread(target=kill_tree, args=(proc,), kwargs={"grace_s": HARD_STOP_GRACE_S}, daemon=True).start()
+
     def _beat(self):
         self._house_store.heartbeat(self.id, self.settings["lease-seconds"], pid=self.pid,
                                     host=self.host, threads=self.threads, started_at=self.started_at,
@@ -715,7 +729,7 @@ class Worker:
 
     def _recover(self):
         """Jobs of workers whose lease expired, or that died on this host, back to the queue."""
-        for job_id, state in self._house_store.recover(time.time(), self.settings, me=self.id,
+        for job_id, state in self._house_store.recover(self.now(), self.settings, me=self.id,
                                                        before_retry=self._kill_lost_run):
             log.info("job %s recovered from a lost worker: now %s", job_id, state)
             self._finished(job_id, state, None, None, None)

@@ -19,7 +19,7 @@ import queuectl  # noqa: E402
 from qctl import config as qconfig  # noqa: E402
 from qctl import home as qhome  # noqa: E402
 from qctl import jobs  # noqa: E402
-from qctl.db import Store  # noqa: E402
+from qctl.db import open_store  # noqa: E402
 
 SCRIPT = os.path.join(ROOT, "queuectl.py")
 POSIX = os.name == "posix"
@@ -88,10 +88,14 @@ class HomeTestCase(unittest.TestCase):
         self.addCleanup(tmp.cleanup)
         self.tmp = tmp.name
         self.home = os.path.join(self.tmp, "home")
-        self.db_path = qhome.ensure(self.home)
+        self.db_path = self.database()
+
+    def database(self):
+        """Where the test's queue is (a SQLite file; tests/pg.py's OnPostgres: a PostgreSQL URL)."""
+        return qhome.ensure(self.home)
 
     def store(self, **kwargs):
-        store = Store(self.db_path, **kwargs)
+        store = open_store(self.db_path, **kwargs)
         self.addCleanup(store.close)
         return store
 
@@ -147,7 +151,7 @@ class HomeTestCase(unittest.TestCase):
         return proc
 
     def job(self, job_id):
-        with Store(self.db_path) as store:
+        with open_store(self.db_path) as store:
             return store.get(job_id)
 
 

@@ -115,6 +115,8 @@ class PackagingTest(unittest.TestCase):
     def test_entry_point_and_files(self):
         meta = read_pyproject()
         self.assertEqual(meta["project"]["dependencies"], [])
+        # The one optional extra: psycopg, for a PostgreSQL database.
+        self.assertEqual(meta["project.optional-dependencies"], {"postgres": ["psycopg>=3.1"]})
         self.assertEqual(meta["project.scripts"]["queuectl"], "queuectl:main")
         self.assertTrue(callable(queuectl.main))
         self.assertEqual(meta["tool.setuptools"]["py-modules"], ["queuectl"])

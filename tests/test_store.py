@@ -457,7 +457,7 @@ class UserActionTest(StoreTestCase):
         self.s.set_config("backoff-max", 600.0)
         self.s.set_config("backoff-max", 60.0)
         self.s.set_config("worker-count", 4)
-        with Store(self.db_path) as other:
+        with self.store() as other:
             self.assertEqual(other.config(), dict(qconfig.defaults(), **{"backoff-max": 60.0, "worker-count": 4}))
 
 
@@ -496,10 +496,9 @@ CLAIMER = textwrap.dedent("""\
     import os, sys, time
     sys.path.insert(0, sys.argv[1])
     import qctl.db
-    from qctl.db import Store
     db_path, worker, other, go = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
     qctl.db.HAS_RETURNING = qctl.db.HAS_RETURNING and sys.argv[6] == "returning"
-    store = Store(db_path, durable=False)
+    store = qctl.db.open_store(db_path, durable=False)
     open(go + "." + worker, "w").close()       # ready
     while not os.path.exists(go):              # start together
         time.sleep(0.001)

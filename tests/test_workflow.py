@@ -11,7 +11,7 @@ import time
 import unittest
 
 from qctl import worker as qworker
-from qctl.db import SCHEMA_VERSION, Store
+from qctl.db import SCHEMA_VERSION
 from qctl.errors import BadDependency, InvalidState
 from qctl.jobs import Outcome, CANCEL
 
@@ -316,7 +316,7 @@ class ScheduleStoreTest(HomeTestCase):
 
     def test_schedules_survive_a_restart_and_can_be_removed(self):
         self.add(self.store(), spec="cron 0 3 * * *", now=time.time())
-        with Store(self.db_path) as again:
+        with self.store() as again:
             (row,) = again.schedules()
             self.assertEqual((row["name"], row["spec"]), ("tick", "cron 0 3 * * *"))
             self.assertGreater(row["next_at"], time.time())

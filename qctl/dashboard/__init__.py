@@ -51,7 +51,7 @@ from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 from .. import jobs
 from .. import shapes
 from .. import stats as qstats
-from ..db import SQLITE_MAX_INT, Store
+from ..db import SQLITE_MAX_INT, open_store
 from ..errors import InvalidJob, InvalidState, JobNotFound, QueueError, StoreError
 from ..times import iso
 
@@ -207,11 +207,11 @@ class DashboardServer(ThreadingHTTPServer):
 
     def stats(self, store):
         """`stats --json` (see `cached`)."""
-        return self.cached("stats", lambda: qstats.collect(store, time.time()))
+        return self.cached("stats", lambda: qstats.collect(store, store.now()))
 
     def chart(self, store):
         """Runs and failures per minute over the last hour (see `cached` and `runs_per_minute`)."""
-        return self.cached("chart", lambda: runs_per_minute(store, time.time()))
+        return self.cached("chart", lambda: runs_per_minute(store, store.now()))
 
     @property
     def url(self):
@@ -373,7 +373,7 @@ class Handler(BaseHTTPRequestHandler):
             raise
 
     def _store(self):
-        return Store(self.server.db_path)
+        return open_store(self.server.db_path)
 
     # ------------------------------------------------------------ methods
 
@@ -402,11 +402,11 @@ class Handler(BaseHTTPRequestHandler):
             return None
         rest = seg[1:]
         if rest == ["status"]:
-            return lambda: self._with_store(lambda store: shapes.status(store.counts(), store.live_workers(time.time())))
+            return lambda: self._with_store(lambda store: shapes.status(store.counts(), store.live_workers(store.now())))
         if rest == ["stats"]:
             return lambda: self._with_store(self.server.stats)
         if rest == ["workers"]:
-            return lambda: self._with_store(lambda store: [shapes.worker(w) for w in store.live_workers(time.time())])
+            return lambda: self._with_store(lambda store: [shapes.worker(w) for w in store.live_workers(store.now())])
         if rest == ["queues"]:
             return lambda: self._with_store(lambda store: store.queues())
         if rest == ["chart"]:
@@ -523,12 +523,12 @@ class Handler(BaseHTTPRequestHandler):
 def _cancel(store, job_id):
     # As `cancel ID`, but without waiting for a running job's worker to kill it: the answer
     # says `processing` until then, and the page's next refresh shows how it ended.
-    store.cancel([job_id], now=time.time())
+    store.cancel([job_id], now=store.now())
 
 
 def _retry(store, job_id):
     # Any finished job, as `retry ID`: `dlq retry` is the same thing for dead ones.
-    store.retry([job_id], now=time.time())
+    store.retry([job_id], now=store.now())
 
 
 # The POSTs: /api/jobs/ID/NAME or /api/job/NAME?id=ID. Unknown or finished (cancel) or

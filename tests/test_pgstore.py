@@ -1,0 +1,14 @@
+"""The store's contract on PostgreSQL: test_store's and test_workflow's store tests (and the CLI
+tests among them), run again on a real server (see tests/pg.py; they skip where it cannot run)."""
+
+from tests import test_store, test_workflow
+from tests.pg import postgres_cases
+
+postgres_cases(
+    globals(),
+    test_store.EnqueueTest, test_store.ClaimTest, test_store.RecoveryTest, test_store.RunHistoryTest,
+    test_store.UserActionTest, test_store.WakeUpTest, test_store.ConcurrentClaimTest,
+    test_workflow.DependencyTest, test_workflow.UniqueKeyTest, test_workflow.ScheduleStoreTest,
+    sqlite_only=("ConcurrentClaimTest.test_two_processes_never_claim_the_same_job_without_returning",
+                 "DependencyTest.test_the_schema_is_current", "DependencyTest.test_waiting_jobs_stay_out_of_the_claims_index"),
+)

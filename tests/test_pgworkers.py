@@ -1,0 +1,152 @@
+"""Workers on PostgreSQL, black-box through the CLI: real worker processes on a real server
+(tests/pg.py; every test skips where it cannot run). Many workers run each job once; a worker
+killed with -9 has its job run elsewhere; a server restart mid-drain loses nothing; `worker
+stop` and wake-ups reach workers through the database; a missing psycopg or an unreachable
+server is one line."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import unittest
+
+from tests import pg
+from tests.base import DEADLINE_S, POSIX, SCRIPT, HomeTestCase, wait_until
+
+STRESS = os.environ.get("QUEUECTL_STRESS") == "1"
+
+
+@unittest.skipUnless(POSIX, "kills worker process groups")
+class PostgresWorkersTest(pg.OnPostgres, HomeTestCase):
+    def enqueue_marking(self, count, *, seconds=0):
+        """`count` jobs j0.. each appending a line to its own file in marks/ (then sleeping)."""
+        marks = os.path.join(self.tmp, "marks")
+        os.makedirs(marks, exist_ok=True)
+        lines = "".join(json.dumps({"id": "j%d" % i, "command": "echo run >> %s/j%d%s" % (
+            marks, i, "; sleep %s" % seconds if seconds else "")}) + "\n" for i in range(count))
+        path = os.path.join(self.tmp, "jobs.jsonl")
+        with open(path, "w") as fh:
+            fh.write(lines)
+        self.ok("enqueue", "--file", path)
+        return marks
+
+    def runs_of(self, marks, count):
+        runs = []
+        for i in range(count):
+            try:
+                with open(os.path.join(marks, "j%d" % i)) as fh:
+                    runs.append(len(fh.readlines()))
+            except FileNotFoundError:
+                runs.append(0)
+        return runs
+
+    def test_four_worker_processes_run_every_job_exactly_once(self):
+        count = 4000 if STRESS else 400
+        marks = self.enqueue_marking(count)
+        workers = [self.spawn_worker("--count", "2", "--drain") for _ in range(4)]
+        for proc in workers:
+            self.assertEqual(proc.wait(DEADLINE_S * (4 if STRESS else 1)), 0, self.log_of(proc))
+        self.assertEqual(self.runs_of(marks, count), [1] * count)
+        self.assertEqual(self.status()["jobs"]["completed"], count)
+
+    def test_a_worker_killed_mid_job_has_its_job_run_by_another_within_the_lease(self):
+        self.ok("config", "set", "lease-seconds", "2")
+        marks = self.enqueue_marking(1, seconds=1)
+        first = self.spawn_worker()
+        wait_until(lambda: self.runs_of(marks, 1) == [1], message="the first run to start")
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        killed_at = time.monotonic()
+        self.spawn_worker("--drain")
+        wait_until(lambda: self.job("j0")["state"] == "completed", message="the job to run again")
+        # lease-seconds, then one look of the recoverer (TICK_S) and the run itself (1 s), with slack
+        self.assertLess(time.monotonic() - killed_at, 2 + 0.5 + 1 + 3)
+        runs = self.ok("show", "--json", "j0").stdout
+        self.assertEqual([run["error"] for run in json.loads(runs)["runs"]], ["worker lost", None])
+
+    def test_a_server_restart_during_a_drain_loses_nothing(self):
+        count = 300
+        marks = self.enqueue_marking(count)
+        workers = [self.spawn_worker("--count", "2") for _ in range(2)]
+        wait_until(lambda: sum(self.runs_of(marks, count)) >= 30, message="the drain to get going")
+        pg.restart()
+        wait_until(lambda: self.status()["jobs"]["completed"] == count, timeout=DEADLINE_S * 2,
+                   message="every job to complete after the restart")
+        runs = self.runs_of(marks, count)
+        self.assertNotIn(0, runs)
+        # At least once: a run whose outcome the restart cut off runs again, and only those.
+        self.assertLessEqual(sum(runs) - count, 2 * 2, runs)
+        self.ok("worker", "stop", "--wait", "--timeout", "30")
+        for proc in workers:
+            code = proc.wait(DEADLINE_S)
+            log = self.log_of(proc)
+            self.assertEqual(code, 0, log)
+            self.assertNotIn("Traceback", log)
+            self.assertIn("PostgreSQL", log)  # it said what happened, then carried on
+
+    def test_worker_stop_reaches_workers_through_the_database(self):
+        worker = self.spawn_worker()
+        wait_until(lambda: self.status()["workers"]["processes"] == 1, message="the worker to register")
+        elsewhere = os.path.join(self.tmp, "another-host-home")  # no stopfile of theirs can reach it
+        result = self.run_cli("worker", "stop", "--wait", "--timeout", "30", env={"QUEUECTL_HOME": elsewhere})
+        self.assertEqual(result.code, 0, result)
+        self.assertEqual(worker.wait(DEADLINE_S), 0)
+
+    def test_an_idle_worker_is_woken_by_notify_not_by_its_poll(self):
+        self.ok("config", "set", "poll-interval", "30")
+        worker = self.spawn_worker()
+        wait_until(lambda: self.status()["workers"]["processes"] == 1, message="the worker to register")
+        started = time.monotonic()
+        self.ok("enqueue", "--id", "a", "true")
+        wait_until(lambda: self.job("a")["state"] == "completed", message="the job")
+        # Its safety poll is 30 s: only the NOTIFY makes it this fast.
+        self.assertLess(time.monotonic() - started, 5.0)
+        os.killpg(worker.pid, signal.SIGTERM)
+        self.assertEqual(worker.wait(DEADLINE_S), 0)
+
+    def status(self):
+        return json.loads(self.ok("status", "--json").stdout)
+
+    @staticmethod
+    def log_of(proc):
+        proc.log.seek(0)
+        return proc.log.read()
+
+
+class PostgresErrorsTest(HomeTestCase):
+    def test_an_unreachable_server_is_one_line_and_exit_1(self):
+        url = "postgresql://nobody@/postgres?host=%s" % os.path.join(self.tmp, "no-server-here")
+        if importlib.util.find_spec("psycopg") is None:
+            self.skipTest("psycopg 3 is not installed")
+        result = self.run_cli("--db", url, "status")
+        self.assertEqual(result.code, 1, result)
+        self.assertEqual(result.stdout, "")
+        self.assertRegex(result.stderr, r"\Aqueuectl: error: cannot reach the PostgreSQL database [^\n]*\n\Z")
+
+    def test_without_psycopg_one_line_says_what_to_install(self):
+        # psycopg made unimportable, installed or not.
+        code = ("import sys; sys.modules['psycopg'] = None; sys.argv[0] = %r; "
+                "sys.path.insert(0, %r); import queuectl; sys.exit(queuectl.main(sys.argv[1:]))"
+                % (SCRIPT, os.path.dirname(SCRIPT)))
+        env = dict(os.environ, QUEUECTL_HOME=self.home, QUEUECTL_DB="postgresql://localhost/x")
+        proc = subprocess.run([sys.executable, "-c", code, "status"], capture_output=True, text=True, env=env,
+                              timeout=60)
+        self.assertEqual(proc.returncode, 1, proc)
+        self.assertRegex(proc.stderr, r"\Aqueuectl: error: [^\n]*psycopg[^\n]*pip install 'queuectl\[postgres\]'[^\n]*\n\Z")
+
+    def test_a_db_that_is_not_a_url_is_refused(self):
+        result = self.cli("--db", os.path.join(self.tmp, "x.db"), "status")
+        self.assertEqual(result.code, 1, result)
+        self.assertIn("is not a postgresql:// URL", result.stderr)
+
+    def test_the_password_of_a_url_is_never_printed(self):
+        if importlib.util.find_spec("psycopg") is None:
+            self.skipTest("psycopg 3 is not installed")
+        url = "postgresql://someone:sekrit@/postgres?host=%s" % os.path.join(self.tmp, "none")
+        result = self.run_cli("--db", url, "status")
+        self.assertEqual(result.code, 1, result)
+        self.assertNotIn("sekrit", result.stderr)
+        self.assertIn("someone:***@", result.stderr)
