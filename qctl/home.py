@@ -37,8 +37,9 @@ def database(home, db=None, *, allow_shared=False):
     if chosen:
         from .db import is_url
         if not is_url(chosen):
-            raise StoreError("%s is not a postgresql:// URL: --db and %s name a PostgreSQL database (a SQLite "
-                             "queue is chosen with --home)" % (chosen, DB_ENV))
+            # Not echoed: it may hold a password.
+            raise StoreError("--db / %s is not a postgresql:// URL: they name a PostgreSQL database (a SQLite "
+                             "queue is chosen with --home)" % DB_ENV)
         ensure(home, allow_shared=allow_shared, database=False)
         return chosen
     return ensure(home, allow_shared=allow_shared)

@@ -43,6 +43,9 @@ CONNECT_TIMEOUT_S = 10
 CLOCK_REFRESH_S = 10.0      # the server's clock is read again this often
 RECONNECT_FIRST_S = 0.5     # a lost connection is tried again after this, then twice as long each time ...
 RECONNECT_MAX_S = 10.0      # ... up to this
+# A server or network that goes silent (no reset) shows as an error within about 15 s, not never.
+KEEPALIVE = {"connect_timeout": CONNECT_TIMEOUT_S, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+             "keepalives_count": 3, "tcp_user_timeout": 15000}
 SCHEMA_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
 INSTALL_HINT = "pip install 'queuectl[postgres]' (or: pip install 'psycopg[binary]')"
 
@@ -158,9 +161,9 @@ _CLAIM = ("WITH next AS (SELECT seq AS next_seq FROM jobs WHERE state IN ('pendi
           "UPDATE jobs SET state = 'processing', attempts = attempts + 1, runs = runs + 1, worker = ?, "
           "lease_until = ?, started_at = ?, finished_at = NULL, updated_at = ?, run_process = ? "
           "FROM next WHERE jobs.seq = next.next_seq RETURNING " + qdb.CLAIM_COLUMNS)
-# Claims of a limited queue count its running jobs: they take turns on the limited queues' rows,
-# so that two claims at once never both see the last free slot. (Unlimited queues lock nothing.)
-_LOCK_LIMITED = "SELECT name FROM queues WHERE concurrency > 0 ORDER BY name FOR UPDATE"
+# Claims of a limited queue count its running jobs: they take turns on the limited queues' rows
+# (of the queues they serve), so that two claims at once never both see the last free slot.
+_LOCK_LIMITED = "SELECT name FROM queues WHERE concurrency > 0 %sORDER BY name FOR UPDATE"
 # The keys of the tables written with INSERT OR REPLACE, for their ON CONFLICT.
 _REPLACE_KEYS = {"workers": ("id",), "runs": ("job_seq", "run"), "live_output": ("job_seq",), "config": ("key",)}
 _SQLITE_WORDS = re.compile(r"INSERT OR (IGNORE|REPLACE) INTO (\w+) \(([^)]*)\)")
@@ -193,8 +196,11 @@ def parse_url(url):
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
         parts.port  # raises on a port that is not a number
-    except ValueError as exc:
-        raise StoreError("cannot read the database URL %s: %s" % (_hide_password(url), exc)) from None
+    except ValueError:
+        # Not the parser's message: it may quote the password ("Port could not be cast ... 's3cr'").
+        raise StoreError("cannot read the database URL %s: it is not a valid URL (a password with / : @ or %% "
+                         "in it must be percent-encoded)" % _hide_password(url)) from None
+    shown = _hide_password(url)
     schema = DEFAULT_SCHEMA
     kept = []
     for key, value in query:
@@ -205,11 +211,24 @@ def parse_url(url):
     if not SCHEMA_IDENTIFIER.match(schema):
         raise StoreError("schema %r in the database URL: use lower-case letters, digits and _ (at most 63)" % schema)
     conninfo = urlunsplit(parts._replace(query=urlencode(kept)))
-    return conninfo, schema, _hide_password(url)
+    return conninfo, schema, shown
 
 
 def _hide_password(url):
-    return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)
+    """`url` as it may be shown: any password (user:PASSWORD@, ?password=) as ***. A URL that does not
+    parse is shown as its scheme alone: where its password ends cannot be told."""
+    try:
+        parts = urlsplit(url)
+        parts.port
+    except ValueError:
+        return url.split("://", 1)[0] + "://..."
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, host = netloc.rsplit("@", 1)
+        netloc = (user.split(":", 1)[0] + ":***" if ":" in user else user) + "@" + host
+    query = urlencode([(key, "***" if key in ("password", "sslpassword") else value)
+                       for key, value in parse_qsl(parts.query, keep_blank_values=True)], safe="/*")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _first_line(exc):
@@ -305,8 +324,7 @@ class PgStore(qdb.Store):
             if time.monotonic() < self._retry_at:
                 raise self._down
             try:
-                raw = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
-                                      application_name="queuectl")
+                raw = psycopg.connect(self._conninfo, autocommit=True, application_name="queuectl", **KEEPALIVE)
             except psycopg.Error as exc:
                 self._retry_s = min(RECONNECT_MAX_S, max(RECONNECT_FIRST_S, 2 * self._retry_s))
                 self._retry_at = time.monotonic() + self._retry_s
@@ -444,8 +462,8 @@ class PgStore(qdb.Store):
     # ------------------------------------------------------------ what SQLite's write lock gave
 
     def _claim(self, con, worker, lease_s, now, queues, process=None):
-        con.execute(_LOCK_LIMITED)
         served = len(queues) if queues else 0
+        con.execute(_LOCK_LIMITED % ("AND name IN (%s) " % _placeholders(served) if served else ""), tuple(queues or ()))
         row = con.execute(_CLAIM % ("AND queue IN (%s) " % _placeholders(served) if served else ""),
                           (now,) + tuple(queues or ()) + (worker, now + lease_s, now, now, process)).fetchone()
         return None if row is None else dict(zip(qdb._CLAIM_KEYS, row))
@@ -519,8 +537,7 @@ class PgWaker(wake.Waker):
         if time.monotonic() < self._retry_at:
             return
         try:
-            raw = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
-                                  application_name="queuectl listen")
+            raw = psycopg.connect(self._conninfo, autocommit=True, application_name="queuectl listen", **KEEPALIVE)
             raw.execute(SQL("LISTEN {}").format(Identifier(self._channel)))
         except psycopg.Error as exc:
             self._retry_s = min(RECONNECT_MAX_S, max(RECONNECT_FIRST_S, 2 * self._retry_s))

@@ -102,6 +102,7 @@ class Worker:
         self._hooks = queue.Queue(HOOK_BACKLOG)  # finished runs whose on-finish hook is still to run
         self._hook_proc = None               # the hook command running now, for a hard stop
         self._hooks_cut = False              # stopping, and out of time for the hooks still waiting
+        self._beat_began = time.monotonic()  # when the last heartbeat that reached the database began
 
     # ------------------------------------------------------------ control
 
@@ -627,8 +628,6 @@ class Worker:
             if time.monotonic() - last_beat >= self.settings["lease-seconds"] / 3 and self._guarded(
                     "renewing leases", self._beat):
                 last_beat = time.monotonic()
-            if self._house_store.LEASE_IS_FINAL and time.monotonic() - last_beat > self.settings["lease-seconds"]:
-                self._lease_lapsed()
             self._guarded("reloading the config", self._reload_config)
             if not self._stopping.is_set():
                 self._guarded("recovering lost workers' jobs", self._recover)
@@ -700,32 +699,42 @@ class Worker:
         self._pruned = self._house_store.prune(self.now(), self.settings)
 
     def _pulse_loop(self):
-        """Touch our pulse file (see `home.pulse`) several times a lease, whatever the database does."""
+        """Touch our pulse file (see `home.pulse`) several times a lease, whatever the database does;
+        where a lapsed lease alone makes us lost (PostgreSQL), watch that our heartbeats get through.
+        This thread never waits on the database: a beat hung on a dead connection cannot hold it up."""
+        lease_final = self._house_store.LEASE_IS_FINAL
         while not self._done.wait(qhome.pulse_interval(self.settings["lease-seconds"])):
             try:
                 qhome.pulse(self.home, self.id)
             except QueueError as exc:
                 self._log_error("pulsing", exc)
+            # The lease runs from when the last beat that got through began. Kill with a third of it
+            # left: before another worker, whose recovery looks every TICK_S, can take our jobs.
+            if lease_final and time.monotonic() - self._beat_began > self.settings["lease-seconds"] * 2 / 3:
+                self._lease_lapsed()
 
     def _lease_lapsed(self):
-        """No heartbeat has reached the database for a whole lease (PostgreSQL: the server or the
-        network is gone): another worker may have recovered our jobs and be running them now. Kill
+        """No heartbeat has reached the database for most of a lease (PostgreSQL: the server or the
+        network is gone, or a connection hangs): another worker may recover our jobs soon. Kill
         our commands rather than let two copies run; their outcomes then record nothing (fenced),
         or give the jobs back if no one took them meanwhile."""
         with self._procs_lock:
             lapsed = [(seq, proc) for seq, proc in self._procs.items() if seq not in self._killed]
             self._killed.update(seq for seq, _ in lapsed)
         if lapsed:
-            log.warning("worker %s: no heartbeat reached the database for %s: killing %s running command%s, "
-                        "whose jobs may run elsewhere now", self.id, format_seconds(self.settings["lease-seconds"]),
+            log.warning("worker %s: no heartbeat reached the database for most of a lease (%ss): killing %s running "
+                        "command%s, whose jobs may run elsewhere soon", self.id,
+                        format_seconds(self.settings["lease-seconds"]),
                         len(lapsed), "" if len(lapsed) == 1 else "s")
         for _, proc in lapsed:
             threading.Thread(target=kill_tree, args=(proc,), kwargs={"grace_s": HARD_STOP_GRACE_S}, daemon=True).start()
 
     def _beat(self):
+        began = time.monotonic()
         self._house_store.heartbeat(self.id, self.settings["lease-seconds"], pid=self.pid,
                                     host=self.host, threads=self.threads, started_at=self.started_at,
                                     host_key=self.host_key)
+        self._beat_began = began
 
     def _recover(self):
         """Jobs of workers whose lease expired, or that died on this host, back to the queue."""

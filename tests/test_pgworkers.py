@@ -150,3 +150,19 @@ class PostgresErrorsTest(HomeTestCase):
         self.assertEqual(result.code, 1, result)
         self.assertNotIn("sekrit", result.stderr)
         self.assertIn("someone:***@", result.stderr)
+
+    def test_no_form_of_password_is_ever_shown(self):
+        from qctl import pgstore
+        from qctl.errors import StoreError
+        for url in ("postgresql://u:s3cret@h/db", "postgresql://u@h/db?password=s3cret&schema=q",
+                    "postgresql://u@h/db?sslpassword=s3cret"):
+            with self.subTest(url=url):
+                shown = pgstore.parse_url(url)[2]
+                self.assertNotIn("s3cret", shown)
+                self.assertIn("***", shown)
+        with self.assertRaises(StoreError) as caught:  # a raw / in it: where it ends cannot be told
+            pgstore.parse_url("postgresql://u:s3cr/et@h/db")
+        self.assertNotIn("s3cr", str(caught.exception))
+        result = self.cli("--db", "postgres+psycopg://u:s3cret@h/db", "status")
+        self.assertEqual(result.code, 1, result)
+        self.assertNotIn("s3cret", result.stderr)
