@@ -32,7 +32,7 @@ COMMAND_GROUPS = (
     ("watch and inspect", ("status", "list", "show", "logs", "wait", "stats", "dashboard")),
     ("control", ("cancel", "retry", "edit", "queue", "schedule")),
     ("dead letter queue and clean-up", ("dlq", "delete", "purge")),
-    ("settings and upkeep", ("config", "init", "check", "backup", "completion")),
+    ("settings and upkeep", ("config", "init", "check", "backup", "migrate", "completion")),
 )
 
 # Commands with actions (`queuectl dlq retry`): the group's summary and example.
@@ -1086,6 +1086,33 @@ def cmd_backup(args):
     with open_store(args) as store:
         store.backup(args.file)
     out("backed up to %s" % args.file)
+    return EXIT_OK
+
+
+def migrate_arguments(p):
+    p.add_argument("--to", metavar="URL", required=True, help="an empty PostgreSQL queue: postgresql://...")
+
+
+@command("migrate", "copy this home's queue (jobs, runs, settings, schedules) to PostgreSQL",
+         "queuectl migrate --to postgresql://queuer@db.internal/jobs", migrate_arguments)
+def cmd_migrate(args):
+    from qctl.db import Store, is_url, open_store as open_database
+    if not is_url(args.to):
+        raise QueueError("--to takes a postgresql:// URL")
+    with Store(qhome.ensure(args.home, allow_shared=args.allow_shared_home)) as source:
+        live = source.live_workers(source.now())
+        if live:
+            raise QueueError("%s of this home %s running: stop them first (queuectl worker stop --wait), so that "
+                             "no job changes while it is copied" % (display.plural(len(live), "worker"),
+                                                                    "is" if len(live) == 1 else "are"))
+        with open_database(args.to) as target:
+            counts = target.import_rows(source.export_rows())
+            where = target.path
+    out("copied %s, %s, %s, %s and %s to %s" % (
+        display.plural(counts["jobs"], "job"), display.plural(counts["runs"], "run"),
+        display.plural(counts["schedules"], "schedule"), display.plural(counts["config"], "setting"),
+        display.plural(counts["queues"], "queue setting"), where))
+    out("point every command at it: export %s=URL (or --db URL)" % qhome.DB_ENV)
     return EXIT_OK
 
 

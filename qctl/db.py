@@ -34,6 +34,8 @@ The store's verbs, which a second backend would implement one for one:
   config, set_config                       settings
   add_schedule, schedules, remove_schedule recurring jobs;
   next_schedule_at, fire_schedules           ... and their firing (a worker's)
+  stop_generation, request_stop            stopping every worker (the stopfile; on PostgreSQL a row)
+  export_rows, import_rows                 a whole queue, copied to another store (`migrate --to`)
 """
 
 import functools
@@ -58,6 +60,7 @@ from .jobs import (COMPLETE, COMPLETED, DEAD, FAIL, FAILED, FINISHED_STATES, PEN
 BUSY_TIMEOUT_S = 30.0
 WAL_RETRY_S = 0.005
 PRUNE_BATCH = 500  # jobs removed by one retention transaction
+EXPORT_BATCH = 1000  # rows a batch of export_rows (runs may hold 2 x output-limit bytes each)
 WAIT_POLL_S = 0.1  # wait_finished / wait_workers_gone look this often
 WAL_RESTART_BYTES = 16 * 1024 * 1024  # past this, housekeep() makes the WAL start over (and SQLite cuts it back)
 WAL_SMALL_BYTES = 256 * 1024  # a WAL this small is never worth a RESTART checkpoint
@@ -1627,6 +1630,53 @@ class Store:
                 fired.append(Fired(name, due_at, job_id, error, failed))
         return fired
 
+    # ------------------------------------------------------------ copying a queue
+
+    def export_rows(self, *, batch=EXPORT_BATCH):
+        """Every row of the queue that another store needs to go on from where this one is: (table,
+        columns, rows) in batches of at most `batch` rows, each table in key order (referenced jobs
+        first). Workers, live output and the stop generation stay: they belong to this store's
+        workers."""
+        with self._snapshot():
+            for table, columns, key in COPIED_TABLES:
+                first, rest = _EXPORT_SQL[table]
+                rows = self._read(first, (batch,))
+                while rows:
+                    yield table, columns, [tuple(row) for row in rows]
+                    rows = self._read(rest, tuple(rows[-1][columns.index(k)] for k in key) + (batch,))
+
+    @contextmanager
+    def _snapshot(self):
+        """Reads that all see one moment of the queue (a read transaction: WAL keeps its snapshot)."""
+        self._read("BEGIN")
+        try:
+            yield
+        finally:
+            self._read("COMMIT")
+
+    def import_rows(self, batches):
+        """Store every row of `batches` (as `export_rows` gives them) in one transaction, into a queue
+        that holds no job, schedule, setting or queue yet (else StoreError, and nothing is stored).
+        Returns {table: rows stored}."""
+        counts = dict.fromkeys(table for table, _, _ in COPIED_TABLES)
+        with self._write(wakes_workers=True) as con:
+            for name, _, _ in COPIED_TABLES:
+                if con.execute("SELECT 1 FROM %s LIMIT 1" % name).fetchone():
+                    raise StoreError("%s already holds a queue (its %s table has rows): queuectl copies only into "
+                                     "an empty one" % (self.path, name))
+            counts = dict.fromkeys(counts, 0)
+            for table, columns, rows in batches:
+                if columns != _COPIED_COLUMNS[table]:
+                    raise StoreError("cannot copy the %s table: its columns differ from this store's" % table)
+                con.executemany(_IMPORT_SQL[table], rows)
+                counts[table] += len(rows)
+            self._imported(con)
+        return counts
+
+    def _imported(self, con):
+        """After `import_rows` stored jobs with their own seqs: nothing to do on SQLite (a new seq is
+        always past the largest)."""
+
     # ------------------------------------------------------------ config
 
     def config(self):
@@ -1685,6 +1735,28 @@ _INSERT_JOB = ("INSERT INTO jobs (id, command, state, max_retries, priority, run
                "created_at, updated_at, queue, after, after_policy, unique_key) "
                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 CHUNK = 500  # values bound to one IN (...): old SQLite allows 999 variables a statement
+# What `export_rows` copies, in this order: (table, columns, key). The same columns on every store.
+COPIED_TABLES = (
+    ("jobs", ("seq", "id", "command", "state", "attempts", "runs", "max_retries", "priority", "run_at", "next_run_at",
+              "timeout", "cwd", "env", "created_at", "updated_at", "started_at", "finished_at", "worker",
+              "lease_until", "exit_code", "last_error", "run_process", "queue", "cancel_requested", "waiting",
+              "after", "after_policy", "unique_key"), ("seq",)),
+    ("runs", ("job_seq", "run", "attempt", "worker", "started_at", "finished_at", "exit_code", "error", "stdout",
+              "stderr", "stdout_total", "stderr_total"), ("job_seq", "run")),
+    ("job_tags", ("tag", "job_seq"), ("tag", "job_seq")),
+    ("job_deps", ("dep_seq", "job_seq"), ("dep_seq", "job_seq")),
+    ("config", ("key", "value"), ("key",)),
+    ("queues", ("name", "paused", "concurrency"), ("name",)),
+    ("schedules", ("name", "spec", "job", "overlap", "next_at", "last_job", "last_fired_at", "last_error",
+                   "created_at"), ("name",)),
+)
+_COPIED_COLUMNS = {table: columns for table, columns, _ in COPIED_TABLES}
+# Per table: (its first batch, the batch after a key), in key order; and the insert of a row.
+_EXPORT_SQL = {table: tuple("SELECT %s FROM %s%s ORDER BY %s LIMIT ?" % (", ".join(columns), table, where, ", ".join(key))
+                            for where in ("", " WHERE (%s) > (%s)" % (", ".join(key), ", ".join("?" * len(key)))))
+               for table, columns, key in COPIED_TABLES}
+_IMPORT_SQL = {table: "INSERT INTO %s (%s) VALUES (%s)" % (table, ", ".join(columns), ", ".join("?" * len(columns)))
+               for table, columns, _ in COPIED_TABLES}
 
 
 def _chunks(values):

@@ -476,6 +476,20 @@ class PgStore(qdb.Store):
                         "ORDER BY seq FOR SHARE" % _placeholders(len(chunk)), chunk)
         super()._count_waiting(con, seqs)
 
+    @contextmanager
+    def _snapshot(self):
+        raw = self._connection()
+        raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        try:
+            yield
+        finally:
+            if not raw.closed and not raw.broken:
+                raw.execute("ROLLBACK")
+
+    def _imported(self, con):
+        # Jobs came with their seqs: new ones must be numbered past them.
+        con.execute("SELECT setval(pg_get_serial_sequence('jobs', 'seq'), coalesce(max(seq), 0) + 1, false) FROM jobs")
+
     # ------------------------------------------------------------ upkeep: the server's
 
     def housekeep(self):

@@ -166,3 +166,72 @@ class PostgresErrorsTest(HomeTestCase):
         result = self.cli("--db", "postgres+psycopg://u:s3cret@h/db", "status")
         self.assertEqual(result.code, 1, result)
         self.assertNotIn("s3cret", result.stderr)
+
+
+class MigrateTest(HomeTestCase):
+    """`migrate --to URL`: a SQLite home's whole queue, into an empty PostgreSQL schema."""
+
+    def setUp(self):
+        super().setUp()
+        self.url = pg.url()
+        self.addCleanup(pg.drop, self.url)
+
+    def fill_home(self):
+        self.ok("config", "set", "max-retries", "0")
+        self.ok("queue", "set", "slow", "--concurrency", "2")
+        self.ok("enqueue", "--id", "done", "--tag", "t1", "--", "echo out; echo err >&2")
+        self.ok("enqueue", "--id", "bad", "--queue", "slow", "exit 3")
+        self.ok("worker", "start", "--burst")
+        self.ok("enqueue", "--id", "after", "--after", "bad", "--after-policy", "finished", "true")
+        self.ok("enqueue", "--id", "later", "--delay", "1h", "true")
+        self.ok("enqueue", "--id", "waits", "--after", "later", "--unique-key", "k1", "true")
+        self.ok("schedule", "add", "tick", "--every", "1h", "--", "echo tick")
+
+    def test_a_home_is_copied_whole_and_its_jobs_go_on_there(self):
+        self.fill_home()
+        before = {job_id: json.loads(self.ok("show", "--json", job_id).stdout)
+                  for job_id in ("done", "bad", "after", "waits", "later")}
+        lists = [self.ok(*argv).stdout for argv in (("schedule", "list", "--json"), ("config", "get", "--json"),
+                                                    ("queue", "list", "--json"), ("logs", "done"))]
+        result = self.ok("migrate", "--to", self.url)
+        self.assertIn("copied 5 jobs, 2 runs, 1 schedule, 1 setting and 1 queue setting", result.stdout)
+        on_pg = ("--db", self.url)
+        for job_id, job in before.items():
+            self.assertEqual(json.loads(self.ok(*on_pg, "show", "--json", job_id).stdout), job)
+        self.assertEqual([self.ok(*on_pg, *argv).stdout for argv in (
+            ("schedule", "list", "--json"), ("config", "get", "--json"), ("queue", "list", "--json"),
+            ("logs", "done"))], lists)
+        # It goes on there: new jobs are numbered past the copied ones, dependencies and keys hold.
+        self.ok(*on_pg, "enqueue", "--id", "new", "true")
+        self.assertIn("holds unique key", self.ok(*on_pg, "enqueue", "--unique-key", "k1", "true").stderr)
+        self.ok(*on_pg, "retry", "bad")
+        self.ok(*on_pg, "edit", "later", "--delay", "0")
+        self.ok(*on_pg, "worker", "start", "--burst")
+        states = {job["id"]: job["state"] for job in json.loads(self.ok(*on_pg, "list", "--json").stdout)}
+        self.assertEqual(states, {"done": "completed", "bad": "dead", "after": "completed", "waits": "completed",
+                                  "later": "completed", "new": "completed"})
+
+    def test_a_queue_there_already_or_a_live_worker_refuses_and_copies_nothing(self):
+        self.fill_home()
+        self.ok("--db", self.url, "enqueue", "--id", "theirs", "true")
+        result = self.cli("migrate", "--to", self.url)
+        self.assertEqual(result.code, 1, result)
+        self.assertIn("copies only into an empty one", result.stderr)
+        self.assertEqual([job["id"] for job in json.loads(self.ok("--db", self.url, "list", "--json").stdout)],
+                         ["theirs"])
+        other = pg.url()
+        self.addCleanup(pg.drop, other)
+        worker = self.spawn_worker()
+        wait_until(lambda: json.loads(self.ok("status", "--json").stdout)["workers"]["processes"] == 1,
+                   message="the worker to register")
+        result = self.cli("migrate", "--to", other)
+        self.assertEqual(result.code, 1, result)
+        self.assertIn("1 worker of this home is running: stop them first", result.stderr)
+        self.assertEqual(self.ok("--db", other, "list", "--json").stdout.strip(), "[]")
+        os.killpg(worker.pid, signal.SIGTERM)
+        self.assertEqual(worker.wait(DEADLINE_S), 0)
+
+    def test_only_a_postgresql_url(self):
+        result = self.cli("migrate", "--to", os.path.join(self.tmp, "other.db"))
+        self.assertEqual(result.code, 1, result)
+        self.assertIn("--to takes a postgresql:// URL", result.stderr)
