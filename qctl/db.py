@@ -966,8 +966,10 @@ class Store:
             (run, now, exit_code, error, stdout or None, stderr or None, getattr(stdout, "total", None),
              getattr(stderr, "total", None), job_seq))
 
-    def heartbeat(self, worker, lease_s, *, pid, host, threads, started_at, host_key=None, now=None):
-        """Renew this worker's row and the leases of every job it is running.
+    def heartbeat(self, worker, lease_s, *, pid, host, threads, started_at, host_key=None, now=None, running=None):
+        """Renew this worker's row and the leases of the jobs it is running: `running` (seqs), or every
+        job it holds when None. A job it holds but does not name (a claim that committed while the
+        worker was told it failed) keeps its lease no longer: it is recovered when that runs out.
 
         `host_key` says whose process table `pid` belongs to (None: unsure).
         `now` defaults to when the write lock was granted: a beat that waited
@@ -980,8 +982,12 @@ class Store:
                 "INSERT OR REPLACE INTO workers (id, pid, host, threads, started_at, heartbeat_at, lease_until, "
                 "host_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (worker, pid, host, threads, started_at, now, now + lease_s, host_key))
-            con.execute("UPDATE jobs SET lease_until = ? WHERE state = ? AND worker = ?",
-                        (now + lease_s, PROCESSING, worker))
+            if running is None:
+                con.execute("UPDATE jobs SET lease_until = ? WHERE state = ? AND worker = ?",
+                            (now + lease_s, PROCESSING, worker))
+            for chunk in _chunks(running or ()):
+                con.execute("UPDATE jobs SET lease_until = ? WHERE state = ? AND worker = ? AND seq IN (%s)"
+                            % _placeholders(len(chunk)), (now + lease_s, PROCESSING, worker) + tuple(chunk))
 
     def note_process(self, job, worker, process):
         """Replace the `process` text that a processing job's claim kept, fenced by the claim.
@@ -1043,7 +1049,9 @@ class Store:
 
         def is_lost(worker):
             if worker not in lost:
-                lost[worker] = worker != me and self._stopped_pulsing(worker, lease_s)
+                # Where the lease alone decides, a job of ours whose lease ran out is one we no longer
+                # hold (see `heartbeat`'s `running`): it comes back as any lost worker's would.
+                lost[worker] = (worker != me or self.LEASE_IS_FINAL) and self._stopped_pulsing(worker, lease_s)
             return lost[worker]
 
         dead_workers = {worker for worker, key, pid in self._read(
@@ -1060,7 +1068,8 @@ class Store:
                         "SELECT seq, id, attempts, max_retries, runs, worker, lease_until < ?, run_process, "
                         "cancel_requested FROM jobs WHERE state = ?", (now, PROCESSING))
                     if row[5] in dead_workers or (row[6] and is_lost(row[5]))]
-            gone = dead_workers | {w for w in expired if is_lost(w)} | {row[5] for row in rows}
+            # A worker whose own lease holds stays registered, though a job it no longer held came back.
+            gone = (dead_workers | {w for w in expired if is_lost(w)}) - {me}
             for seq, job_id, attempts, max_retries, run, worker, _, process, cancelling in rows:
                 if before_retry is not None and process is not None:
                     before_retry(job_id, run, process)

@@ -358,6 +358,24 @@ class RecoveryTest(StoreTestCase):
         self.assertEqual(self.s.recover(T + 25 + LEASE_S + 1, SETTINGS), [("a", jobs.FAILED)])
         self.assertEqual(self.s.live_workers(T + 25 + LEASE_S + 1), [])
 
+    def test_a_heartbeat_naming_its_running_jobs_renews_only_those(self):
+        # A claim whose commit the worker never heard of (its connection lost during it) is not
+        # renewed: it comes back once its lease runs out, rather than stay processing for ever.
+        self.add("ran")
+        self.add("orphan")
+        ran, _ = self.claim("w1", T), self.claim("w1", T)
+        self.s.heartbeat("w1", LEASE_S, pid=os.getpid(), host=qhome.host(), threads=2, started_at=T,
+                         host_key=qhome.host_key(), now=T + 25, running=[ran["seq"]])
+        # The worker itself takes it back where an expired lease alone decides (on SQLite its
+        # pulses keep it, and such an orphan cannot happen there: the commit is local).
+        self.assertEqual(self.s.recover(T + LEASE_S + 1, SETTINGS, me="w1"),
+                         [("orphan", jobs.FAILED)] if self.s.LEASE_IS_FINAL else [])
+        # Any other worker does, and leaves the live worker registered.
+        self.assertEqual(self.s.recover(T + LEASE_S + 1, SETTINGS), [] if self.s.LEASE_IS_FINAL
+                         else [("orphan", jobs.FAILED)])
+        self.assertEqual(self.s.get("ran")["state"], jobs.PROCESSING)
+        self.assertEqual([w["id"] for w in self.s.live_workers(T + 26)], ["w1"])
+
 
 class RunHistoryTest(StoreTestCase):
     def test_runs_are_numbered_over_the_whole_life_across_dlq_retry(self):
