@@ -432,6 +432,10 @@ class Store:
 
     _OUTPUT_TAILS = "substr(stdout, -?), substr(stderr, -?)"  # the last ? bytes of a run's stdout and stderr
 
+    def _lock_dependency_graph(self, con):
+        """Before a transaction changes which jobs a stored job waits for (`edit --after`): its cycle
+        check must see every other such change. SQLite's write lock is that already."""
+
     def _data_version(self):
         """A number that changes when another connection commits (PRAGMA data_version reads no disk)."""
         return self._read("PRAGMA data_version")[0][0]
@@ -1381,6 +1385,8 @@ class Store:
         `enqueue` would. Any other state raises InvalidState and changes nothing. `changes`:
         raw job fields (as in the JSON), e.g. {"priority": 5, "delay": "10m"}."""
         with self._write(wakes_workers=True) as con:
+            if "after" in changes:
+                self._lock_dependency_graph(con)
             rows = con.execute("SELECT " + JOB_COLUMNS + " FROM jobs WHERE id = ?" + self._FOR_UPDATE, (job_id,)).fetchall()
             if not rows:
                 raise JobNotFound(job_id)

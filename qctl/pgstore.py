@@ -468,6 +468,11 @@ class PgStore(qdb.Store):
                           (now,) + tuple(queues or ()) + (worker, now + lease_s, now, now, process)).fetchone()
         return None if row is None else dict(zip(qdb._CLAIM_KEYS, row))
 
+    def _lock_dependency_graph(self, con):
+        # Taken before any row lock: two edits pointing jobs at each other would otherwise lock their
+        # rows in opposite orders (a deadlock); in turn, the second one's cycle check sees the first.
+        con.execute("SELECT pg_advisory_xact_lock(hashtext(?))", ("queuectl dependencies " + self.schema,))
+
     def _count_waiting(self, con, seqs):
         # Lock the dependencies first (a finish waits for us, or we for it): a dependency finishing
         # meanwhile would otherwise miss our new edge and leave the job waiting for ever.

@@ -235,3 +235,32 @@ class MigrateTest(HomeTestCase):
         result = self.cli("migrate", "--to", os.path.join(self.tmp, "other.db"))
         self.assertEqual(result.code, 1, result)
         self.assertIn("--to takes a postgresql:// URL", result.stderr)
+
+
+class PostgresRacesTest(pg.OnPostgres, HomeTestCase):
+    """What SQLite's one writer settles by itself, between transactions that run at once here."""
+
+    def test_two_edits_pointing_jobs_at_each_other_refuse_one_as_a_cycle_never_deadlock(self):
+        import threading
+        from qctl.errors import QueueError
+        from tests.base import add_job
+        store = self.store()
+        outcomes = []
+        for i in range(10):
+            a, b = "a%d" % i, "b%d" % i
+            add_job(store, a, now=1.0)
+            add_job(store, b, now=1.0)
+
+            def edit(job_id, after):
+                with self.store() as other:
+                    try:
+                        other.edit(job_id, {"after": [after]}, now=2.0, default_max_retries=3)
+                        outcomes.append("ok")
+                    except QueueError as exc:
+                        outcomes.append(type(exc).__name__)
+            threads = [threading.Thread(target=edit, args=(a, b)), threading.Thread(target=edit, args=(b, a))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        self.assertEqual(sorted(outcomes), ["BadDependency"] * 10 + ["ok"] * 10)
