@@ -577,6 +577,9 @@ class PgWaker(wake.Waker):
             self._connect()
         return self._listen is not None
 
+    def retry_in(self):
+        return max(0.0, self._retry_at - time.monotonic())
+
     def wait(self, timeout):
         sources = [self._ring_in]
         if self._listen is not None:

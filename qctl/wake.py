@@ -173,6 +173,11 @@ class Waker:
             self._bind()
         return self._sock is not None
 
+    def retry_in(self):
+        """Seconds until `renew` may listen again when it cannot now; None: not by waiting (here a
+        socket that cannot be bound stays so)."""
+        return None
+
     def wait(self, timeout):
         """Sleep until poked or rung, or `timeout` seconds passed; True if woken. Every waiting
         wake-up is taken: many pokes while we were busy make one look."""

@@ -274,6 +274,8 @@ class Worker:
         interval = self.settings["poll-interval"]
         if self._waker.renew():
             interval = max(interval, SAFETY_POLL_S)
+        elif self._waker.retry_in() is not None:  # it listens again soon (PostgreSQL, once the server is back)
+            interval = min(interval, max(self._waker.retry_in(), STOPPING_LOOK_S))
         due = watch.next_due() if self._idle else None
         return interval if due is None else min(interval, due - self.now())
 
