@@ -67,6 +67,47 @@ class PostgresWorkersTest(pg.OnPostgres, HomeTestCase):
         runs = self.ok("show", "--json", "j0").stdout
         self.assertEqual([run["error"] for run in json.loads(runs)["runs"]], ["worker lost", None])
 
+    def test_a_worker_cut_off_from_the_server_kills_its_command_before_its_lease_runs_out(self):
+        import psycopg
+        from qctl.pgstore import parse_url
+        self.ok("config", "set", "lease-seconds", "3")
+        role = "cut_%s" % os.urandom(4).hex()
+        conninfo = parse_url(self.db_path)[0]
+
+        def admin(sql):
+            with psycopg.connect(conninfo, autocommit=True) as con:
+                con.execute(sql)
+        admin("CREATE ROLE %s LOGIN SUPERUSER" % role)
+        self.addCleanup(admin, "DROP ROLE IF EXISTS %s" % role)
+        pid_file = os.path.join(self.tmp, "pid")
+        self.ok("enqueue", "--id", "long", "echo $$ > %s.part && mv %s.part %s && exec sleep 60"
+                % (pid_file, pid_file, pid_file))
+        worker = self.spawn_worker(env={"QUEUECTL_DB": self.db_path.replace("//postgres@", "//%s@" % role, 1)})
+        def read(path):
+            try:
+                with open(path) as fh:
+                    return fh.read()
+            except OSError:
+                return ""
+        pid = int(wait_until(lambda: read(pid_file).strip(), message="the command to start"))
+        # The server turns the worker away: its connections cut, and no new one let in.
+        admin("ALTER ROLE %s NOLOGIN" % role)
+        cut = time.monotonic()
+        admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '%s'" % role)
+
+        def command_gone():
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            return read("/proc/%d/stat" % pid).split()[2:3] == ["Z"]
+        wait_until(command_gone, message="the cut-off worker to kill its command")
+        # Within two thirds of the lease of its last beat (at most a third of a lease before the cut),
+        # plus a pulse period and the kill's grace: before another worker could recover the job.
+        self.assertLess(time.monotonic() - cut, 3.0, "killed only once the lease had run out")
+        wait_until(lambda: "no heartbeat reached the database" in self.log_of(worker), message="the warning")
+        os.killpg(worker.pid, signal.SIGKILL)
+
     def test_a_server_restart_during_a_drain_loses_nothing(self):
         count = 300
         marks = self.enqueue_marking(count)
