@@ -112,6 +112,7 @@ class PostgresWorkersTest(pg.OnPostgres, HomeTestCase):
         count = 300
         marks = self.enqueue_marking(count)
         workers = [self.spawn_worker("--count", "2") for _ in range(2)]
+        wait_until(lambda: self.status()["workers"]["processes"] == 2, message="both workers to register")
         wait_until(lambda: sum(self.runs_of(marks, count)) >= 30, message="the drain to get going")
         pg.restart()
         wait_until(lambda: self.status()["jobs"]["completed"] == count, timeout=DEADLINE_S * 2,
