@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from . import home as qhome
 from . import shapes
-from .db import PRUNE_BATCH, open_store
+from .db import PRUNE_BATCH, is_url, open_store
 from .errors import DatabaseDamaged, JobNotFound, QueueError
 from .jobs import CANCEL, CANCELLED, COMPLETE, COMPLETED, DEAD, FAIL, FAILED, RELEASE, UNFINISHED_STATES, Outcome
 from .runner import adopt_orphans, kill_lost, kill_tree, output_progress, run_command, run_identity
@@ -233,8 +233,25 @@ class Worker:
             log.error("worker %s: %s; stopping once its running jobs end", self.id, why)
         self.stop()
 
+    def _open_store(self, doing):
+        """A store for one of our threads. A database server that cannot be reached now (restarting)
+        may be back soon: tried again every CLAIM_RETRY_S until it opens, or None once we stop. A
+        SQLite file that cannot be opened raises at once."""
+        while True:
+            try:
+                return open_store(self.db, durable=False, autocheckpoint=False)
+            except QueueError as exc:
+                if not is_url(self.db) or isinstance(exc, DatabaseDamaged):
+                    raise
+                self._log_error(doing, exc)
+            self._obey_signals()  # the supervisor may be the one waiting here: Ctrl-C still stops us
+            if self._stopping.wait(CLAIM_RETRY_S):
+                return None
+
     def _supervise(self, futures):
-        watch = open_store(self.db, durable=False, autocheckpoint=False)
+        watch = self._open_store("opening the queue to watch it")
+        if watch is None:
+            return
         try:
             watch.poll_for_work(self.now())  # the first answer is always yes: take it now
             last_wake = time.monotonic()
@@ -307,9 +324,11 @@ class Worker:
 
     def _thread_main(self):
         try:
-            store = open_store(self.db, durable=False, autocheckpoint=False)
+            store = self._open_store("opening the queue")
         except QueueError as exc:
             log.error("worker %s: a thread could not open the queue: %s", self.id, exc)
+            store = None
+        if store is None:
             self._thread_exit()
             return
         finish = None  # the last job's outcome, recorded with the next claim
@@ -573,8 +592,8 @@ class Worker:
         """Fire due schedules (see `Store.fire_schedules`) on time, until the worker stops."""
         store = None
         try:
-            store = open_store(self.db, durable=False, autocheckpoint=False)
-            while not self._stopping.is_set():
+            store = self._open_store("opening the queue for the schedules")
+            while store is not None and not self._stopping.is_set():
                 due = None
                 try:
                     due = store.next_schedule_at()
