@@ -249,9 +249,20 @@ class JobLifecycleTest(WorkerTestCase):
 
     def test_healthy_worker_keeps_the_shortest_lease_on_a_long_job(self):
         self.ok("config", "set", "lease-seconds", "1")
-        job_id = self.enqueue("sleep 2.5")
+        go = os.path.join(self.tmp, "go")
+        # The job runs until the test lets it go (at most 60 s): once it has outlived its first lease
+        # by half and its lease is seen renewed past now. A fixed sleep 2.5 waited a second longer.
+        job_id = self.enqueue("i=0; while [ ! -e %s ] && [ $i -lt 6000 ]; do sleep 0.01; i=$((i+1)); done" % go)
         self.background_worker(threads=1)
         self.background_worker(threads=1)  # a second worker that would recover an expired lease
+
+        def outlived_its_lease():
+            job, now = self.job(job_id), time.time()
+            if job["state"] != "processing":
+                return job["state"] != "pending"  # recovered, or ended: the checks below say which
+            return now > job["started_at"] + 1.5 and job["lease_until"] > now
+        wait_until(outlived_its_lease, message="the job to outlive its first lease, renewed")
+        open(go, "w").close()
         wait_until(lambda: self.state(job_id) == "completed", message="the long job to complete")
         job = self.show(job_id)
         self.assertEqual((job["attempts"], len(job["runs"])), (1, 1))
