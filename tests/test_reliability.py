@@ -287,7 +287,8 @@ class ClockTest(ReliabilityCase):
         self.assertEqual(jobs.backoff_delay(5000, 1000, 3600), 3600.0)  # 1000 ** 5000 overflows a float
 
     def test_a_delayed_job_waiting_when_the_worker_starts_runs_on_time(self):
-        self.ok("enqueue", "--command", "exit 0", "--id", "later", "--delay", "1")
+        # Due in 0.6 s: time for the worker to start (0.1-0.3 s, loaded) before it is due.
+        self.ok("enqueue", "--command", "exit 0", "--id", "later", "--delay", "0.6")
         self.spawn_worker("--count", 1)
         wait_until(lambda: self.job("later")["state"] == jobs.COMPLETED, message="the delayed job done")
         job = self.job("later")
