@@ -91,7 +91,7 @@ class TailProgressTest(unittest.TestCase):
             started.set()
         result = []
         runner = threading.Thread(target=lambda: result.append(run_command(
-            "echo one; sleep 0.3; echo two >&2; sleep 0.3", on_start=on_start)))
+            "echo one; sleep 0.3; echo two >&2", on_start=on_start)))  # looked at within that 0.3 s
         runner.start()
         started.wait(10)
         proc = seen[0]
