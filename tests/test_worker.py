@@ -106,17 +106,17 @@ class RunCommandTest(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             pidfile = os.path.join(tmp, "pid")
             started = time.monotonic()
-            result = run_command("sleep 300 & echo $! > %s; wait" % pidfile, timeout=0.5)
+            result = run_command("sleep 300 & echo $! > %s; wait" % pidfile, timeout=0.3)
             self.assertLess(time.monotonic() - started, 20)
-            self.assertEqual(result.error, "timed out after 0.5s")
+            self.assertEqual(result.error, "timed out after 0.3s")
             grandchild = int(read(pidfile))
             wait_until(lambda: pid_gone(grandchild), message="the grandchild sleep to be killed")
 
     @posix_only
     def test_timeout_holds_for_a_command_that_closed_its_output(self):
         started = time.monotonic()
-        result = run_command("exec sleep 30 >/dev/null 2>&1", timeout=0.5)
-        self.assertEqual(result.error, "timed out after 0.5s")
+        result = run_command("exec sleep 30 >/dev/null 2>&1", timeout=0.3)
+        self.assertEqual(result.error, "timed out after 0.3s")
         self.assertLess(time.monotonic() - started, 15)
 
     @posix_only
@@ -188,9 +188,9 @@ class JobLifecycleTest(WorkerTestCase):
             return store.job_runs(store.get(job_id))
 
     def test_timeout_is_a_failed_attempt(self):
-        job_id = self.enqueue("sleep 30", timeout=0.5, max_retries=0)
+        job_id = self.enqueue("sleep 30", timeout=0.3, max_retries=0)
         self.burst()
-        self.assertEqual(self.show(job_id)["last_error"], "timed out after 0.5s")
+        self.assertEqual(self.show(job_id)["last_error"], "timed out after 0.3s")
 
     def test_priority_then_run_at_then_fifo(self):
         order = os.path.join(self.tmp, "order")
@@ -219,11 +219,11 @@ class JobLifecycleTest(WorkerTestCase):
         self.addCleanup(setattr, qctl.worker, "TICK_S", qctl.worker.TICK_S)
         qctl.worker.TICK_S = 0.1
         running = self.background_worker(threads=1)
-        self.ok("config", "set", "job-timeout", "0.5")
-        wait_until(lambda: running.settings["job-timeout"] == 0.5, message="the worker to reload its config")
+        self.ok("config", "set", "job-timeout", "0.3")
+        wait_until(lambda: running.settings["job-timeout"] == 0.3, message="the worker to reload its config")
         job_id = self.enqueue("sleep 30", max_retries=0)
         wait_until(lambda: self.state(job_id) == "dead", message="the new timeout to apply")
-        self.assertEqual(self.show(job_id)["last_error"], "timed out after 0.5s")
+        self.assertEqual(self.show(job_id)["last_error"], "timed out after 0.3s")
 
     def test_a_failing_supervisor_stops_the_worker_instead_of_hanging(self):
         class Broken(Worker):
