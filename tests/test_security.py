@@ -5,6 +5,7 @@ import ast
 import http.client
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -215,6 +216,9 @@ class PrivateHomeTest(HomeTestCase):
                 self.assertEqual(self.mode(os.path.join(home, name)), 0o600)
 
     def test_worker_refuses_a_home_or_database_others_can_write(self):
+        # The workers below run in-process: the one that serves installs its signal handlers here.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.addCleanup(signal.signal, signum, signal.getsignal(signum))
         self.ok("enqueue", "--command", "true")
         for path, mode in ((self.home, 0o770), (self.home, 0o707), (self.db_path, 0o660), (self.db_path, 0o606)):
             with self.subTest(path=path, mode=oct(mode)):
