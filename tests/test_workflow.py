@@ -381,8 +381,12 @@ class ScheduleCliTest(HomeTestCase):
         self.assertEqual(len(json.loads(self.ok("schedule", "list", "--json").stdout)), 1)
 
     def test_three_worker_processes_fire_each_time_once(self):
+        # Added as of half a period ago: its first fire is due half a second from now, not a whole
+        # second (the workers' start fits in that half), and the next a period later.
+        with self.store() as store:
+            store.add_schedule("tick", "every 1", json.dumps({"command": "true", "cwd": "/"}), overlap=True,
+                               now=time.time() - 0.5)
         workers = [self.spawn_worker("--count", "1") for _ in range(3)]
-        self.ok("schedule", "add", "tick", "--every", "1s", "--overlap", "true")
         # Two fires: a due time fired twice would show as two jobs made within moments of each other.
         wait_until(lambda: len(self.store().list_jobs(limit=0)) >= 2, message="two fires")
         self.ok("worker", "stop", "--wait", "--timeout", "30")
