@@ -4,6 +4,7 @@ and waiting on a condition with a deadline (never a bare sleep)."""
 import atexit
 import contextlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -98,6 +99,13 @@ def wait_until(predicate, timeout=DEADLINE_S, interval=0.02, message="condition"
         time.sleep(interval)
 
 
+# `python -c WITH_PERIODS PERIODS SCRIPT ARGS...`: qctl.worker's periods set (PERIODS, JSON), then
+# SCRIPT run as __main__ with ARGS, as `python SCRIPT ARGS...` would run it.
+WITH_PERIODS = ("import json, os, runpy, sys; sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[2]))); "
+                "import qctl.worker as w; [setattr(w, k, v) for k, v in json.loads(sys.argv[1]).items()]; "
+                "sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
 class Result:
     def __init__(self, code, stdout, stderr):
         self.code, self.stdout, self.stderr = code, stdout, stderr
@@ -149,16 +157,24 @@ class HomeTestCase(unittest.TestCase):
                               capture_output=True, text=True, timeout=timeout, env=full_env)
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
-    def spawn_worker(self, *args, env=None):
+    def spawn_worker(self, *args, env=None, periods=None):
         """Start `queuectl worker start ARGS` as a real process in its own session (so kill -9 of
         its whole group is possible); its group is killed at cleanup if it is still alive.
-        Its output goes to `proc.log`."""
+        Its output goes to `proc.log`. `periods` ({"TICK_S": 0.1}) sets qctl.worker's periods in
+        that process before queuectl.py runs, for a test that waits on one but is not about it."""
         full_env = dict(os.environ, QUEUECTL_HOME=self.home)
         if env:
             full_env.update(env)
         log = open(os.path.join(self.tmp, "worker-%d.log" % time.monotonic_ns()), "w+")
         self.addCleanup(log.close)
-        proc = subprocess.Popen([sys.executable, SCRIPT, "worker", "start"] + [str(a) for a in args],
+        argv = [SCRIPT, "worker", "start"] + [str(a) for a in args]
+        if periods:
+            import qctl.worker
+            unknown = [name for name in periods if not hasattr(qctl.worker, name)]
+            if unknown:
+                raise ValueError("qctl.worker has no %s" % ", ".join(unknown))
+            argv = ["-c", WITH_PERIODS, json.dumps(periods)] + argv
+        proc = subprocess.Popen([sys.executable] + argv,
                                 stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=POSIX)
         proc.log = log
 

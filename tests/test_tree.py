@@ -256,7 +256,10 @@ class WorkerTreeTest(TreeCase):
         job_id = self.enqueue(self.command("if [ -f {d}/shell ]; then " + check + "; echo second >> {d}/log; "
                                            "else echo first >> {d}/log; " + leave
                                            + "echo $$ > {d}/shell; exec sleep 60; fi"))
-        first = self.spawn_worker()
+        # A tick of the first worker notes the shell's pid on the job once the run has lasted a tick:
+        # made 0.1 s for `after_note` (when is not under test, what the note lets the next worker
+        # kill is). Without it, its first tick must not come before the kill: the usual 0.5 s.
+        first = self.spawn_worker(periods={"TICK_S": 0.1} if after_note else None)
         pids = self.pids(*names)
         if after_note:
             wait_until(lambda: "pid" in json.loads(self.run_process(job_id)), message="the shell's pid noted")
