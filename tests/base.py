@@ -1,9 +1,12 @@
 """Shared test scaffolding: a temporary home per test, in-process and subprocess CLI runs,
 and waiting on a condition with a deadline (never a bare sleep)."""
 
+import atexit
 import contextlib
 import io
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,9 +25,33 @@ from qctl import jobs  # noqa: E402
 from qctl.db import open_store  # noqa: E402
 
 SCRIPT = os.path.join(ROOT, "queuectl.py")
+
 POSIX = os.name == "posix"
 # Deadlines are generous: CI runs on a busy 2-core machine. A passing test never waits them out.
 DEADLINE_S = float(os.environ.get("QUEUECTL_TEST_DEADLINE", "30"))
+
+
+ENVIRON_AS_GIVEN = dict(os.environ)  # before cache_bytecode_outside_the_tree
+
+
+def cache_bytecode_outside_the_tree():
+    """With PYTHONDONTWRITEBYTECODE set (the test machine's environment sets it: no bytecode in
+    the tree), every process a test starts (several hundred workers and commands) compiled qctl
+    afresh: 20-35 ms of each start, on the critical path of most process tests. Those processes cache it in a
+    folder of this run's instead (PYTHONPYCACHEPREFIX, removed at exit): still nothing in the
+    tree, and each module is compiled once. A prefix set already is left as it is."""
+    if not os.environ.get("PYTHONDONTWRITEBYTECODE") or os.environ.get("PYTHONPYCACHEPREFIX"):
+        return
+    # Under a prefix the stdlib's and site-packages' own __pycache__ go unread: what a process
+    # imports is compiled once, into the prefix. Worth it for qctl; not for a build that imports
+    # all of pip and setuptools once (test_packaging runs those with ENVIRON_AS_GIVEN).
+    prefix = tempfile.mkdtemp(prefix="qctl-test-pycache-")
+    atexit.register(shutil.rmtree, prefix, True)
+    del os.environ["PYTHONDONTWRITEBYTECODE"]
+    os.environ["PYTHONPYCACHEPREFIX"] = prefix
+
+
+cache_bytecode_outside_the_tree()
 
 
 SETTINGS = qconfig.defaults()  # what a fresh home's workers run with: backoff 2 ** k, lease 30 s
@@ -70,6 +97,13 @@ def wait_until(predicate, timeout=DEADLINE_S, interval=0.02, message="condition"
         if time.monotonic() >= deadline:
             raise AssertionError("timed out after %ss waiting for %s" % (timeout, message))
         time.sleep(interval)
+
+
+# `python -c WITH_PERIODS PERIODS SCRIPT ARGS...`: qctl.worker's periods set (PERIODS, JSON), then
+# SCRIPT run as __main__ with ARGS, as `python SCRIPT ARGS...` would run it.
+WITH_PERIODS = ("import json, os, runpy, sys; sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[2]))); "
+                "import qctl.worker as w; [setattr(w, k, v) for k, v in json.loads(sys.argv[1]).items()]; "
+                "sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')")
 
 
 class Result:
@@ -127,16 +161,24 @@ class HomeTestCase(unittest.TestCase):
                               capture_output=True, text=True, timeout=timeout, env=full_env)
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
-    def spawn_worker(self, *args, env=None):
+    def spawn_worker(self, *args, env=None, periods=None):
         """Start `queuectl worker start ARGS` as a real process in its own session (so kill -9 of
         its whole group is possible); its group is killed at cleanup if it is still alive.
-        Its output goes to `proc.log`."""
+        Its output goes to `proc.log`. `periods` ({"TICK_S": 0.1}) sets qctl.worker's periods in
+        that process before queuectl.py runs, for a test that waits on one but is not about it."""
         full_env = dict(os.environ, QUEUECTL_HOME=self.home)
         if env:
             full_env.update(env)
         log = open(os.path.join(self.tmp, "worker-%d.log" % time.monotonic_ns()), "w+")
         self.addCleanup(log.close)
-        proc = subprocess.Popen([sys.executable, SCRIPT, "worker", "start"] + [str(a) for a in args],
+        argv = [SCRIPT, "worker", "start"] + [str(a) for a in args]
+        if periods:
+            import qctl.worker
+            unknown = [name for name in periods if not hasattr(qctl.worker, name)]
+            if unknown:
+                raise ValueError("qctl.worker has no %s" % ", ".join(unknown))
+            argv = ["-c", WITH_PERIODS, json.dumps(periods)] + argv
+        proc = subprocess.Popen([sys.executable] + argv,
                                 stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=POSIX)
         proc.log = log
 

@@ -475,7 +475,8 @@ class ForeignDatabaseTest(HomeTestCase):
 
 class DatabaseUnderAWorkerTest(HomeTestCase):
     def test_a_deleted_database_stops_the_worker_with_one_line(self):
-        proc = self.spawn_worker()
+        # The worker looks at the file at each tick (TICK_S, 0.5 s): 0.1 s here, which is not under test.
+        proc = self.spawn_worker(periods={"TICK_S": 0.1})
         with Store(self.db_path) as store:
             wait_until(lambda: store.live_workers(time.time()), message="the worker to register")
         for suffix in ("", "-wal", "-shm"):

@@ -217,7 +217,9 @@ class CancelWorkerTest(ControlCase):
         pidfile = os.path.join(self.tmp, "pid")
         self.ok("enqueue", "--id", "long", "--command", "sh -c 'echo $$ > %s; exec sleep 30' & wait" % pidfile)
         self.ok("enqueue", "--id", "next", "--command", "true", "--priority", "-1")
-        self.spawn_worker("--count", "1")
+        # The worker looks for cancel requests at each tick (TICK_S, 0.5 s): 0.1 s here. That the
+        # cancel kills the tree and waits for it is under test, not how often the worker looks.
+        self.spawn_worker("--count", "1", periods={"TICK_S": 0.1})
         pid = int(wait_until(lambda: read(pidfile), message="the job to start"))
         started = time.monotonic()
         result = self.run_cli("cancel", "long")  # a separate process with only the home

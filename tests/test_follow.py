@@ -91,7 +91,7 @@ class TailProgressTest(unittest.TestCase):
             started.set()
         result = []
         runner = threading.Thread(target=lambda: result.append(run_command(
-            "echo one; sleep 0.3; echo two >&2; sleep 0.3", on_start=on_start)))
+            "echo one; sleep 0.3; echo two >&2", on_start=on_start)))  # looked at within that 0.3 s
         runner.start()
         started.wait(10)
         proc = seen[0]
@@ -403,10 +403,12 @@ class FollowProcessTest(HomeTestCase):
         self.assertEqual(out, b"== job doomed, run 1 ==\nbye\n== job doomed, run 1: exit code 4 (dead) ==\n")
         self.assertLess(time.monotonic() - started, DEADLINE_S)
 
+    # The next two wait for a worker's ticks (TICK_S, 0.5 s), which publish what a run printed and
+    # find cancel requests: 0.1 s there. How soon a line is shown is the first test's, at 0.5 s.
     def test_a_job_cancelled_while_it_runs_exits_1(self):
         self.enqueue("long", "echo started; sleep 30")
         following = Following(self, "long")
-        self.spawn_worker()
+        self.spawn_worker(periods={"TICK_S": 0.1})
         following.until("started")
         with self.store() as store:
             store.cancel(["long"], now=time.time())
@@ -418,7 +420,7 @@ class FollowProcessTest(HomeTestCase):
     def test_ctrl_c_ends_the_follow_not_the_job(self):
         self.enqueue("long", "echo started; sleep 30")
         following = Following(self, "long")
-        self.spawn_worker()
+        self.spawn_worker(periods={"TICK_S": 0.1})
         following.until("started")
         following.proc.send_signal(signal.SIGINT)
         code, _, err = following.finish()

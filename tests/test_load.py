@@ -73,9 +73,11 @@ class StallTest(ReliabilityCase):
         # meanwhile. Both live workers' jobs must run once, and neither a worker nor a process that
         # waited out the lock (the recover below) may count them lost.
         self.ok("config", "set", "lease-seconds", "1")
-        starts = os.path.join(self.tmp, "starts")
+        starts, go = os.path.join(self.tmp, "starts"), os.path.join(self.tmp, "go")
+        # Each job runs until the test lets it go (at most 60 s): through the stall and the recover below.
         for name in ("a", "b"):
-            self.ok("enqueue", "--id", name, "--command", "echo %s >> %s; sleep 3" % (name, starts))
+            self.ok("enqueue", "--id", name, "--command", "echo %s >> %s; i=0; while [ ! -e %s ] && [ $i -lt 6000 ]; "
+                    "do sleep 0.01; i=$((i+1)); done" % (name, starts, go))
         for _ in range(2):
             self.spawn_worker("--count", "1")
         with Store(self.db_path) as store:
@@ -87,6 +89,8 @@ class StallTest(ReliabilityCase):
             con.execute("COMMIT")
             self.assertEqual(store.recover(time.time(), dict(SETTINGS, **{"lease-seconds": 1.0})), [],
                              "a process that waited for the lock recovered live workers' jobs")
+            self.assertEqual(store.counts()[jobs.PROCESSING], 2, "a job ended during the stall")
+            open(go, "w").close()
             wait_until(lambda: store.counts()[jobs.COMPLETED] == 2, message="both jobs to complete")
             for name in ("a", "b"):
                 job = store.get(name)

@@ -13,7 +13,7 @@ import unittest
 
 import queuectl
 from qctl import __version__
-from tests.base import ROOT, SCRIPT
+from tests.base import ENVIRON_AS_GIVEN, ROOT, SCRIPT
 
 PYPROJECT = os.path.join(ROOT, "pyproject.toml")
 # What a build reads: the project table, its readme and licence, and the code.
@@ -153,7 +153,7 @@ class PackagingTest(unittest.TestCase):
             # the files bdist_wheel would pack (the code and its package data), so check those.
             argv = [sys.executable, "-c", "from setuptools import setup; setup()", "--quiet", "build_py",
                     "--build-lib", out]
-        proc = subprocess.run(argv, cwd=src, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(argv, cwd=src, capture_output=True, text=True, timeout=120, env=ENVIRON_AS_GIVEN)
         self.assertEqual(proc.returncode, 0, proc.stderr)
         # The installed copy finds its page where it looks for it.
         proc = subprocess.run([sys.executable, "-E", "-s", "-c",

@@ -5,6 +5,7 @@ import ast
 import http.client
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -240,17 +241,21 @@ class PrivateHomeTest(HomeTestCase):
                 self.assertEqual(self.mode(os.path.join(home, name)), 0o600)
 
     def test_worker_refuses_a_home_or_database_others_can_write(self):
+        # The workers below run in-process: the one that serves installs its signal handlers here.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.addCleanup(signal.signal, signum, signal.getsignal(signum))
         self.ok("enqueue", "--command", "true")
         for path, mode in ((self.home, 0o770), (self.home, 0o707), (self.db_path, 0o660), (self.db_path, 0o606)):
             with self.subTest(path=path, mode=oct(mode)):
                 os.chmod(path, mode)
-                result = self.run_cli("worker", "start", "--burst")
+                # In-process, as the hook tests run theirs: the refusal is main()'s, not the process's.
+                result = self.cli("worker", "start", "--burst")
                 self.assertEqual(result.code, 1, result)
                 self.assertEqual(len(result.stderr.splitlines()), 1, result)
                 self.assertIn("chmod go-w", result.stderr)
                 # Every command refuses a shared home now (tests/test_home.py): look with the override.
                 self.assertIn("pending", self.ok("--allow-shared-home", "list").stdout, "a refused worker ran nothing")
-                shared = self.run_cli("worker", "start", "--burst", "--allow-shared-home")
+                shared = self.cli("worker", "start", "--burst", "--allow-shared-home")
                 self.assertEqual(shared.code, 0, shared)
                 os.chmod(path, 0o700 if path == self.home else 0o600)
                 self.ok("enqueue", "--command", "true")

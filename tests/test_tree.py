@@ -128,21 +128,32 @@ class RunCommandTreeTest(TreeCase):
         # That wait looks every proctree.LOOK_EVERY_S: made 0.1 s for it (how often is not under
         # test, that a look remembers the process is), so its parent lives 0.4 s, and 0.3 s
         # before the timeout as in the other case. The read's looks come every 0.5 s whatever.
+        # The two cases run at once, each in a thread of its own (as a worker's threads run
+        # commands): the test takes the longer one's 1.3 s, not both one after the other.
         command = ("(setsid env -i sh -c 'echo $$ > {d}/bare; exec sleep 30' >/dev/null 2>&1 & "
                    "while [ ! -s {d}/bare ]; do sleep 0.01; done; sleep %s); sleep 30")
+        self.addCleanup(setattr, proctree, "LOOK_EVERY_S", proctree.LOOK_EVERY_S)
+        proctree.LOOK_EVERY_S = 0.1
+        cases = {False: ("bare", "1", 1.3), True: ("bare-closed", "0.4", 0.7)}
+        if not hasattr(os, "pidfd_open"):
+            del cases[True]  # looks while the shell is waited for need os.pidfd_open (Python 3.9)
+        results = {}
+
+        def run(closed, name, lives, timeout):
+            text = (command % lives).replace("{d}/bare", "{d}/" + name)
+            results[closed] = run_command(self.command(("exec >/dev/null 2>&1; " if closed else "") + text),
+                                          timeout=timeout)
+        threads = [threading.Thread(target=run, args=(closed,) + case) for closed, case in cases.items()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
         for closed in (False, True):
             with self.subTest(stdio_closed=closed):
-                if closed and not hasattr(os, "pidfd_open"):
+                if closed not in cases:
                     self.skipTest("looks while the shell is waited for need os.pidfd_open (Python 3.9)")
-                name = "bare-closed" if closed else "bare"
-                lives, timeout = ("0.4", 0.7) if closed else ("1", 1.3)
-                if closed:
-                    self.addCleanup(setattr, proctree, "LOOK_EVERY_S", proctree.LOOK_EVERY_S)
-                    proctree.LOOK_EVERY_S = 0.1
-                text = (command % lives).replace("{d}/bare", "{d}/" + name)
-                result = run_command(self.command(("exec >/dev/null 2>&1; " if closed else "") + text),
-                                     timeout=timeout)
-                self.assertEqual(result.error, "timed out after %ss" % timeout)
+                name, _, timeout = cases[closed]
+                self.assertEqual(results[closed].error, "timed out after %ss" % timeout)
                 self.assert_gone(self.pids(name), "after a timeout")
 
     def test_a_long_run_remembers_only_the_processes_that_still_run(self):
@@ -245,7 +256,10 @@ class WorkerTreeTest(TreeCase):
         job_id = self.enqueue(self.command("if [ -f {d}/shell ]; then " + check + "; echo second >> {d}/log; "
                                            "else echo first >> {d}/log; " + leave
                                            + "echo $$ > {d}/shell; exec sleep 60; fi"))
-        first = self.spawn_worker()
+        # A tick of the first worker notes the shell's pid on the job once the run has lasted a tick:
+        # made 0.1 s for `after_note` (when is not under test, what the note lets the next worker
+        # kill is). Without it, its first tick must not come before the kill: the usual 0.5 s.
+        first = self.spawn_worker(periods={"TICK_S": 0.1} if after_note else None)
         pids = self.pids(*names)
         if after_note:
             wait_until(lambda: "pid" in json.loads(self.run_process(job_id)), message="the shell's pid noted")

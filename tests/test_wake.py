@@ -31,10 +31,10 @@ def sockets_in(home):
 
 @unittest.skipUnless(HAS_UNIX_DGRAM, "no Unix datagram sockets here: workers poll (tested by test_worker)")
 class WakeTestCase(HomeTestCase):
-    def start_worker(self, *args, poll=SLOW_POLL):
+    def start_worker(self, *args, poll=SLOW_POLL, periods=None):
         """A real worker process, once it serves the home and listens on its wake socket."""
         self.ok("config", "set", "poll-interval", poll)
-        proc = self.spawn_worker(*args)
+        proc = self.spawn_worker(*args, periods=periods)
         wait_until(lambda: self.live_workers() and sockets_in(self.home), message="the worker to listen")
         return proc
 
@@ -185,7 +185,9 @@ class PokeTest(WakeTestCase):
 
 class FallbackTest(WakeTestCase):
     def test_a_worker_whose_socket_was_deleted_still_runs_jobs(self):
-        self.start_worker(poll="0.05")  # with wake-ups, its safety poll looks every second
+        # With wake-ups, its safety poll looks every second (SAFETY_POLL_S): that it looks is under
+        # test, not how often: every 0.2 s here.
+        self.start_worker(poll="0.05", periods={"SAFETY_POLL_S": 0.2})
         (name,) = sockets_in(self.home)
         path = os.path.join(wake.directory(self.home), name)
         os.remove(path)

@@ -106,17 +106,17 @@ class RunCommandTest(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             pidfile = os.path.join(tmp, "pid")
             started = time.monotonic()
-            result = run_command("sleep 300 & echo $! > %s; wait" % pidfile, timeout=0.5)
+            result = run_command("sleep 300 & echo $! > %s; wait" % pidfile, timeout=0.3)
             self.assertLess(time.monotonic() - started, 20)
-            self.assertEqual(result.error, "timed out after 0.5s")
+            self.assertEqual(result.error, "timed out after 0.3s")
             grandchild = int(read(pidfile))
             wait_until(lambda: pid_gone(grandchild), message="the grandchild sleep to be killed")
 
     @posix_only
     def test_timeout_holds_for_a_command_that_closed_its_output(self):
         started = time.monotonic()
-        result = run_command("exec sleep 30 >/dev/null 2>&1", timeout=0.5)
-        self.assertEqual(result.error, "timed out after 0.5s")
+        result = run_command("exec sleep 30 >/dev/null 2>&1", timeout=0.3)
+        self.assertEqual(result.error, "timed out after 0.3s")
         self.assertLess(time.monotonic() - started, 15)
 
     @posix_only
@@ -188,9 +188,9 @@ class JobLifecycleTest(WorkerTestCase):
             return store.job_runs(store.get(job_id))
 
     def test_timeout_is_a_failed_attempt(self):
-        job_id = self.enqueue("sleep 30", timeout=0.5, max_retries=0)
+        job_id = self.enqueue("sleep 30", timeout=0.3, max_retries=0)
         self.burst()
-        self.assertEqual(self.show(job_id)["last_error"], "timed out after 0.5s")
+        self.assertEqual(self.show(job_id)["last_error"], "timed out after 0.3s")
 
     def test_priority_then_run_at_then_fifo(self):
         order = os.path.join(self.tmp, "order")
@@ -219,11 +219,11 @@ class JobLifecycleTest(WorkerTestCase):
         self.addCleanup(setattr, qctl.worker, "TICK_S", qctl.worker.TICK_S)
         qctl.worker.TICK_S = 0.1
         running = self.background_worker(threads=1)
-        self.ok("config", "set", "job-timeout", "0.5")
-        wait_until(lambda: running.settings["job-timeout"] == 0.5, message="the worker to reload its config")
+        self.ok("config", "set", "job-timeout", "0.3")
+        wait_until(lambda: running.settings["job-timeout"] == 0.3, message="the worker to reload its config")
         job_id = self.enqueue("sleep 30", max_retries=0)
         wait_until(lambda: self.state(job_id) == "dead", message="the new timeout to apply")
-        self.assertEqual(self.show(job_id)["last_error"], "timed out after 0.5s")
+        self.assertEqual(self.show(job_id)["last_error"], "timed out after 0.3s")
 
     def test_a_failing_supervisor_stops_the_worker_instead_of_hanging(self):
         class Broken(Worker):
@@ -249,9 +249,20 @@ class JobLifecycleTest(WorkerTestCase):
 
     def test_healthy_worker_keeps_the_shortest_lease_on_a_long_job(self):
         self.ok("config", "set", "lease-seconds", "1")
-        job_id = self.enqueue("sleep 2.5")
+        go = os.path.join(self.tmp, "go")
+        # The job runs until the test lets it go (at most 60 s): once it has outlived its first lease
+        # by half and its lease is seen renewed past now. A fixed sleep 2.5 waited a second longer.
+        job_id = self.enqueue("i=0; while [ ! -e %s ] && [ $i -lt 6000 ]; do sleep 0.01; i=$((i+1)); done" % go)
         self.background_worker(threads=1)
         self.background_worker(threads=1)  # a second worker that would recover an expired lease
+
+        def outlived_its_lease():
+            job, now = self.job(job_id), time.time()
+            if job["state"] != "processing":
+                return job["state"] != "pending"  # recovered, or ended: the checks below say which
+            return now > job["started_at"] + 1.5 and job["lease_until"] > now
+        wait_until(outlived_its_lease, message="the job to outlive its first lease, renewed")
+        open(go, "w").close()
         wait_until(lambda: self.state(job_id) == "completed", message="the long job to complete")
         job = self.show(job_id)
         self.assertEqual((job["attempts"], len(job["runs"])), (1, 1))

@@ -381,8 +381,12 @@ class ScheduleCliTest(HomeTestCase):
         self.assertEqual(len(json.loads(self.ok("schedule", "list", "--json").stdout)), 1)
 
     def test_three_worker_processes_fire_each_time_once(self):
+        # Added as of half a period ago: its first fire is due half a second from now, not a whole
+        # second (the workers' start fits in that half), and the next a period later.
+        with self.store() as store:
+            store.add_schedule("tick", "every 1", json.dumps({"command": "true", "cwd": "/"}), overlap=True,
+                               now=time.time() - 0.5)
         workers = [self.spawn_worker("--count", "1") for _ in range(3)]
-        self.ok("schedule", "add", "tick", "--every", "1s", "--overlap", "true")
         # Two fires: a due time fired twice would show as two jobs made within moments of each other.
         wait_until(lambda: len(self.store().list_jobs(limit=0)) >= 2, message="two fires")
         self.ok("worker", "stop", "--wait", "--timeout", "30")
@@ -420,10 +424,10 @@ class HookTest(HomeTestCase):
 
     def test_every_finished_run_calls_the_hook_with_env_and_masked_json(self):
         self.ok("config", "set", "on-finish", "%s %s %s" % (sys.executable, self.script, self.calls))
-        self.ok("config", "set", "backoff-base", "1")
+        self.ok("config", "set", "backoff-max", "0.05")  # bad's retry at once: its delay is not under test
         self.ok("enqueue", "--id", "ok", "--env", "TOKEN=hunter22", "echo fine")
         self.ok("enqueue", "--id", "bad", "--max-retries", "1", "exit 3")
-        self.ok("worker", "start", "--drain")  # --drain waits for bad's retry, a second later
+        self.ok("worker", "start", "--drain")  # --drain waits for bad's retry
         calls = {(c["env"]["QUEUECTL_JOB_ID"], c["env"]["QUEUECTL_RUN"]): c for c in self.read_calls()}
         self.assertEqual(sorted(calls), [("bad", "1"), ("bad", "2"), ("ok", "1")])
         ok = calls[("ok", "1")]
@@ -460,24 +464,25 @@ class HookTest(HomeTestCase):
 
     def test_a_stopping_worker_stays_live_while_its_hooks_run(self):
         self.ok("config", "set", "lease-seconds", "1")
-        self.ok("config", "set", "on-finish", "sleep 1.8")  # past the 1 s lease: it must keep beating
+        self.ok("config", "set", "on-finish", "sleep 1.5")  # past the 1 s lease: it must keep beating
         self.ok("enqueue", "--id", "a", "true")
         worker = self.spawn_worker("--count", "1")
         wait_until(lambda: self.job("a")["state"] == "completed", message="a")
         started = time.monotonic()
         self.ok("worker", "stop", "--wait", "--timeout", "30")
-        self.assertGreater(time.monotonic() - started, 1.4, "stop --wait returned while the worker ran its hook")
+        self.assertGreater(time.monotonic() - started, 1.2, "stop --wait returned while the worker ran its hook")
         self.assertEqual(worker.wait(10), 0)
 
     @unittest.skipUnless(sys.platform.startswith("linux"), "reads process states from /proc (Linux)")
     def test_a_hook_past_its_limit_is_killed_with_its_tree(self):
-        # In-process worker, its limit cut to 1 s for the test. The hook leaves a child of its own
-        # (in a new session, as `setsid` would) that would sleep on: it must die with the hook.
+        # In-process worker, its limit cut to 0.5 s for the test. The hook leaves a child of its own
+        # that would sleep on: it must die with the hook. The child is a shell, not a Python that
+        # takes a loaded machine's 0.1-0.3 s to start: it writes its pid well within the limit.
         self.addCleanup(setattr, qworker, "HOOK_TIMEOUT_S", qworker.HOOK_TIMEOUT_S)
-        qworker.HOOK_TIMEOUT_S = 1.0
+        qworker.HOOK_TIMEOUT_S = 0.5
         pidfile = os.path.join(self.tmp, "child.pid")
-        child = "import os, time; open(%r, 'w').write(str(os.getpid())); time.sleep(60)" % pidfile
-        self.ok("config", "set", "on-finish", "%s -c %s & sleep 60" % (sys.executable, shlex.quote(child)))
+        child = "echo $$ > %s; exec sleep 60" % shlex.quote(pidfile)
+        self.ok("config", "set", "on-finish", "sh -c %s & sleep 60" % shlex.quote(child))
         self.ok("enqueue", "--id", "a", "true")
         w = qworker.Worker(self.home, threads=1)
         thread = threading.Thread(target=w.run)
