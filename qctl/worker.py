@@ -253,7 +253,11 @@ class Worker:
         if watch is None:
             return
         try:
-            watch.poll_for_work(self.now())  # the first answer is always yes: take it now
+            # Our threads' first claims may have come before a job committed that this first look sees
+            # (and answers, once): a ticket makes the next idle thread claim again, rather than all wait
+            # for the safety poll.
+            if watch.poll_for_work(self.now()):
+                self._wake(1)
             last_wake = time.monotonic()
             while not all(f.done() for f in futures):
                 self._obey_signals()
