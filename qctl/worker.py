@@ -256,8 +256,11 @@ class Worker:
             # Our threads' first claims may have come before a job committed that this first look sees
             # (and answers, once): a ticket makes the next idle thread claim again, rather than all wait
             # for the safety poll.
-            if watch.poll_for_work(self.now()):
-                self._wake(1)
+            try:
+                if watch.poll_for_work(self.now()):
+                    self._wake(1)
+            except QueueError:  # a passing problem (the server restarting): the loop below looks again
+                pass
             last_wake = time.monotonic()
             while not all(f.done() for f in futures):
                 self._obey_signals()
