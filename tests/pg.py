@@ -5,7 +5,8 @@ directory, on a Unix socket in a directory of its own), and stops it at exit. Po
 to run as root, so as root the server runs as `nobody` (runuser). Every test then takes a schema
 of its own (`url(schema)`), which is a fresh queue. Where psycopg or the server's binaries are
 missing, `server()` raises unittest.SkipTest with the reason. QUEUECTL_TEST_PG (a URL) uses a
-server that is running already instead.
+server that is running already instead. `listening(...)` starts a server of a test's own that
+also listens on TCP (for workers in network namespaces, tests/test_pgnetwork.py).
 """
 
 import atexit
@@ -67,6 +68,15 @@ def server():
 
 
 def _start(binaries):
+    started = _launch(binaries)
+    _server.update((key, started[key]) for key in ("data", "binaries", "options", "log", "folder"))
+    return started["url"]
+
+
+def _launch(binaries, *, listen="", hba=(), port=None):
+    """initdb and pg_ctl start in a new temporary directory, stopped at exit: a dict of where its
+    data, options, log and folder are, and its `url` (the Unix socket). `listen` is the server's
+    listen_addresses (none: the socket only), `hba` lines added to pg_hba.conf, `port` its port."""
     folder = tempfile.mkdtemp(prefix="qctl-pg-")
     atexit.register(shutil.rmtree, folder, True)
     os.chmod(folder, 0o755)
@@ -82,17 +92,64 @@ def _start(binaries):
                                            "-A", "trust", "--no-sync", "-E", "UTF8"]), **run)
     if proc.returncode != 0:
         raise OSError("initdb: %s" % (proc.stderr.strip() or proc.stdout.strip()))
-    options = "-k %s -c listen_addresses='' -c fsync=off -c synchronous_commit=off -c full_page_writes=off " \
-              "-c max_connections=200" % sockets
+    if hba:
+        with open(os.path.join(data, "pg_hba.conf"), "a") as fh:  # the server's user owns it: root appends
+            fh.write("".join(line + "\n" for line in hba))
+    options = "-k %s -c listen_addresses='%s' -c fsync=off -c synchronous_commit=off -c full_page_writes=off " \
+              "-c max_connections=200" % (sockets, listen)
+    if port is not None:
+        options += " -p %d" % port
     log = os.path.join(folder, "server.log")
     proc = subprocess.run(_as_server_user([os.path.join(binaries, "pg_ctl"), "-D", data, "-o", options, "-l", log,
                                            "-w", "-t", "60", "start"]), **run)
     if proc.returncode != 0:
         raise OSError("pg_ctl start: %s" % (proc.stderr.strip() or proc.stdout.strip()))
-    _server.update(data=data, binaries=binaries, options=options, log=log, folder=folder)
     atexit.register(subprocess.run, _as_server_user([os.path.join(binaries, "pg_ctl"), "-D", data, "-m",
                                                      "immediate", "stop"]), capture_output=True, cwd=folder)
-    return "postgresql://postgres@/postgres?host=%s" % sockets
+    url = "postgresql://postgres@/postgres?host=%s" % sockets
+    if port is not None:
+        url += "&port=%d" % port
+    return dict(data=data, binaries=binaries, options=options, log=log, folder=folder, url=url)
+
+
+class Server:
+    """A PostgreSQL server of one test's own (see `listening`), apart from the shared `server()`."""
+
+    def __init__(self, started, port):
+        self.port = port
+        self.url = started["url"]  # over its Unix socket, from this host
+        self.log = started["log"]
+        self._started = started
+
+    def tcp_url(self, address, schema):
+        """The URL of queue `schema` on this server, over TCP to `address` (one it listens on)."""
+        return "postgresql://postgres@%s:%d/postgres?schema=%s" % (address, self.port, schema)
+
+    def stop(self):
+        """Stop it now (immediate mode); nothing if it is stopped already."""
+        subprocess.run(_as_server_user([os.path.join(self._started["binaries"], "pg_ctl"), "-D",
+                                        self._started["data"], "-m", "immediate", "stop"]),
+                       capture_output=True, timeout=120, cwd=self._started["folder"])
+
+
+def listening(listen, *, hba=(), port=5432):
+    """Start a server of the caller's own that also listens on TCP at `listen` (listen_addresses:
+    addresses that exist on this host), `port`, with `hba` lines added to pg_hba.conf (e.g. "host
+    all all 10.213.0.0/24 trust"). Returns a `Server`, stopped at exit if not before (call its
+    `stop` at cleanup). Raises SkipTest with the reason where psycopg or the binaries are missing
+    or the server cannot start. QUEUECTL_TEST_PG is not used: its server listens where it does."""
+    try:
+        import psycopg
+    except ImportError:
+        raise unittest.SkipTest("psycopg 3 is not installed (pip install 'psycopg[binary]')") from None
+    del psycopg  # only whether it imports
+    binaries = _binaries()
+    if binaries is None or os.name != "posix":
+        raise unittest.SkipTest("PostgreSQL's initdb and pg_ctl are not on PATH")
+    try:
+        return Server(_launch(binaries, listen=listen, hba=hba, port=port), port)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise unittest.SkipTest("could not start a PostgreSQL server: %s" % exc) from None
 
 
 def restart():
