@@ -62,6 +62,7 @@ WAL_RETRY_S = 0.005
 PRUNE_BATCH = 500  # jobs removed by one retention transaction
 EXPORT_BATCH = 1000  # rows a batch of export_rows (runs may hold 2 x output-limit bytes each)
 WAIT_POLL_S = 0.1  # wait_finished / wait_workers_gone look this often
+LIMITS_SEEN_S = 1.0  # a finish reads again whether its queue has a concurrency limit after this long
 WAL_RESTART_BYTES = 16 * 1024 * 1024  # past this, housekeep() makes the WAL start over (and SQLite cuts it back)
 WAL_SMALL_BYTES = 256 * 1024  # a WAL this small is never worth a RESTART checkpoint
 WAL_IDLE_S = 2.0   # no other commit for this long: housekeep() truncates the WAL to nothing
@@ -342,6 +343,7 @@ class Store:
         self._stuck = False        # a write failed for want of space: open afresh before the next
         self._live_seen = None     # live_output: ((data_version, total_changes), job id, answer) last time
         self._poke = False         # _write: poke idle workers once this transaction has committed
+        self._limits_seen = {}     # _limited: queue -> (whether it has a concurrency limit, when read)
         self._connect()
         try:
             try:
@@ -894,12 +896,23 @@ class Store:
             recorded = self._cancelled(con, outcome)
         else:
             recorded = self._release(con, outcome)
-        if recorded is not None and (outcome.kind == RELEASE or con.execute(
-                _LIMITED_QUEUE, (outcome.job.get("queue"),)).fetchone()):
+        if recorded is not None and (outcome.kind == RELEASE or self._limited(con, outcome.job.get("queue"))):
             # Work for a worker of another process: a job given back by a hard stop, due now, or a
             # free slot of a limited queue.
             self._poke = True
         return recorded
+
+    def _limited(self, con, queue):
+        """Whether `queue` has a concurrency limit, as read at most LIMITS_SEEN_S ago. Only whether a
+        finish pokes other workers hangs on it, a hint whose loss costs a safety poll: not worth a
+        query (on PostgreSQL a round trip) for every job."""
+        now = time.monotonic()
+        seen = self._limits_seen.get(queue)
+        if seen is None or now - seen[1] > LIMITS_SEEN_S:
+            if len(self._limits_seen) > 1000:  # queue names are the user's: keep this small
+                self._limits_seen.clear()
+            seen = self._limits_seen[queue] = (con.execute(_LIMITED_QUEUE, (queue,)).fetchone() is not None, now)
+        return seen[0]
 
     def _cancelled(self, con, outcome):
         job, now = outcome.job, outcome.now

@@ -262,13 +262,36 @@ _CLOCKS_LOCK = threading.Lock()
 
 
 class _Connection:
-    """A psycopg connection that takes the SQLite store's statements (see `_pg`)."""
+    """A psycopg connection that takes the SQLite store's statements (see `_pg`). With `begin`, the
+    transaction's BEGIN waits to go with its first statement: one round trip, not two."""
 
-    def __init__(self, raw):
-        self.raw = raw
+    def __init__(self, raw, *, begin=False):
+        self._raw = raw
+        self.begin = begin  # BEGIN still to be sent
+
+    @property
+    def raw(self):
+        """The psycopg connection itself, its transaction begun."""
+        if self.begin:
+            self.begin = False
+            self._raw.execute("BEGIN")
+        return self._raw
 
     def execute(self, sql, params=()):
-        return self.raw.execute(_pg(sql), params)
+        if self.begin:
+            return self.together((sql, params))
+        return self._raw.execute(_pg(sql), params)
+
+    def together(self, *statements):
+        """Run (sql, params) `statements` in order, sent at once (psycopg's pipeline: each still starts
+        once the one before has ended); the last one's cursor."""
+        with self._raw.pipeline():
+            if self.begin:
+                self.begin = False
+                self._raw.execute("BEGIN")
+            for sql, params in statements:
+                cursor = self._raw.execute(_pg(sql), params)
+        return cursor
 
     def executemany(self, sql, rows):
         rows = list(rows)
@@ -298,6 +321,7 @@ class PgStore(qdb.Store):
         self._live_seen = None
         self._commits = 0          # _own_changes
         self._poke = False
+        self._limits_seen = {}
         self._raw = None
         self._retry_at = 0.0       # a lost connection is not tried again before this (time.monotonic())
         self._retry_s = 0.0
@@ -406,14 +430,18 @@ class PgStore(qdb.Store):
         commit, to every worker of every host that listens (see `PgWaker`)."""
         self._poke = wakes_workers
         raw = self._connection()
-        con = _Connection(raw)
+        con = _Connection(raw, begin=True)
         try:
-            raw.execute("BEGIN")
             yield con
-            if self._poke:
-                raw.execute("SELECT pg_notify(%s, '')", (self.channel,))
-            raw.execute("COMMIT")
-            self._commits += 1
+            if con.begin:  # nothing was run: nothing to commit
+                if self._poke:
+                    raw.execute("SELECT pg_notify(%s, '')", (self.channel,))
+            else:
+                with raw.pipeline():  # one round trip
+                    if self._poke:
+                        raw.execute("SELECT pg_notify(%s, '')", (self.channel,))
+                    raw.execute("COMMIT")
+                self._commits += 1
         except BaseException as exc:
             if not raw.closed and not raw.broken:
                 try:
@@ -463,9 +491,10 @@ class PgStore(qdb.Store):
 
     def _claim(self, con, worker, lease_s, now, queues, process=None):
         served = len(queues) if queues else 0
-        con.execute(_LOCK_LIMITED % ("AND name IN (%s) " % _placeholders(served) if served else ""), tuple(queues or ()))
-        row = con.execute(_CLAIM % ("AND queue IN (%s) " % _placeholders(served) if served else ""),
-                          (now,) + tuple(queues or ()) + (worker, now + lease_s, now, now, process)).fetchone()
+        row = con.together(  # the claim's snapshot is still taken only once the lock is held
+            (_LOCK_LIMITED % ("AND name IN (%s) " % _placeholders(served) if served else ""), tuple(queues or ())),
+            (_CLAIM % ("AND queue IN (%s) " % _placeholders(served) if served else ""),
+             (now,) + tuple(queues or ()) + (worker, now + lease_s, now, now, process))).fetchone()
         return None if row is None else dict(zip(qdb._CLAIM_KEYS, row))
 
     def _lock_dependency_graph(self, con):

@@ -104,7 +104,7 @@ def _joins_constant_clauses(node, function):
     return bool(appended) and all(_is_constant(a, set()) for a in appended)
 
 
-SQL_CALLS = ("execute", "executemany", "executescript", "_read", "_forget")
+SQL_CALLS = ("execute", "executemany", "executescript", "_read", "_forget", "together")
 # Functions of db.py that return SQL text (or (text, params)) built only from constants and
 # placeholders: a call to one is as constant as a literal.
 SQL_BUILDERS = ("_placeholders", "_filters", "_claim_select", "_claim_returning")
@@ -140,7 +140,7 @@ def sql_built_from_values(source):
                         assigned.setdefault(target.id, []).append(node.iter)
         local_ok = set()
         if isinstance(scope, ast.FunctionDef) and scope.name in SQL_CALLS:
-            local_ok |= {arg.arg for arg in scope.args.args}
+            local_ok |= {arg.arg for arg in scope.args.args + [scope.args.vararg] if arg is not None}
         for _ in range(3):  # names built from other constant names
             local_ok |= {name for name, values in assigned.items()
                          if all(_is_constant(v, local_ok) for v in values)}
@@ -148,8 +148,12 @@ def sql_built_from_values(source):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and node.func.attr in SQL_CALLS and node.args and id(node) not in seen):
                 seen.add(id(node))
-                if not _is_constant(node.args[0], local_ok):
-                    bad.append((node.lineno, ast.dump(node.args[0])[:120]))
+                # together((sql, params), ...): pgstore's statements sent at once, each checked
+                statements = ([arg.elts[0] if isinstance(arg, ast.Tuple) else arg for arg in node.args]
+                              if node.func.attr == "together" else node.args[:1])
+                for sql in statements:
+                    if not _is_constant(sql, local_ok):
+                        bad.append((node.lineno, ast.dump(sql)[:120]))
     return bad, len(seen)
 
 
