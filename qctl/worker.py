@@ -369,6 +369,11 @@ class Worker:
         The claim keeps on the job the tag its command will carry (runner.TAG_VAR) and who we are:
         if we die mid-run, the worker that recovers the job kills by them what we left running.
         """
+        if self._lease_lapsing():  # our heartbeats do not get through: claim nothing we could not keep
+            if finish is not None:  # raises if it cannot be recorded either: the caller tries again
+                self._log_recorded(finish, store.record(finish, self.settings))
+                self._held.discard(finish.job["seq"])
+            return None
         tag = os.urandom(8).hex()
         process = self._process_note({"tag": tag})
         if finish is None:
@@ -742,10 +747,15 @@ class Worker:
                 qhome.pulse(self.home, self.id)
             except QueueError as exc:
                 self._log_error("pulsing", exc)
-            # The lease runs from when the last beat that got through began. Kill with a third of it
-            # left: before another worker, whose recovery looks every TICK_S, can take our jobs.
-            if lease_final and time.monotonic() - self._beat_began > self.settings["lease-seconds"] * 2 / 3:
+            if lease_final and self._lease_lapsing():
                 self._lease_lapsed()
+
+    def _lease_lapsing(self):
+        """Whether our lease is running out unrenewed: it runs from when the last beat that got through
+        began, and a third of it must be left for a kill to come before another worker, whose recovery
+        looks every TICK_S, can take our jobs. Only where an expired lease alone decides (PostgreSQL)."""
+        return (self._house_store.LEASE_IS_FINAL
+                and time.monotonic() - self._beat_began > self.settings["lease-seconds"] * 2 / 3)
 
     def _lease_lapsed(self):
         """No heartbeat has reached the database for most of a lease (PostgreSQL: the server or the
