@@ -17,12 +17,16 @@ NOT_FOR_STATUS = ("qctl.dashboard", "qctl.worker", "qctl.runner", "qctl.proctree
 
 # Runs queuectl.py as `python queuectl.py` does and prints the modules it imported (not those the
 # interpreter's site had imported already).
+# Not through runpy: it imports pkgutil, and with it typing, where site has not already (a venv).
 PROBE = """
-import runpy, sys
+import os, sys
 before = set(sys.modules)
 sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))
+with open(sys.argv[0], encoding="utf-8") as fh:
+    code = compile(fh.read(), sys.argv[0], "exec")
 try:
-    runpy.run_path(sys.argv[0], run_name="__main__")
+    exec(code, {"__name__": "__main__", "__file__": sys.argv[0]})
 except SystemExit:
     pass
 sys.stderr.write("\\nIMPORTED " + " ".join(sorted(set(sys.modules) - before)) + "\\n")
