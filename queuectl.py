@@ -8,6 +8,7 @@ its arguments beside it.
 """
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -1106,7 +1107,9 @@ def cmd_migrate(args):
                              "no job changes while it is copied" % (display.plural(len(live), "worker"),
                                                                     "is" if len(live) == 1 else "are"))
         with open_database(args.to) as target:
-            counts = target.import_rows(source.export_rows())
+            # Closed here, while the source is still open: a copy cut short ends its read snapshot quietly.
+            with contextlib.closing(source.export_rows()) as rows:
+                counts = target.import_rows(rows)
             where = target.path
     out("copied %s, %s, %s, %s and %s to %s" % (
         display.plural(counts["jobs"], "job"), display.plural(counts["runs"], "run"),

@@ -1686,20 +1686,27 @@ class Store:
         """Store every row of `batches` (as `export_rows` gives them) in one transaction, into a queue
         that holds no job, schedule, setting or queue yet (else StoreError, and nothing is stored).
         Returns {table: rows stored}."""
-        counts = dict.fromkeys(table for table, _, _ in COPIED_TABLES)
-        with self._write(wakes_workers=True) as con:
-            for name, _, _ in COPIED_TABLES:
-                if con.execute("SELECT 1 FROM %s LIMIT 1" % name).fetchone():
-                    raise StoreError("%s already holds a queue (its %s table has rows): queuectl copies only into "
-                                     "an empty one" % (self.path, name))
-            counts = dict.fromkeys(counts, 0)
-            for table, columns, rows in batches:
-                if columns != _COPIED_COLUMNS[table]:
-                    raise StoreError("cannot copy the %s table: its columns differ from this store's" % table)
-                con.executemany(_IMPORT_SQL[table], rows)
-                counts[table] += len(rows)
-            self._imported(con)
+        try:
+            with self._write(wakes_workers=True) as con:
+                self._lock_for_import(con)
+                for name, _, _ in COPIED_TABLES:
+                    if con.execute("SELECT 1 FROM %s LIMIT 1" % name).fetchone():
+                        raise StoreError("%s already holds a queue (its %s table has rows): queuectl copies only "
+                                         "into an empty one" % (self.path, name))
+                counts = dict.fromkeys((table for table, _, _ in COPIED_TABLES), 0)
+                for table, columns, rows in batches:
+                    if columns != _COPIED_COLUMNS[table]:
+                        raise StoreError("cannot copy the %s table: its columns differ from this store's" % table)
+                    con.executemany(_IMPORT_SQL[table], rows)
+                    counts[table] += len(rows)
+                self._imported(con)
+        except self.IntegrityError as exc:  # a row the emptiness check could not see (never expected)
+            raise StoreError("cannot copy into %s: %s" % (self.path, str(exc).strip().splitlines()[0])) from None
         return counts
+
+    def _lock_for_import(self, con):
+        """Before `import_rows` looks whether the queue is empty: no other write may come between that
+        look and its own rows. SQLite's write lock is that already."""
 
     def _imported(self, con):
         """After `import_rows` stored jobs with their own seqs: nothing to do on SQLite (a new seq is

@@ -21,6 +21,7 @@ first used.
 """
 
 import functools
+import logging
 import re
 import threading
 import time
@@ -32,6 +33,11 @@ try:
     from psycopg.sql import SQL, Identifier
 except ImportError:  # said in one line when a postgresql:// URL is given (PgStore)
     psycopg = None
+else:
+    # psycopg warns through logging when a pipeline ends on a lost connection ("error ignored
+    # terminating <psycopg.Pipeline [BAD]>"): with no handler of the program's, Python's last resort
+    # printed that as a bare extra line beside our own one. The error itself is raised and said.
+    logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 from . import db as qdb
 from .db import _placeholders
@@ -519,6 +525,12 @@ class PgStore(qdb.Store):
         finally:
             if not raw.closed and not raw.broken:
                 raw.execute("ROLLBACK")
+
+    def _lock_for_import(self, con):
+        # Two copies at once, or an enqueue during one, would both find the queue empty and then
+        # collide on the copied seqs: the first holds the tables until it commits, the second then
+        # finds rows and refuses in one line.
+        con.execute("LOCK TABLE " + ", ".join(name for name, _, _ in qdb.COPIED_TABLES) + " IN EXCLUSIVE MODE")
 
     def _imported(self, con):
         # Jobs came with their seqs: new ones must be numbered past them.

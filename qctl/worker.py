@@ -103,8 +103,10 @@ class Worker:
         self._hook_proc = None               # the hook command running now, for a hard stop
         self._hooks_cut = False              # stopping, and out of time for the hooks still waiting
         self._beat_began = time.monotonic()  # when the last heartbeat that reached the database began
-        # The seqs of the jobs our threads claimed and have not yet recorded: the heartbeat renews only
+        # (seq, run) of the jobs our threads claimed and have not yet recorded: the heartbeat renews only
         # these. A claim whose commit we never heard of (a connection lost during it) is not ours to keep.
+        # The run is part of the key: a thread whose finish committed unheard may record it again (fenced)
+        # after another thread claimed the same job's next run, and must not drop that one's lease.
         self._held = set()
 
     # ------------------------------------------------------------ control
@@ -380,12 +382,12 @@ class Worker:
             job = store.claim(self.id, self.settings["lease-seconds"], queues=self.queues, process=process)
         else:
             recorded, job = store.finish_and_claim(finish, self.settings, queues=self.queues, process=process)
-            self._held.discard(finish.job["seq"])
+            self._held.discard((finish.job["seq"], finish.job["run"]))
             self._log_recorded(finish, recorded)
             if self._idle:  # the run's end may have let a dependent job (or a queue's next) run
                 self._ring()
         if job is not None:
-            self._held.add(job["seq"])
+            self._held.add((job["seq"], job["run"]))
             job["tag"] = tag
             if self._idle:  # there may be more: the next idle thread looks too
                 self._wake(1)
@@ -400,7 +402,7 @@ class Worker:
             return
         try:
             self._log_recorded(finish, store.record(finish, self.settings))
-            self._held.discard(finish.job["seq"])
+            self._held.discard((finish.job["seq"], finish.job["run"]))
         except QueueError as exc:
             log.error("worker %s: could not record a result: %s; the job will be recovered", self.id, exc)
 
@@ -777,7 +779,8 @@ class Worker:
         began = time.monotonic()
         self._house_store.heartbeat(self.id, self.settings["lease-seconds"], pid=self.pid,
                                     host=self.host, threads=self.threads, started_at=self.started_at,
-                                    host_key=self.host_key, running=list(self._held))
+                                    host_key=self.host_key,
+                                    running=sorted({seq for seq, _ in list(self._held)}))
         self._beat_began = began
 
     def _recover(self):

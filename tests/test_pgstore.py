@@ -3,6 +3,7 @@
 pause and limits, schedules firing once), the dashboard's API, the Python API and stats, run again on a real server (see tests/pg.py; they skip
 where it cannot run)."""
 
+from tests import test_worker
 from tests import test_control, test_dashboard, test_newcomers, test_stats, test_store, test_workflow
 from tests.pg import postgres_cases
 
@@ -15,6 +16,7 @@ postgres_cases(
     test_control.QueueStoreTest, test_control.RetentionStoreTest, test_control.CancelWorkerTest,
     test_control.QueueWorkerTest, test_dashboard.ApiTest, test_dashboard.ActionTest, test_dashboard.WorkflowApiTest,
     test_newcomers.PythonApiTest, test_newcomers.DlqRetryResetsTest, test_stats.StatsCommandTest,
+    test_worker.HeldLeaseTest,
     sqlite_only=("ConcurrentClaimTest.test_two_processes_never_claim_the_same_job_without_returning",
                  "DependencyTest.test_the_schema_is_current", "DependencyTest.test_waiting_jobs_stay_out_of_the_claims_index"),
 )

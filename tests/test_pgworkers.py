@@ -229,6 +229,22 @@ class MigrateTest(HomeTestCase):
         self.ok("enqueue", "--id", "waits", "--after", "later", "--unique-key", "k1", "true")
         self.ok("schedule", "add", "tick", "--every", "1h", "--", "echo tick")
 
+    def test_two_copies_at_once_store_one_and_refuse_the_other_in_one_line(self):
+        # Both found the schema empty and then collided on the copied seqs: an "internal error"
+        # (UniqueViolation), a psycopg warning and a generator's traceback.
+        self.fill_home()
+        for i in range(300):
+            self.ok("enqueue", "--id", "more%d" % i, "true")
+        procs = [subprocess.Popen([sys.executable, SCRIPT, "--home", self.home, "migrate", "--to", self.url],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        results = sorted((proc.wait(DEADLINE_S), proc.stdout.read(), proc.stderr.read()) for proc in procs)
+        for proc in procs:
+            proc.stdout.close()
+            proc.stderr.close()
+        self.assertEqual([code for code, _, _ in results], [0, 1], results)
+        self.assertEqual(results[1][2].count("\n"), 1, results[1][2])
+        self.assertIn("already holds a queue", results[1][2])
+
     def test_a_home_is_copied_whole_and_its_jobs_go_on_there(self):
         self.fill_home()
         before = {job_id: json.loads(self.ok("show", "--json", job_id).stdout)

@@ -72,6 +72,35 @@ class WorkerTestCase(HomeTestCase):
         return read(proc.log.name)
 
 
+class HeldLeaseTest(WorkerTestCase):
+    """The heartbeat renews the jobs our threads hold: by run, not only by job."""
+
+    def test_a_finish_recorded_again_after_another_thread_claimed_the_next_run_keeps_that_runs_lease(self):
+        # Thread A's finish committed but A was told it failed (its connection cut at COMMIT); the
+        # job's retry, due at once, is claimed by thread B; A then records its finish again (fenced,
+        # nothing changes). B's run must still be renewed, and never recovered from under it.
+        from qctl.jobs import FAIL, Outcome
+        store = self.store()
+        store.set_config("backoff-max", 0.01)
+        store.set_config("lease-seconds", 1.0)
+        self.enqueue("true", id="x")
+        w = Worker(self.home, threads=2)
+        w._house_store = self.store()
+        thread_a, thread_b = self.store(), self.store()
+        first = w._claim_next(thread_a, None)
+        outcome = Outcome(FAIL, first, w.id, w.now(), "exit 1", 1)
+        thread_a.record(outcome, w.settings)  # committed, unheard of
+        time.sleep(0.05)
+        second = w._claim_next(thread_b, None)
+        self.assertEqual((second["id"], second["run"]), ("x", 2))
+        self.assertIsNone(w._claim_next(thread_a, outcome))  # fenced; nothing else to claim
+        time.sleep(0.6)
+        w._beat()
+        time.sleep(0.6)  # past the claim's own lease, within the renewed one
+        self.assertEqual(w._house_store.recover(w.now(), w.settings, me=w.id), [])
+        self.assertEqual((self.job("x")["state"], self.job("x")["worker"]), ("processing", w.id))
+
+
 class RunCommandTest(unittest.TestCase):
     """`run_command` alone: exit codes, errors, output tails, timeouts."""
 
