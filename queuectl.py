@@ -8,7 +8,6 @@ its arguments beside it.
 """
 
 import argparse
-import contextlib
 import os
 import sys
 
@@ -1097,6 +1096,7 @@ def migrate_arguments(p):
 @command("migrate", "copy this home's queue (jobs, runs, settings, schedules) to PostgreSQL",
          "queuectl migrate --to postgresql://queuer@db.internal/jobs", migrate_arguments)
 def cmd_migrate(args):
+    import contextlib
     from qctl.db import Store, is_url, open_store as open_database
     if not is_url(args.to):
         raise QueueError("--to takes a postgresql:// URL")

@@ -60,7 +60,7 @@ from .jobs import (COMPLETE, COMPLETED, DEAD, FAIL, FAILED, FINISHED_STATES, PEN
 BUSY_TIMEOUT_S = 30.0
 WAL_RETRY_S = 0.005
 PRUNE_BATCH = 500  # jobs removed by one retention transaction
-EXPORT_BATCH = 1000  # rows a batch of export_rows (runs may hold 2 x output-limit bytes each)
+EXPORT_BATCH = 1000  # rows a batch of export_rows (of runs, which may hold 2 x output-limit bytes each: 20)
 WAIT_POLL_S = 0.1  # wait_finished / wait_workers_gone look this often
 LIMITS_SEEN_S = 1.0  # a finish reads again whether its queue has a concurrency limit after this long
 WAL_RESTART_BYTES = 16 * 1024 * 1024  # past this, housekeep() makes the WAL start over (and SQLite cuts it back)
@@ -1663,20 +1663,23 @@ class Store:
     def export_rows(self, *, batch=EXPORT_BATCH):
         """Every row of the queue that another store needs to go on from where this one is: (table,
         columns, rows) in batches of at most `batch` rows, each table in key order (referenced jobs
-        first). Workers, live output and the stop generation stay: they belong to this store's
-        workers."""
+        first), all from one moment of the queue, which nothing may change until the last batch has
+        been taken (on SQLite the write lock is held meanwhile). Workers, live output and the stop
+        generation stay: they belong to this store's workers."""
         with self._snapshot():
             for table, columns, key in COPIED_TABLES:
                 first, rest = _EXPORT_SQL[table]
-                rows = self._read(first, (batch,))
+                size = max(1, batch // 50) if table == "runs" else batch  # a run may hold 2 x output-limit
+                rows = self._read(first, (size,))
                 while rows:
                     yield table, columns, [tuple(row) for row in rows]
-                    rows = self._read(rest, tuple(rows[-1][columns.index(k)] for k in key) + (batch,))
+                    rows = self._read(rest, tuple(rows[-1][columns.index(k)] for k in key) + (size,))
 
     @contextmanager
     def _snapshot(self):
-        """Reads that all see one moment of the queue (a read transaction: WAL keeps its snapshot)."""
-        self._read("BEGIN")
+        """Reads that all see one moment of the queue, which nothing changes meanwhile (the write lock
+        is held: a worker that starts now waits, so its first write is not lost to the copy)."""
+        self._read("BEGIN IMMEDIATE")
         try:
             yield
         finally:
@@ -1694,9 +1697,7 @@ class Store:
                         raise StoreError("%s already holds a queue (its %s table has rows): queuectl copies only "
                                          "into an empty one" % (self.path, name))
                 counts = dict.fromkeys((table for table, _, _ in COPIED_TABLES), 0)
-                for table, columns, rows in batches:
-                    if columns != _COPIED_COLUMNS[table]:
-                        raise StoreError("cannot copy the %s table: its columns differ from this store's" % table)
+                for table, _, rows in batches:
                     con.executemany(_IMPORT_SQL[table], rows)
                     counts[table] += len(rows)
                 self._imported(con)
@@ -1785,7 +1786,6 @@ COPIED_TABLES = (
     ("schedules", ("name", "spec", "job", "overlap", "next_at", "last_job", "last_fired_at", "last_error",
                    "created_at"), ("name",)),
 )
-_COPIED_COLUMNS = {table: columns for table, columns, _ in COPIED_TABLES}
 # Per table: (its first batch, the batch after a key), in key order; and the insert of a row.
 _EXPORT_SQL = {table: tuple("SELECT %s FROM %s%s ORDER BY %s LIMIT ?" % (", ".join(columns), table, where, ", ".join(key))
                             for where in ("", " WHERE (%s) > (%s)" % (", ".join(key), ", ".join("?" * len(key)))))

@@ -170,6 +170,8 @@ _CLAIM = ("WITH next AS (SELECT seq AS next_seq FROM jobs WHERE state IN ('pendi
 # Claims of a limited queue count its running jobs: they take turns on the limited queues' rows
 # (of the queues they serve), so that two claims at once never both see the last free slot.
 _LOCK_LIMITED = "SELECT name FROM queues WHERE concurrency > 0 %sORDER BY name FOR UPDATE"
+# `migrate --to`: the tables it copies into, held against every other write until it commits.
+_LOCK_COPIED = "LOCK TABLE " + ", ".join(name for name, _, _ in qdb.COPIED_TABLES) + " IN EXCLUSIVE MODE"
 # The keys of the tables written with INSERT OR REPLACE, for their ON CONFLICT.
 _REPLACE_KEYS = {"workers": ("id",), "runs": ("job_seq", "run"), "live_output": ("job_seq",), "config": ("key",)}
 _SQLITE_WORDS = re.compile(r"INSERT OR (IGNORE|REPLACE) INTO (\w+) \(([^)]*)\)")
@@ -530,7 +532,7 @@ class PgStore(qdb.Store):
         # Two copies at once, or an enqueue during one, would both find the queue empty and then
         # collide on the copied seqs: the first holds the tables until it commits, the second then
         # finds rows and refuses in one line.
-        con.execute("LOCK TABLE " + ", ".join(name for name, _, _ in qdb.COPIED_TABLES) + " IN EXCLUSIVE MODE")
+        con.execute(_LOCK_COPIED)
 
     def _imported(self, con):
         # Jobs came with their seqs: new ones must be numbered past them.

@@ -374,7 +374,7 @@ class Worker:
         if self._lease_lapsing():  # our heartbeats do not get through: claim nothing we could not keep
             if finish is not None:  # raises if it cannot be recorded either: the caller tries again
                 self._log_recorded(finish, store.record(finish, self.settings))
-                self._held.discard(finish.job["seq"])
+                self._held.discard((finish.job["seq"], finish.job["run"]))
             return None
         tag = os.urandom(8).hex()
         process = self._process_note({"tag": tag})
