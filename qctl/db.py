@@ -332,8 +332,7 @@ class Store:
     def __init__(self, path, *, durable=True, autocheckpoint=True):
         self.path = path
         self.home = os.path.dirname(path)
-        self._seen_version = None  # poll_for_work: PRAGMA data_version last time
-        self._next_due = None      # poll_for_work: when the earliest waiting job falls due
+        self._start_verbs()
         self._house_version = None # housekeep: PRAGMA data_version, and since when it has not changed
         self._quiet_since = time.monotonic()
         self._pulses_seen = {}     # recover: worker -> (stale pulse mtime, when we first saw it)
@@ -341,9 +340,6 @@ class Store:
         self._restart_backoff_s = 0.0
         self._durable, self._autocheckpoint = durable, autocheckpoint
         self._stuck = False        # a write failed for want of space: open afresh before the next
-        self._live_seen = None     # live_output: ((data_version, total_changes), job id, answer) last time
-        self._poke = False         # _write: poke idle workers once this transaction has committed
-        self._limits_seen = {}     # _limited: queue -> (whether it has a concurrency limit, when read)
         self._connect()
         try:
             try:
@@ -358,6 +354,14 @@ class Store:
         except BaseException:
             self.con.close()
             raise
+
+    def _start_verbs(self):
+        """What the verbs keep between calls, on every store."""
+        self._seen_version = None  # poll_for_work: _data_version() last time
+        self._next_due = None      # poll_for_work: when the earliest waiting job falls due
+        self._live_seen = None     # live_output: ((data version, own changes), job id, answer) last time
+        self._poke = False         # _write: poke idle workers once this transaction has committed
+        self._limits_seen = {}     # _limited: queue -> (whether it has a concurrency limit, when read)
 
     def _connect(self):
         try:

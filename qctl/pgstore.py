@@ -324,12 +324,8 @@ class PgStore(qdb.Store):
         self.channel = "queuectl_" + self.schema  # NOTIFY's: the schema's workers listen on it
         with _CLOCKS_LOCK:
             self._clock = _CLOCKS.setdefault((self._conninfo, self.schema), _Clock())
-        self._seen_version = None
-        self._next_due = None
-        self._live_seen = None
+        self._start_verbs()
         self._commits = 0          # _own_changes
-        self._poke = False
-        self._limits_seen = {}
         self._raw = None
         self._retry_at = 0.0       # a lost connection is not tried again before this (time.monotonic())
         self._retry_s = 0.0
