@@ -340,6 +340,7 @@ class Store:
         self._restart_backoff_s = 0.0
         self._durable, self._autocheckpoint = durable, autocheckpoint
         self._stuck = False        # a write failed for want of space: open afresh before the next
+        self._stopfile_seen, self._stop_generation = (), 0  # stop_generation: the file's signature, its value
         self._connect()
         try:
             try:
@@ -464,7 +465,7 @@ class Store:
             signature = (st.st_mtime_ns, st.st_size, st.st_ino)
         except OSError:
             signature = None
-        if signature != getattr(self, "_stopfile_seen", ()):
+        if signature != self._stopfile_seen:
             self._stopfile_seen, self._stop_generation = signature, qhome.stop_generation(self.home)
         return self._stop_generation
 
