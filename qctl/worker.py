@@ -550,9 +550,10 @@ class Worker:
                         return
                     continue
                 try:
-                    if store is None:
-                        store = open_store(self.db, durable=False, autocheckpoint=False)
-                    self._guarded("running the on-finish hook", lambda: self._run_hook(store, *event))
+                    if store is None:  # on PostgreSQL, waits for a server that is down (None: we stopped)
+                        store = self._open_store("opening the queue for a hook")
+                    if store is not None:
+                        self._guarded("running the on-finish hook", lambda: self._run_hook(store, *event))
                 except QueueError as exc:
                     self._log_error("opening the queue for a hook", exc)
                 finally:
